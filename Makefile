@@ -1,0 +1,29 @@
+# Each target creates .venv and installs the package on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# torch and torchvision pinned here (not in setup.cfg) to the builds this project is tested with.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ssl_rcc demo --out runs/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.kinetics_speed
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,180 @@
+"""Linear least-squares (LLSQ) fits of the kinetic models, for all voxels at once.
+
+Each model's differential equations, integrated once or twice, make the tissue curve a linear
+combination of running integrals of itself and of the input; the coefficients give the parameters
+in closed form. These fits are fast, need no starting values, and seed the nonlinear fits.
+Each function takes ``t_s`` (n_times,) in s, ``conc_mM`` (n_voxels, n_times) and ``cp_mM`` (n_times,)
+or (n_voxels, n_times), and returns a :class:`LinearFit` whose params are in the units of :mod:`kinetics.models`;
+coefficients that no parameter set can produce give NaN parameters.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .convolution import cumulative_integral
+from .models import SECONDS_PER_MINUTE
+
+__all__ = [
+    "LinearFit",
+    "solve_linear",
+    "llsq_tofts",
+    "llsq_extended_tofts",
+    "llsq_patlak",
+    "llsq_two_compartment_exchange",
+    "llsq_two_compartment_uptake",
+    "llsq_two_compartment_filtration",
+]
+
+_PER_100ML_MIN = 100.0 * SECONDS_PER_MINUTE
+
+
+class LinearFit(NamedTuple):
+    """``params`` (n_voxels, n_params), NaN where not physical; ``sse`` (n_voxels,) mM^2, the squared
+    error of the linear regression (defined even where the parameters are not)."""
+
+    params: np.ndarray
+    sse: np.ndarray
+
+
+def solve_linear(columns, y):
+    """Least-squares coefficients for ``y ~ sum_j b_j columns[j]``, per voxel.
+
+    Parameters
+    ----------
+    columns : sequence of k arrays, each (n_voxels, n_times) or (n_times,)
+    y : (n_voxels, n_times) ndarray
+
+    Returns
+    -------
+    coef : (n_voxels, k) ndarray
+    sse : (n_voxels,) ndarray
+        Columns are scaled to unit norm before the normal equations are solved, because running
+        integrals and concentrations differ by orders of magnitude. Singular systems give NaN.
+    """
+    y = np.asarray(y, dtype=float)
+    a = np.stack(np.broadcast_arrays(*columns, y)[:-1], axis=-1)  # (n, m, k)
+    norm = np.sqrt(np.einsum("nmk,nmk->nk", a, a))
+    norm = np.where(norm > 0, norm, 1.0)
+    a = a / norm[:, None, :]
+    ata = np.einsum("nmk,nml->nkl", a, a)
+    aty = np.einsum("nmk,nm->nk", a, y)
+    coef = np.full(aty.shape, np.nan)
+    well_posed = np.linalg.cond(ata) < 1e12
+    if well_posed.any():
+        coef[well_posed] = np.linalg.solve(ata[well_posed], aty[well_posed][..., None])[..., 0]
+    sse = np.sum((y - np.einsum("nmk,nk->nm", a, coef)) ** 2, axis=-1)
+    return coef / norm, sse
+
+
+def llsq_tofts(t_s, conc_mM, cp_mM):
+    """Tofts by Murase's linear form ``C = Ktrans int(cp) - kep int(C)``: columns ktrans (/min), ve.
+
+    References
+    ----------
+    Murase. Magn Reson Med 2004;51:858. doi:10.1002/mrm.20022
+    """
+    b, sse = solve_linear([cumulative_integral(t_s, cp_mM), -cumulative_integral(t_s, conc_mM)], conc_mM)
+    ktrans, kep = b[:, 0], b[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ve = ktrans / kep
+    ok = (ktrans >= 0) & (kep > 0)
+    return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve)
+
+
+def llsq_extended_tofts(t_s, conc_mM, cp_mM):
+    """Extended Tofts by Murase's form ``C = (Ktrans + kep vp) int(cp) - kep int(C) + vp cp``.
+
+    Returns columns ktrans (/min), ve, vp.
+    """
+    cp = np.asarray(cp_mM, dtype=float)
+    b, sse = solve_linear(
+        [cumulative_integral(t_s, cp), -cumulative_integral(t_s, conc_mM), cp], conc_mM
+    )
+    kep, vp = b[:, 1], b[:, 2]
+    ktrans = b[:, 0] - kep * vp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ve = ktrans / kep
+    ok = (ktrans >= 0) & (kep > 0) & (vp >= 0)
+    return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve, vp)
+
+
+def llsq_patlak(t_s, conc_mM, cp_mM):
+    """Patlak ``C = Ktrans int(cp) + vp cp``: columns ktrans (/min), vp. Always defined (may be negative)."""
+    cp = np.asarray(cp_mM, dtype=float)
+    b, sse = solve_linear([cumulative_integral(t_s, cp), cp], conc_mM)
+    return LinearFit(np.stack([b[:, 0] * SECONDS_PER_MINUTE, b[:, 1]], axis=-1), sse)
+
+
+def _double_integrals(t_s, conc_mM, cp_mM):
+    int_c = cumulative_integral(t_s, conc_mM)
+    int_cp = cumulative_integral(t_s, cp_mM)
+    return int_cp, cumulative_integral(t_s, int_cp), int_c, cumulative_integral(t_s, int_c)
+
+
+def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM):
+    """2CXM by linear inversion: columns fp (mL/100mL/min), ps (/min), ve, vp.
+
+    Integrating the model's equations twice gives
+    ``C = Fp int(cp) + Fp PS (1/vp + 1/ve) iint(cp) - (Fp/vp + PS/vp + PS/ve) int(C) - Fp PS/(vp ve) iint(C)``.
+
+    References
+    ----------
+    Flouri, Lesnic, Sourbron. Magn Reson Med 2016;76:998. doi:10.1002/mrm.25991
+    """
+    int_cp, iint_cp, int_c, iint_c = _double_integrals(t_s, conc_mM, cp_mM)
+    b, sse = solve_linear([int_cp, iint_cp, -int_c, -iint_c], conc_mM)
+    fp, gamma, alpha, beta = b[:, 0], b[:, 1] / b[:, 0], b[:, 2], b[:, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fp_over_vp = alpha - gamma
+        vp = fp / fp_over_vp
+        ps_over_ve = beta / fp_over_vp
+        ps = vp * (gamma - ps_over_ve)
+        ve = ps / ps_over_ve
+    ok = (fp > 0) & (vp > 0) & (ps >= 0) & (ve > 0)
+    return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, ve, vp)
+
+
+def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM):
+    """2CUM by linear inversion: columns fp (mL/100mL/min), ps (/min), vp.
+
+    ``C = Fp int(cp) + (Fp PS/vp) iint(cp) - ((Fp + PS)/vp) int(C)``.
+    """
+    int_cp, iint_cp, int_c, _ = _double_integrals(t_s, conc_mM, cp_mM)
+    b, sse = solve_linear([int_cp, iint_cp, -int_c], conc_mM)
+    fp = b[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ps_over_vp = b[:, 1] / fp
+        vp = fp / (b[:, 2] - ps_over_vp)
+        ps = ps_over_vp * vp
+    ok = (fp > 0) & (vp > 0) & (ps >= 0)
+    return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, vp)
+
+
+def llsq_two_compartment_filtration(t_s, conc_mM, cp_mM):
+    """2CFM by linear inversion: columns fp (mL/100mL/min), vp, ft (mL/100mL/min), tt (s).
+
+    ``C = Fp int(cp) + (Fp/vp)(FT + vp/Tt) iint(cp) - (1/Tt + Fp/vp) int(C) - Fp/(vp Tt) iint(C)``.
+    ``1/Tt`` and ``Fp/vp`` are the two roots of ``x^2 - a x + b``; the faster one is taken as the
+    plasma rate, as the plasma transit (seconds) is shorter than the tubular one (minutes).
+    """
+    int_cp, iint_cp, int_c, iint_c = _double_integrals(t_s, conc_mM, cp_mM)
+    b, sse = solve_linear([int_cp, iint_cp, -int_c, -iint_c], conc_mM)
+    fp, alpha, beta = b[:, 0], b[:, 2], b[:, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disc = np.sqrt(alpha * alpha - 4.0 * beta)
+        plasma_rate = 0.5 * (alpha + disc)
+        tubular_rate = beta / plasma_rate
+        vp = fp / plasma_rate
+        ft = b[:, 1] / plasma_rate - vp * tubular_rate
+        tt = 1.0 / tubular_rate
+    ok = (fp > 0) & (vp > 0) & (ft >= 0) & (tt > 0) & np.isfinite(disc)
+    return _nan_unless(ok, sse, fp * _PER_100ML_MIN, vp, ft * _PER_100ML_MIN, tt)
+
+
+def _nan_unless(ok, sse, *columns):
+    out = np.stack(columns, axis=-1)
+    out[~(ok & np.all(np.isfinite(out), axis=-1))] = np.nan
+    return LinearFit(out, sse)

@@ -1,0 +1,98 @@
+"""The kinetic models by their CLI names: parameters, units, bounds, forward model and linear fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import linear, models
+from .errors import KineticsInputError
+
+__all__ = ["ModelSpec", "MODELS", "get_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One kinetic model as the fitting engine sees it.
+
+    ``forward(t_s, cp_mM, *params) -> (n_voxels, n_times)`` with params in ``units``;
+    ``linear(t_s, conc_mM, cp_mM) -> LinearFit``; ``derived(params) -> dict`` of extra maps.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    units: tuple[str, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    initial: tuple[float, ...]
+    forward: Callable
+    linear: Callable
+    derived: Callable[[dict], dict]
+    derived_units: dict
+
+
+def _kep(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"kep": p["ktrans"] / p["ve"]}
+
+
+def _exchange_derived(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = p["ps"] / (p["fp"] + p["ps"])
+    return {"e": e, "ktrans": e * p["fp"] / 100.0}
+
+
+def _filtration_derived(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"ff": p["ft"] / p["fp"], "tp": p["vp"] / p["fp"] * 100.0 * models.SECONDS_PER_MINUTE}
+
+
+_V, _K = "1", "/min"
+_F = "mL/100mL/min"
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "tofts", ("ktrans", "ve"), (_K, _V), (0.0, 1e-3), (5.0, 1.0), (0.6, 0.2),
+            models.tofts, linear.llsq_tofts, _kep, {"kep": _K},
+        ),
+        ModelSpec(
+            "extended_tofts", ("ktrans", "ve", "vp"), (_K, _V, _V), (0.0, 1e-3, 0.0), (5.0, 1.0, 1.0),
+            (0.6, 0.2, 0.01), models.extended_tofts, linear.llsq_extended_tofts, _kep, {"kep": _K},
+        ),
+        ModelSpec(
+            "patlak", ("ktrans", "vp"), (_K, _V), (0.0, 0.0), (5.0, 1.0), (0.05, 0.05),
+            models.patlak, linear.llsq_patlak, lambda p: {}, {},
+        ),
+        ModelSpec(
+            "2cxm", ("fp", "ps", "ve", "vp"), (_F, _K, _V, _V), (1e-3, 0.0, 1e-3, 1e-4),
+            (200.0, 5.0, 1.0, 1.0), (20.0, 0.6, 0.2, 0.01),
+            models.two_compartment_exchange, linear.llsq_two_compartment_exchange,
+            _exchange_derived, {"e": _V, "ktrans": _K},
+        ),
+        ModelSpec(
+            "2cum", ("fp", "ps", "vp"), (_F, _K, _V), (1e-3, 0.0, 1e-4), (200.0, 5.0, 1.0),
+            (20.0, 0.6, 0.01), models.two_compartment_uptake, linear.llsq_two_compartment_uptake,
+            _exchange_derived, {"e": _V, "ktrans": _K},
+        ),
+        ModelSpec(
+            "2cfm", ("fp", "vp", "ft", "tt"), (_F, _V, _F, "s"), (1e-3, 1e-4, 0.0, 1.0),
+            (2000.0, 1.0, 500.0, 3600.0), (200.0, 0.2, 20.0, 120.0),
+            models.two_compartment_filtration, linear.llsq_two_compartment_filtration,
+            _filtration_derived, {"ff": _V, "tp": "s"},
+        ),
+    ]
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The model registered under ``name``; an unknown name raises with the valid ones."""
+    try:
+        return MODELS[name]
+    except (KeyError, TypeError):
+        raise KineticsInputError(
+            f"model: unknown model {name!r}; expected one of {sorted(MODELS)}."
+        ) from None
