@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["exp_conv", "cumulative_integral", "delay_input"]
+__all__ = ["exp_conv", "exp_conv_and_derivative", "cumulative_integral", "delay_input"]
 
 _SMALL = 1e-4  # below this k*dt the closed forms lose digits and their Taylor series take over
 
@@ -32,6 +32,37 @@ def cumulative_integral(t_s, x):
     out = np.zeros(np.broadcast_shapes(x.shape))
     np.cumsum(steps, axis=-1, out=out[..., 1:])
     return out
+
+
+def _interval_terms(t_s, rate_per_s):
+    """Per-interval factors of the exact recurrence, time-major: E, c1 (s), c2 (s), a = k dt, ...
+
+    Returned with the interval axis first, (n_times - 1, ...), so that the loop over time reads
+    contiguous rows. On a uniform grid they are computed once per voxel and broadcast (as views).
+    """
+    dt = np.diff(t_s)
+    k = np.asarray(rate_per_s, dtype=float)
+    uniform = np.all(np.abs(dt - dt[0]) <= 1e-9 * dt[0])
+    step = dt[:1] if uniform else dt
+    a = np.multiply.outer(step, k)  # (1 or n_times - 1, ...)
+    step = step.reshape((-1,) + (1,) * k.ndim)
+    small = a < _SMALL
+    a_safe = np.where(small, 1.0, a)
+    e = np.exp(-a)
+    one_minus_e = -np.expm1(-a_safe)
+    c1 = np.where(small, step * (1.0 - a / 2.0 + a * a / 6.0), one_minus_e / a_safe * step)
+    h = np.where(small, 0.5 - a / 3.0 + a * a / 8.0, (one_minus_e - a_safe * np.exp(-a_safe)) / (a_safe * a_safe))
+    shape = (dt.size,) + k.shape
+    terms = (e, c1, h * step, a, small, step, h)
+    return tuple(np.broadcast_to(x, shape if x.ndim == len(shape) else (dt.size,) + (1,) * k.ndim) for x in terms)
+
+
+def _time_major(x, rate_per_s):
+    """Input with time first; a single curve gets trailing axes to broadcast against the rates."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        return x.reshape((-1,) + (1,) * np.ndim(rate_per_s))
+    return np.moveaxis(x, -1, 0)
 
 
 def exp_conv(t_s, x, rate_per_s):
@@ -57,28 +88,49 @@ def exp_conv(t_s, x, rate_per_s):
     The recurrence loops over time points, vectorised over voxels.
     """
     t_s = np.asarray(t_s, dtype=float)
-    x = np.asarray(x, dtype=float)
-    k = np.asarray(rate_per_s, dtype=float)[..., None]
-    dt = np.diff(t_s)
-    a = k * dt  # (..., n_times - 1)
-    small = a < _SMALL
-    a_safe = np.where(small, 1.0, a)
-    e = np.exp(-a)
-    # c1 = (1 - E)/k and c2 = (1 - E - a E)/(k^2 dt), both in seconds, with series for small a.
-    c1 = np.where(small, dt * (1.0 - a / 2.0 + a * a / 6.0), -np.expm1(-a_safe) / a_safe * dt)
-    c2 = np.where(
-        small,
-        dt * (0.5 - a / 3.0 + a * a / 8.0),
-        (-np.expm1(-a_safe) - a_safe * np.exp(-a_safe)) / (a_safe * a_safe) * dt,
-    )
-    b = x[..., 1:] * c1 - (x[..., 1:] - x[..., :-1]) * c2
+    e, c1, c2 = _interval_terms(t_s, rate_per_s)[:3]
+    xt = _time_major(x, rate_per_s)
+    b = xt[1:] * c1 - (xt[1:] - xt[:-1]) * c2
     e, b = np.broadcast_arrays(e, b)
-    y = np.zeros(b.shape[:-1] + (t_s.size,))
-    acc = y[..., 0]
-    for i in range(b.shape[-1]):  # recurrence over time; each step is vectorised over voxels
-        acc = e[..., i] * acc + b[..., i]
-        y[..., i + 1] = acc
-    return y
+    y = np.empty((t_s.size,) + b.shape[1:])
+    y[0] = 0.0
+    rows = y.reshape(t_s.size, -1)  # 2-D view, so that each row is an array even for one curve
+    e2, b2 = e.reshape(rows.shape[0] - 1, -1), b.reshape(rows.shape[0] - 1, -1)
+    for i in range(b2.shape[0]):  # recurrence over time; each step is vectorised over voxels
+        np.multiply(e2[i], rows[i], out=rows[i + 1])
+        rows[i + 1] += b2[i]
+    return np.moveaxis(y, 0, -1)
+
+
+def exp_conv_and_derivative(t_s, x, rate_per_s):
+    """:func:`exp_conv` and its exact derivative with respect to the rate, in one pass.
+
+    Returns
+    -------
+    y : (n_voxels, n_times) ndarray, units of x times s
+    dy_dk : (n_voxels, n_times) ndarray, units of x times s^2
+        Derivative of ``y`` with respect to ``rate_per_s`` (the Jacobian column of a rate parameter).
+    """
+    t_s = np.asarray(t_s, dtype=float)
+    e, c1, c2, a, small, dt, h = _interval_terms(t_s, rate_per_s)
+    a_safe = np.where(small, 1.0, a)
+    # d c1/dk = -dt^2 h(a);  d c2/dk = dt^2 h'(a),  h'(a) = e^-a/a - 2 h(a)/a
+    dh = np.where(small, -1.0 / 3.0 + a / 4.0 - a * a / 10.0, (np.exp(-a_safe) - 2.0 * h) / a_safe)
+    xt = _time_major(x, rate_per_s)
+    dx = xt[1:] - xt[:-1]
+    b = xt[1:] * c1 - dx * c2
+    db = (-(xt[1:] * h) - dx * dh) * (dt * dt)
+    e, b, db = np.broadcast_arrays(e, b, db)
+    minus_dt_e = -dt * e
+    y = np.empty((t_s.size,) + b.shape[1:])
+    dy = np.empty_like(y)
+    y[0] = 0.0
+    dy[0] = 0.0
+    for i in range(b.shape[0]):
+        dy[i + 1] = e[i] * dy[i] + minus_dt_e[i] * y[i] + db[i]
+        np.multiply(e[i], y[i], out=y[i + 1])
+        y[i + 1] += b[i]
+    return np.moveaxis(y, 0, -1), np.moveaxis(dy, 0, -1)
 
 
 def delay_input(t_s, x, delay_s):

@@ -39,34 +39,77 @@ class LinearFit(NamedTuple):
     sse: np.ndarray
 
 
+def _dot(a, b):
+    """Per-voxel dot product over time of two columns, each (n_times,) or (n_voxels, n_times)."""
+    if a.ndim == 1 and b.ndim == 1:
+        return np.float64(a @ b)
+    if a.ndim == 1:
+        return b @ a
+    if b.ndim == 1:
+        return a @ b
+    return np.einsum("ij,ij->i", a, b)
+
+
 def solve_linear(columns, y):
     """Least-squares coefficients for ``y ~ sum_j b_j columns[j]``, per voxel.
 
     Parameters
     ----------
     columns : sequence of k arrays, each (n_voxels, n_times) or (n_times,)
+        A column shared by all voxels (such as the AIF) may be given once, as (n_times,).
     y : (n_voxels, n_times) ndarray
 
     Returns
     -------
     coef : (n_voxels, k) ndarray
+        NaN where the normal equations are singular.
     sse : (n_voxels,) ndarray
-        Columns are scaled to unit norm before the normal equations are solved, because running
-        integrals and concentrations differ by orders of magnitude. Singular systems give NaN.
+        Squared error of the fit.
+
+    Notes
+    -----
+    The normal equations are built from dot products alone (shared columns by matrix-vector
+    products), never from an (n_voxels, n_times, k) design array, and are solved after scaling each
+    column to unit norm, because running integrals and concentrations differ by orders of magnitude.
     """
     y = np.asarray(y, dtype=float)
-    a = np.stack(np.broadcast_arrays(*columns, y)[:-1], axis=-1)  # (n, m, k)
-    norm = np.sqrt(np.einsum("nmk,nmk->nk", a, a))
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    n, k = y.shape[0], len(cols)
+    gram = np.empty((n, k, k))
+    rhs = np.empty((n, k))
+    for i in range(k):
+        rhs[:, i] = _dot(cols[i], y)
+        for j in range(i + 1):
+            gram[:, i, j] = gram[:, j, i] = _dot(cols[i], cols[j])
+    norm = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
     norm = np.where(norm > 0, norm, 1.0)
-    a = a / norm[:, None, :]
-    ata = np.einsum("nmk,nml->nkl", a, a)
-    aty = np.einsum("nmk,nm->nk", a, y)
-    coef = np.full(aty.shape, np.nan)
-    well_posed = np.linalg.cond(ata) < 1e12
-    if well_posed.any():
-        coef[well_posed] = np.linalg.solve(ata[well_posed], aty[well_posed][..., None])[..., 0]
-    sse = np.sum((y - np.einsum("nmk,nk->nm", a, coef)) ** 2, axis=-1)
-    return coef / norm, sse
+    scaled = gram / (norm[:, :, None] * norm[:, None, :])
+    coef = _solve_spd(scaled, rhs / norm) / norm
+    sse = _dot(y, y) - 2.0 * np.einsum("nk,nk->n", coef, rhs) + np.einsum("nk,nkl,nl->n", coef, gram, coef)
+    return coef, np.maximum(sse, 0.0)
+
+
+def _solve_spd(a, b):
+    """Solve a[i] x = b[i] for small symmetric positive (semi)definite systems, vectorised over i.
+
+    Cholesky written out over the k x k entries (k <= 4 here), each step for all systems at once;
+    systems that are not numerically positive definite give NaN.
+    """
+    n, k = b.shape
+    lower = np.zeros_like(a)
+    for j in range(k):
+        d = a[:, j, j] - np.einsum("nk,nk->n", lower[:, j, :j], lower[:, j, :j])
+        d = np.where(d > 1e-12, d, np.nan)
+        lower[:, j, j] = np.sqrt(d)
+        for i in range(j + 1, k):
+            lower[:, i, j] = (a[:, i, j] - np.einsum("nk,nk->n", lower[:, i, :j], lower[:, j, :j])) / lower[:, j, j]
+    z = np.empty_like(b)
+    for i in range(k):
+        z[:, i] = (b[:, i] - np.einsum("nk,nk->n", lower[:, i, :i], z[:, :i])) / lower[:, i, i]
+    x = np.empty_like(b)
+    for i in reversed(range(k)):
+        x[:, i] = (z[:, i] - np.einsum("nk,nk->n", lower[:, i + 1 :, i], x[:, i + 1 :])) / lower[:, i, i]
+    return x
 
 
 def llsq_tofts(t_s, conc_mM, cp_mM):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .convolution import cumulative_integral, exp_conv
+from .convolution import cumulative_integral, exp_conv, exp_conv_and_derivative
 
 __all__ = [
     "SECONDS_PER_MINUTE",
@@ -21,6 +21,9 @@ __all__ = [
     "two_compartment_exchange",
     "two_compartment_uptake",
     "two_compartment_filtration",
+    "tofts_jacobian",
+    "extended_tofts_jacobian",
+    "patlak_jacobian",
 ]
 
 SECONDS_PER_MINUTE = 60.0
@@ -132,3 +135,36 @@ def two_compartment_filtration(t_s, cp_mM, fp_ml_100ml_min, vp, ft_ml_100ml_min,
     with np.errstate(divide="ignore", invalid="ignore"):
         tubules = _col(ft / _vec(vp)) * exp_conv(t_s, plasma, tubular_rate)
     return plasma + tubules
+
+
+def tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve):
+    """:func:`tofts` and its Jacobian (n_voxels, n_times, 2) with respect to (ktrans, ve), exactly.
+
+    The Jacobian columns are in mM per /min and mM per unit ve; used by the nonlinear fit.
+    """
+    ktrans = _vec(ktrans_per_min) / SECONDS_PER_MINUTE
+    ve = _vec(ve)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kep = ktrans / ve
+    y, dy = exp_conv_and_derivative(t_s, cp_mM, kep)
+    f = _col(ktrans) * y
+    # f = K y(K/ve): df/dK = y + K y' / ve ; df/dve = -K y' K / ve^2 ; K per s -> per min
+    d_ktrans = (y + _col(kep) * dy) / SECONDS_PER_MINUTE
+    d_ve = -_col(ktrans * kep / ve) * dy
+    return f, np.stack([d_ktrans, d_ve], axis=-1)
+
+
+def extended_tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve, vp):
+    """:func:`extended_tofts` and its Jacobian (n_voxels, n_times, 3) w.r.t. (ktrans, ve, vp)."""
+    cp = np.asarray(cp_mM, dtype=float)
+    f, jac = tofts_jacobian(t_s, cp, ktrans_per_min, ve)
+    d_vp = np.broadcast_to(cp, f.shape)
+    return f + _col(vp) * cp, np.concatenate([jac, d_vp[..., None]], axis=-1)
+
+
+def patlak_jacobian(t_s, cp_mM, ktrans_per_min, vp):
+    """:func:`patlak` and its Jacobian (n_voxels, n_times, 2) w.r.t. (ktrans, vp)."""
+    cp = np.asarray(cp_mM, dtype=float)
+    f = patlak(t_s, cp, ktrans_per_min, vp)
+    d_ktrans = np.broadcast_to(cumulative_integral(t_s, cp) / SECONDS_PER_MINUTE, f.shape)
+    return f, np.stack([d_ktrans, np.broadcast_to(cp, f.shape)], axis=-1)

@@ -81,11 +81,7 @@ def levenberg_marquardt(
         out = model(q, rows)
         if isinstance(out, tuple):
             return out
-        return out, finite_difference_jacobian(lambda qq, rr: model(qq, rr), q, rows, out, lower, upper)
-
-    def value(q, rows):
-        out = model(q, rows)
-        return out[0] if isinstance(out, tuple) else out
+        return out, finite_difference_jacobian(model, q, rows, out, lower, upper)
 
     all_rows = np.arange(n)
     valid = np.all(np.isfinite(y), axis=-1) & np.all(np.isfinite(p), axis=-1)
@@ -119,7 +115,8 @@ def levenberg_marquardt(
         with np.errstate(all="ignore"):
             step = _solve_batched(a, jtr)
         trial = np.clip(p[rows] + step, lower, upper)
-        f_new = value(trial, rows)
+        out = model(trial, rows)
+        f_new, j_new = out if isinstance(out, tuple) else (out, None)
         with np.errstate(invalid="ignore", over="ignore"):
             cost_new = np.sum((y[rows] - f_new) ** 2, axis=-1)
         better = np.isfinite(cost_new) & (cost_new <= cost[rows])
@@ -131,9 +128,11 @@ def levenberg_marquardt(
         if acc.size:
             p[acc] = trial[better]
             cost[acc] = cost_new[better]
-            f_acc, j_acc = evaluate(p[acc], acc)
-            residual[acc] = y[acc] - f_acc
-            jacobian[acc] = j_acc
+            residual[acc] = y[acc] - f_new[better]
+            if j_new is not None:
+                jacobian[acc] = j_new[better]
+            else:
+                jacobian[acc] = finite_difference_jacobian(model, p[acc], acc, f_new[better], lower, upper)
         lam[rows] = np.where(better, np.maximum(lam[rows] / 10.0, 1e-12), lam[rows] * 10.0)
         done = small_gain | (better & small_step) | stuck
         converged[rows[done]] = True

@@ -18,7 +18,9 @@ class ModelSpec:
     """One kinetic model as the fitting engine sees it.
 
     ``forward(t_s, cp_mM, *params) -> (n_voxels, n_times)`` with params in ``units``;
-    ``linear(t_s, conc_mM, cp_mM) -> LinearFit``; ``derived(params) -> dict`` of extra maps.
+    ``linear(t_s, conc_mM, cp_mM) -> LinearFit``; ``derived(params) -> dict`` of extra maps;
+    ``jacobian(t_s, cp_mM, *params) -> (curve, (n_voxels, n_times, n_params))``, exact, where a model
+    has one (others get forward differences).
     """
 
     name: str
@@ -31,6 +33,7 @@ class ModelSpec:
     linear: Callable
     derived: Callable[[dict], dict]
     derived_units: dict
+    jacobian: Callable | None = None
 
 
 def _kep(p):
@@ -57,15 +60,16 @@ MODELS: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec(
             "tofts", ("ktrans", "ve"), (_K, _V), (0.0, 1e-3), (5.0, 1.0), (0.6, 0.2),
-            models.tofts, linear.llsq_tofts, _kep, {"kep": _K},
+            models.tofts, linear.llsq_tofts, _kep, {"kep": _K}, models.tofts_jacobian,
         ),
         ModelSpec(
             "extended_tofts", ("ktrans", "ve", "vp"), (_K, _V, _V), (0.0, 1e-3, 0.0), (5.0, 1.0, 1.0),
             (0.6, 0.2, 0.01), models.extended_tofts, linear.llsq_extended_tofts, _kep, {"kep": _K},
+            models.extended_tofts_jacobian,
         ),
         ModelSpec(
             "patlak", ("ktrans", "vp"), (_K, _V), (0.0, 0.0), (5.0, 1.0), (0.05, 0.05),
-            models.patlak, linear.llsq_patlak, lambda p: {}, {},
+            models.patlak, linear.llsq_patlak, lambda p: {}, {}, models.patlak_jacobian,
         ),
         ModelSpec(
             "2cxm", ("fp", "ps", "ve", "vp"), (_F, _K, _V, _V), (1e-3, 0.0, 1e-3, 1e-4),

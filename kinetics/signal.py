@@ -223,16 +223,16 @@ def vfa_t1_nonlinear(signal, fa_deg, *, tr_s, b1=None, max_iter=50):
     a = np.broadcast_to(a, signal.shape).reshape(y.shape)
     seed = vfa_t1_linear(signal, fa_deg, tr_s=tr_s, b1=b1)
     r1_0 = np.where(seed.fit_ok, 1.0 / seed.t1_s, 1.0).reshape(-1)
-    s0_0 = np.where(seed.fit_ok, seed.s0, y.max(-1) * 5).reshape(-1)
+    s0_0 = np.where(seed.fit_ok.reshape(-1), seed.s0.reshape(-1), y.max(-1) * 5)
     sin_a, cos_a = np.sin(a), np.cos(a)
 
-    def model(p):
+    def model(p, rows):
         s0, r1 = p[:, :1], p[:, 1:]
         e1 = np.exp(-tr_s * r1)
-        denom = 1.0 - e1 * cos_a
-        f = sin_a * (1.0 - e1) / denom
+        denom = 1.0 - e1 * cos_a[rows]
+        f = sin_a[rows] * (1.0 - e1) / denom
         # d f / d r1 = d f / d e1 * d e1 / d r1
-        df_de1 = sin_a * (cos_a - 1.0) / denom**2
+        df_de1 = sin_a[rows] * (cos_a[rows] - 1.0) / denom**2
         jac = np.stack([f, s0 * df_de1 * (-tr_s * e1)], axis=-1)
         return s0 * f, jac
 

@@ -1,0 +1,156 @@
+"""NIfTI and text in; NIfTI maps and one ``xarray.Dataset`` (``maps.nc``) out.
+
+``io`` alone builds Datasets (dims ``x, y, z[, t]``, ``units`` attributes); the rest of the package
+works on numpy arrays. Output directories are written under a temporary name and renamed at the end,
+so a failed run leaves nothing behind and an existing directory is never overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from .errors import KineticsInputError
+
+__all__ = [
+    "load_image",
+    "read_times",
+    "read_scalar_or_image",
+    "save_image",
+    "maps_dataset",
+    "output_directory",
+]
+
+
+def load_image(path, *, ndim=None, name="image"):
+    """Read a NIfTI image: returns (data, affine, header); ``data`` keeps the file's float dtype.
+
+    Parameters
+    ----------
+    path : str or Path
+    ndim : None, int or tuple of int
+        Required number of dimensions; a 4D file with one frame counts as 3D.
+    name : str
+        What the file is, for error messages ("DCE series", "mask").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KineticsInputError(f"{path}: {name} file not found.")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for a corrupt or foreign file
+        raise KineticsInputError(f"{path}: cannot read the {name} as NIfTI ({err}).") from None
+    if data.ndim == 4 and data.shape[-1] == 1 and ndim == 3:
+        data = data[..., 0]
+    wanted = (ndim,) if isinstance(ndim, int) else ndim
+    if wanted is not None and data.ndim not in wanted:
+        expected = " or ".join(f"{d}D" for d in wanted)
+        raise KineticsInputError(f"{path}: the {name} is {data.ndim}D with shape {data.shape}; expected {expected}.")
+    if not np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float32)
+    return data, img.affine, img.header
+
+
+def read_times(path, *, n_frames=None):
+    """Frame times (s) from a text file, one a line; checked finite, increasing and one per frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise KineticsInputError(f"{path}: times file not found.")
+    try:
+        t = np.loadtxt(path, dtype=float, ndmin=1, delimiter=None)
+    except ValueError:
+        raise KineticsInputError(f"{path}: the times file has a line that is not a number.") from None
+    t = t.reshape(-1)
+    if not np.all(np.isfinite(t)):
+        raise KineticsInputError(f"{path}: {np.sum(~np.isfinite(t))} of the {t.size} times are not finite.")
+    if np.any(np.diff(t) <= 0):
+        i = int(np.flatnonzero(np.diff(t) <= 0)[0])
+        raise KineticsInputError(f"{path}: times must increase, but line {i + 2} ({t[i + 1]:g} s) follows {t[i]:g} s.")
+    if n_frames is not None and t.size != n_frames:
+        raise KineticsInputError(f"{path}: {t.size} times for {n_frames} frames.")
+    return t
+
+
+def read_scalar_or_image(value, *, name, shape, unit):
+    """A per-voxel quantity given either as a number or as a NIfTI path; returns float or (shape) array."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    data, _, _ = load_image(value, ndim=3, name=name)
+    if data.shape != tuple(shape):
+        raise KineticsInputError(f"{value}: the {name} has shape {data.shape}, the series {tuple(shape)}.")
+    return np.asarray(data, dtype=float)
+
+
+def save_image(path, data, affine, header=None):
+    """Write ``data`` as NIfTI with the given affine (and the reference header's spatial fields)."""
+    data = np.asarray(data)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    hdr = None
+    if header is not None:
+        hdr = header.copy()
+        hdr.set_data_dtype(data.dtype)
+    img = nib.Nifti1Image(data, affine, hdr)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attrs=None):
+    """Maps as an ``xarray.Dataset`` with dims (x, y, z), ``units`` attributes and the affine.
+
+    Parameters
+    ----------
+    params : dict of str to (x, y, z) ndarray
+    units : dict of str to str
+    affine : (4, 4) ndarray
+        Stored as the ``affine`` attribute (row-major, 16 numbers).
+    """
+    dims = ("x", "y", "z")
+    data_vars = {name: (dims, np.asarray(v, np.float32), {"units": units.get(name, "1")}) for name, v in params.items()}
+    if rmse is not None:
+        data_vars["rmse"] = (dims, np.asarray(rmse, np.float32), {"units": "mM"})
+    if r2 is not None:
+        data_vars["r2"] = (dims, np.asarray(r2, np.float32), {"units": "1"})
+    if fit_ok is not None:
+        data_vars["fit_ok"] = (dims, np.asarray(fit_ok, np.uint8), {"units": "1", "flag_values": "0 1"})
+    ds = xr.Dataset(data_vars)
+    ds.attrs.update(attrs or {})
+    ds.attrs["affine"] = np.asarray(affine, dtype=float).reshape(-1)
+    return ds
+
+
+@contextlib.contextmanager
+def output_directory(path, *, overwrite=False):
+    """Yield a temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
+
+    An existing ``path`` raises unless ``overwrite``; on any error the temporary directory is removed
+    and an existing ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KineticsInputError(f"{path}: output directory exists; choose another or pass --overwrite.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
