@@ -70,41 +70,50 @@ def spgr_signal(r1_per_s, *, s0, tr_s, fa_deg):
 def r1_from_signal(signal, *, s0, tr_s, fa_deg):
     """Relaxation rate R1 (/s) from SPGR signal, the exact inverse of :func:`spgr_signal`.
 
-    Signal above ``S0 sin(a)`` has no real solution and gives NaN.
+    Signal at or above ``S0 sin(a)``, the limit for infinite R1, has no solution and gives NaN.
     """
     a = _check_flip_angle(fa_deg)
     x = np.asarray(signal, dtype=float) / (np.asarray(s0, dtype=float) * np.sin(a))
     with np.errstate(divide="ignore", invalid="ignore"):
         e1 = (1.0 - x) / (1.0 - x * np.cos(a))
         r1 = -np.log(e1) / tr_s
-    return np.where(e1 > 0, r1, np.nan)
+    return np.where((x < 1) & (e1 > 0), r1, np.nan)
 
 
-def s0_from_baseline(signal, *, t10_s, tr_s, fa_deg, n_baseline):
-    """Equilibrium signal S0 from the mean of the first ``n_baseline`` frames and T10.
+def _baseline_frames(baseline, n_frames):
+    """Frame range (start, stop) of the pre-contrast baseline from an int n (frames 0..n-1) or a pair."""
+    start, stop = (0, baseline) if np.ndim(baseline) == 0 else tuple(baseline)
+    start, stop = int(start), int(stop)
+    if not 0 <= start < stop <= n_frames:
+        raise KineticsInputError(
+            f"baseline: frames {start}..{stop - 1} are not a baseline within a series of {n_frames} frames."
+        )
+    return start, stop
+
+
+def s0_from_baseline(signal, *, t10_s, tr_s, fa_deg, baseline):
+    """Equilibrium signal S0 from the mean baseline (pre-contrast) signal and T10.
 
     Parameters
     ----------
     signal : (..., n_times) ndarray
     t10_s : float or (...) ndarray, s
-    n_baseline : int
-        Number of pre-contrast frames.
+    baseline : int or (int, int)
+        Number of pre-contrast frames from the first, or the (start, stop) frame range (stop
+        excluded), for series whose first frames are not at steady state.
 
     Returns
     -------
     s0 : (...) ndarray
     """
     signal = np.asarray(signal, dtype=float)
-    if not 1 <= int(n_baseline) <= signal.shape[-1]:
-        raise KineticsInputError(
-            f"n_baseline: {n_baseline} baseline frames for a series of {signal.shape[-1]} frames."
-        )
+    start, stop = _baseline_frames(baseline, signal.shape[-1])
     t10 = _check_positive(t10_s, "t10_s", "s")
-    baseline = signal[..., : int(n_baseline)].mean(axis=-1)
-    return baseline / spgr_signal(1.0 / t10, s0=1.0, tr_s=tr_s, fa_deg=fa_deg)
+    mean_baseline = signal[..., start:stop].mean(axis=-1)
+    return mean_baseline / spgr_signal(1.0 / t10, s0=1.0, tr_s=tr_s, fa_deg=fa_deg)
 
 
-def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, n_baseline):
+def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, baseline):
     """Contrast agent concentration (mM) from an SPGR signal series.
 
     S0 comes from the baseline frames and T10; R1(t) from the exact SPGR inversion;
@@ -119,8 +128,8 @@ def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, n_bas
     fa_deg : float or (...) ndarray, degrees
     r1_per_mM_s : float, /s/mM
         Longitudinal relaxivity of the agent.
-    n_baseline : int
-        Number of pre-contrast frames.
+    baseline : int or (int, int)
+        Number of pre-contrast frames, or their (start, stop) range.
 
     Returns
     -------
@@ -129,7 +138,7 @@ def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, n_bas
     _check_positive(r1_per_mM_s, "r1", "/s/mM")
     _check_positive(tr_s, "tr_s", "s")
     t10 = _check_positive(t10_s, "t10_s", "s")
-    s0 = s0_from_baseline(signal, t10_s=t10, tr_s=tr_s, fa_deg=fa_deg, n_baseline=n_baseline)
+    s0 = s0_from_baseline(signal, t10_s=t10, tr_s=tr_s, fa_deg=fa_deg, baseline=baseline)
     r1 = r1_from_signal(signal, s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_deg))
     return (r1 - 1.0 / _per_frame(t10)) / r1_per_mM_s
 
@@ -241,6 +250,6 @@ def vfa_t1_nonlinear(signal, fa_deg, *, tr_s, b1=None, max_iter=50):
     upper = np.array([np.inf, 1e3])
     res = levenberg_marquardt(model, p0, y, lower=lower, upper=upper, max_iter=max_iter)
     s0, r1 = res.params[:, 0], res.params[:, 1]
-    ok = res.converged & np.isfinite(r1) & (r1 > 1e-6) & np.all(np.isfinite(y), axis=-1)
+    ok = res.converged & np.isfinite(r1) & (r1 > 1e-6) & (s0 > 0) & np.all(np.isfinite(y), axis=-1)
     t1 = np.where(ok, 1.0 / r1, np.nan).reshape(lead)
     return VfaFit(t1, np.where(ok, s0, np.nan).reshape(lead), ok.reshape(lead))

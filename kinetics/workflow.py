@@ -143,7 +143,7 @@ def fit_dce(
         with np.errstate(invalid="ignore", divide="ignore"):
             conc = concentration_from_signal(
                 series, t10_s=t10_value, tr_s=float(tr), fa_deg=float(fa), r1_per_mM_s=float(r1),
-                n_baseline=int(baseline),
+                baseline=int(baseline),
             ).astype(np.float32)
         del series
     else:
@@ -218,5 +218,112 @@ def t1_map(vfa, fa, *, tr, out, method="nonlinear", b1=None, mask=None, overwrit
     t1[roi] = fit_fn(data[roi], fa, tr_s=float(tr), b1=b1_roi).t1_s
     tmp = out.with_name(f".{out.name}.tmp.nii.gz")
     save_image(tmp, t1, affine, header)
+    tmp.replace(out)
+    return out
+
+
+def _read_curves(path):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise KineticsInputError(f"{path}: curves file not found.")
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:
+        raise KineticsInputError(f"{path}: cannot read the curves as CSV ({err}).") from None
+    if "time_s" not in table.columns:
+        raise KineticsInputError(f"{path}: the curves file needs a 'time_s' column; it has {list(table.columns)}.")
+    try:
+        table = table.astype(float)
+    except (TypeError, ValueError):
+        raise KineticsInputError(f"{path}: the curves file has a value that is not a number.") from None
+    return table
+
+
+def _volumes(volume_ml, rois):
+    if volume_ml is None:
+        return None
+    if isinstance(volume_ml, dict):
+        missing = sorted(set(rois) - set(volume_ml))
+        if missing:
+            raise KineticsInputError(f"volume_ml: no volume for ROI(s) {missing}.")
+        return np.array([float(volume_ml[r]) for r in rois])
+    return np.full(len(rois), float(volume_ml))
+
+
+def fit_roi(
+    curves,
+    *,
+    aif_column,
+    out,
+    model="2cfm",
+    input="concentration",
+    t10=None,
+    t10_aif=1.6,
+    tr=None,
+    fa=None,
+    r1=4.5,
+    baseline=None,
+    hct=0.42,
+    method="nlls",
+    fit_delay=False,
+    volume_ml=None,
+    overwrite=False,
+):
+    """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
+
+    ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
+    ``input="concentration"`` the AIF column is plasma concentration (mM); with ``input="signal"``
+    every column is SPGR signal, converted with ``t10`` (tissue) and ``t10_aif`` (blood, s), and the
+    AIF divided by ``1 - hct``. ``model`` is any of :data:`kinetics.registry.MODELS` or
+    ``patlak_rutland``. With ``volume_ml`` (a number, or a dict ROI -> mL) the 2CFM and Patlak-Rutland
+    rows also get single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM).
+    """
+    from .renal import patlak_rutland, single_kidney_function
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    if model != "patlak_rutland":
+        get_model(model)
+    if input not in INPUTS:
+        raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
+    table = _read_curves(curves)
+    if aif_column not in table.columns:
+        raise KineticsInputError(f"{curves}: no AIF column {aif_column!r}; columns are {list(table.columns)}.")
+    rois = [c for c in table.columns if c not in ("time_s", aif_column)]
+    if not rois:
+        raise KineticsInputError(f"{curves}: no ROI column besides 'time_s' and {aif_column!r}.")
+    t_s = table["time_s"].to_numpy()
+    if not np.all(np.isfinite(t_s)) or np.any(np.diff(t_s) <= 0):
+        raise KineticsInputError(f"{curves}: the time_s column must be finite and increasing.")
+    tissue = table[rois].to_numpy().T
+    cp = table[aif_column].to_numpy()
+    if input == "signal":
+        _check_acquisition(tr, fa, r1, baseline, t_s.size, curves)
+        if t10 is None:
+            raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
+        convert = dict(tr_s=float(tr), fa_deg=float(fa), r1_per_mM_s=float(r1), baseline=int(baseline))
+        tissue = concentration_from_signal(tissue, t10_s=float(t10), **convert)
+        cp = concentration_from_signal(cp, t10_s=float(t10_aif), **convert) / (1.0 - hct)
+    rows = {"roi": rois}
+    if model == "patlak_rutland":
+        pr = patlak_rutland(t_s, tissue, cp)
+        rows.update(ft=pr.ft, vp=pr.vp, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
+        flows = dict(ft_ml_100ml_min=pr.ft)
+    else:
+        res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=fit_delay)
+        rows.update(res.params)
+        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int))
+        flows = dict(ft_ml_100ml_min=res.params["ft"], fp_ml_100ml_min=res.params["fp"]) if model == "2cfm" else {}
+    volumes = _volumes(volume_ml, rois)
+    if volumes is not None and flows:
+        rows["volume_ml"] = volumes
+        rows.update(single_kidney_function(volume_ml=volumes, hct=hct, **flows))
+    import pandas as pd
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(out)
     return out

@@ -1,0 +1,143 @@
+"""Command line: ``python -m kinetics fit | fit-roi | t1map | aif | dro`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+from .errors import KineticsInputError
+
+
+def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10=None, tr=None, fa=None,
+        r1=4.5, baseline=None, hct=0.42, aif_delay=None, mask=None, method="nlls", fit_delay=False,
+        motion_correct=False, denoise=False, overwrite=False):
+    """Fit a pharmacokinetic model to every voxel of a DCE-MRI series and write maps.
+
+    Args:
+        dce: 4D NIfTI series (x, y, z, t): concentration (mM) or SPGR signal.
+        times: text file, frame times in seconds, one a line.
+        aif: CSV with header time_s,cp_mM (plasma, mM), or parker | georgiou | weinmann | mcgrath | auto.
+        out: output directory (must not exist unless --overwrite).
+        model: tofts | extended_tofts | patlak | 2cxm | 2cum | 2cfm.
+        input: concentration | signal.
+        t10: pre-contrast T1, seconds or a NIfTI map (signal input).
+        tr: repetition time, s (signal input).
+        fa: flip angle, degrees (signal input).
+        r1: relaxivity, /s/mM.
+        baseline: number of pre-contrast frames (signal input).
+        hct: haematocrit, to turn blood AIFs into plasma.
+        aif_delay: bolus start of a population AIF, s (default: estimated from the series).
+        mask: 3D NIfTI; voxels > 0 are fitted.
+        method: nlls (bounded Levenberg-Marquardt seeded by llsq) | llsq (linear only).
+        fit_delay: also estimate the arterial delay per voxel (s).
+        motion_correct: register every frame to the mean first (dipy, mutual information).
+        denoise: MP-PCA denoising of the series first (dipy).
+        overwrite: replace an existing output directory.
+    """
+    from .workflow import fit_dce
+
+    return str(fit_dce(dce, times, aif, out=out, model=model, input=input, t10=t10, tr=tr, fa=fa, r1=r1,
+                       baseline=baseline, hct=hct, aif_delay=aif_delay, mask=mask, method=method,
+                       fit_delay=fit_delay, motion_correct=motion_correct, denoise=denoise, overwrite=overwrite))
+
+
+def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
+            fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
+            overwrite=False):
+    """Fit ROI curves (CSV: time_s, the AIF column, one column per ROI); one row of parameters per ROI.
+
+    Args:
+        curves: CSV with time_s (s), the AIF column and one column per ROI.
+        aif_column: name of the AIF column (plasma mM, or signal with --input signal).
+        out: output CSV.
+        model: 2cfm | patlak_rutland | tofts | extended_tofts | patlak | 2cxm | 2cum.
+        volume_ml: kidney volume (mL), a number or {roi: mL}; adds single-kidney GFR/RPF (mL/min).
+        t10_aif: blood T10 (s) for a signal AIF.
+        Other options as for fit.
+    """
+    from .workflow import fit_roi as run
+
+    return str(run(curves, aif_column=aif_column, out=out, model=model, input=input, t10=t10, t10_aif=t10_aif,
+                   tr=tr, fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
+                   volume_ml=volume_ml, overwrite=overwrite))
+
+
+def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):
+    """T1 map (s) from a variable flip angle series.
+
+    Args:
+        vfa: 4D NIfTI, one volume per flip angle.
+        fa: flip angles in degrees, comma separated (2,5,10,15).
+        tr: repetition time, s.
+        out: output NIfTI (T1 in seconds).
+        method: nonlinear (seeded by DESPOT1) | linear (DESPOT1).
+        b1: relative B1 map (NIfTI) or number.
+        mask: 3D NIfTI; voxels > 0 are fitted.
+    """
+    from .workflow import t1_map
+
+    fa = [float(a) for a in (fa.split(",") if isinstance(fa, str) else np.atleast_1d(fa))]
+    return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, overwrite=overwrite))
+
+
+def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False):
+    """Write a population AIF (plasma, mM) on the frame times to a CSV time_s,cp_mM.
+
+    Args:
+        name: parker | georgiou | weinmann | mcgrath.
+        times: text file of frame times (s), one a line.
+        out: output CSV.
+        hct: haematocrit.
+        delay: bolus start, s.
+    """
+    from pathlib import Path
+
+    from .aif import plasma_aif, write_aif_csv
+    from .io import read_times
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    t = read_times(times)
+    write_aif_csv(out, t, plasma_aif(name, t, hct=hct, delay_s=delay))
+    return str(out)
+
+
+def dro(out, snr=60.0, seed=0, overwrite=False):
+    """Write a digital reference object (QIBA-like blocks of known Ktrans, ve, vp) as fit inputs.
+
+    Args:
+        out: output directory: dce.nii.gz, times.txt, aif.csv, vfa.nii.gz, *_true.nii.gz, dro.json.
+        snr: baseline signal over noise standard deviation.
+        seed: noise seed.
+    """
+    from .dro import make_dro, write_dro
+
+    return str(write_dro(make_dro(snr=snr, seed=seed), out, overwrite=overwrite))
+
+
+COMMANDS = {"fit": fit, "fit-roi": fit_roi, "t1map": t1map, "aif": aif, "dro": dro}
+
+
+def main(argv=None):
+    """Run the CLI; bad input prints one sentence and exits 2 (``--debug`` shows the traceback)."""
+    import fire
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        fire.Fire(COMMANDS, command=argv, name="kinetics")
+    except KineticsInputError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

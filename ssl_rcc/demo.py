@@ -1,0 +1,85 @@
+"""``make demo``: the whole pipeline on built-in synthetic data, with a report a person can read.
+
+At this stage: the DCE-MRI kinetics pipeline on a digital reference object (signal series ->
+VFA T10 map -> concentration -> extended Tofts maps), checked against the truth at OSIPI tolerances.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("ssl_rcc")
+
+# OSIPI DCE model tolerances: |error| <= atol + rtol * |truth|
+OSIPI_TOLERANCE = {"ktrans": (0.005, 0.1), "ve": (0.05, 0.0), "vp": (0.025, 0.0)}
+
+
+def run_demo(out, *, overwrite=False, seed=0):
+    """Run the demo into directory ``out`` and return the path of its ``report.md``."""
+    import nibabel as nib
+
+    from kinetics.dro import make_dro, write_dro
+    from kinetics.io import output_directory
+    from kinetics.workflow import fit_dce, t1_map
+
+    from .report import map_figure, markdown_table
+
+    out = Path(out)
+    with output_directory(out, overwrite=overwrite) as tmp:
+        start = time.perf_counter()
+        dro = make_dro(seed=seed)
+        dro_dir = write_dro(dro, tmp / "dro")
+        meta = json.loads((dro_dir / "dro.json").read_text())
+        t10_path = t1_map(dro_dir / "vfa.nii.gz", meta["vfa_fa_deg"], tr=meta["tr_s"], out=tmp / "t10.nii.gz")
+        maps_dir = fit_dce(
+            dro_dir / "dce.nii.gz", dro_dir / "times.txt", dro_dir / "aif.csv", out=tmp / "maps",
+            model="extended_tofts", input="signal", t10=t10_path, tr=meta["tr_s"], fa=meta["fa_deg"],
+            r1=meta["r1_per_mM_s"], baseline=meta["baseline_frames"],
+        )
+        elapsed = time.perf_counter() - start
+        fitted = {k: np.asarray(nib.load(str(maps_dir / f"{k}.nii.gz")).dataobj) for k in ("ktrans", "ve", "vp")}
+        t10 = np.asarray(nib.load(str(t10_path)).dataobj)
+        rows, within = [], {}
+        for name, (atol, rtol) in OSIPI_TOLERANCE.items():
+            err = np.abs(fitted[name] - dro.truth[name])
+            ok = err <= atol + rtol * np.abs(dro.truth[name])
+            within[name] = float(np.mean(ok))
+        for kt in np.unique(dro.truth["ktrans"]):
+            for ve in np.unique(dro.truth["ve"]):
+                sel = (dro.truth["ktrans"] == kt) & (dro.truth["ve"] == ve)
+                rows.append([kt, float(np.nanmedian(fitted["ktrans"][sel])), ve, float(np.nanmedian(fitted["ve"][sel]))])
+        r1_err = np.abs(1.0 / t10 - 1.0 / dro.truth["t10"])
+        map_figure(
+            tmp / "ktrans.png",
+            [("true Ktrans (/min)", dro.truth["ktrans"], 0, 0.4, "viridis"),
+             ("fitted Ktrans (/min)", fitted["ktrans"], 0, 0.4, "viridis"),
+             ("|error| (/min)", np.abs(fitted["ktrans"] - dro.truth["ktrans"]), 0, 0.05, "magma")],
+            title="Extended Tofts on the DRO (slice vp = 0.02)",
+        )
+        report = [
+            "# ssl-rcc demo report",
+            "",
+            "## DCE-MRI kinetics on a digital reference object",
+            "",
+            f"A {dro.signal.shape[0]}x{dro.signal.shape[1]}x{dro.signal.shape[2]} voxel DRO with "
+            f"{dro.signal.shape[3]} frames ({dro.times_s[1] - dro.times_s[0]:g} s apart), SPGR signal at SNR 60, "
+            "Parker AIF, T10 varying +-20% across x. Pipeline: VFA T10 map (nonlinear) -> signal to "
+            "concentration -> extended Tofts (nonlinear least squares seeded by Murase LLSQ).",
+            "",
+            f"Run time of the pipeline: {elapsed:.1f} s.",
+            "",
+            f"- T10 map: R1 within the OSIPI tolerance (0.05 /s + 5%) in "
+            f"{100 * np.mean(r1_err <= 0.05 + 0.05 / dro.truth['t10']):.1f}% of voxels.",
+        ]
+        report += [f"- {k}: within the OSIPI tolerance in {100 * v:.1f}% of voxels." for k, v in within.items()]
+        report += ["", "![Ktrans maps](ktrans.png)", "", "Median fitted values per block (all vp slices):", ""]
+        report.append(markdown_table(["true Ktrans (/min)", "fitted Ktrans", "true ve", "fitted ve"], rows))
+        (tmp / "report.md").write_text("\n".join(report) + "\n")
+        (tmp / "summary.json").write_text(json.dumps({"within_osipi": within, "seconds": elapsed}, indent=2))
+    log.info("report: %s", out / "report.md")
+    return out / "report.md"

@@ -1,0 +1,30 @@
+"""Loaders of the OSIPI DCE-MRI test-suite CSVs (github.com/OSIPI/DCE-DSC-MRI_CodeCollection,
+commit 40984f7c, test/*/data), following the suite's own loaders: array cells are space-separated
+numbers; files may start with a UTF-8 BOM. Tolerances are the suite's, as listed in its README.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+# |measured - reference| <= atol + rtol * |reference|
+DCE_TOLERANCE = {
+    "ktrans": (0.005, 0.1), "ps": (0.005, 0.1), "ve": (0.05, 0.0), "vp": (0.025, 0.0),
+    "fp": (5.0, 0.1), "delay": (1.0, 0.0),
+}
+
+
+def read_rows(path: Path):
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return list(csv.DictReader(fh))
+
+
+def array(cell: str) -> np.ndarray:
+    return np.array(cell.split(), dtype=float)
+
+
+def within(measured, reference, atol, rtol):
+    return np.abs(np.asarray(measured) - np.asarray(reference)) <= atol + rtol * np.abs(reference)

@@ -1,0 +1,111 @@
+"""The fitting engine: planted truth, failure handling, chunking and argument errors."""
+
+import numpy as np
+import pytest
+
+from kinetics import KineticsInputError
+from kinetics.aif import plasma_aif
+from kinetics.fit import fit_curves, fit_image
+from kinetics.models import extended_tofts, two_compartment_filtration
+
+T = np.arange(60) * 5.0
+CP = plasma_aif("parker", T, delay_s=25.0)
+
+
+def planted(rng, n=400, noise_mM=0.01):
+    truth = {"ktrans": rng.uniform(0.02, 0.4, n), "ve": rng.uniform(0.1, 0.5, n), "vp": rng.uniform(0.0, 0.08, n)}
+    conc = extended_tofts(T, CP, truth["ktrans"], truth["ve"], truth["vp"])
+    return truth, conc + rng.normal(0.0, noise_mM, conc.shape)
+
+
+@pytest.mark.parametrize("method", ["llsq", "nlls"])
+def test_recovers_planted_extended_tofts(rng, method):
+    truth, conc = planted(rng)
+    res = fit_curves(conc, T, CP, model="extended_tofts", method=method)
+    ok = np.abs(res.params["ktrans"] - truth["ktrans"]) <= 0.005 + 0.1 * truth["ktrans"]
+    assert ok.mean() >= 0.95
+    assert res.fit_ok.mean() >= 0.95
+    np.testing.assert_allclose(res.params["kep"], res.params["ktrans"] / res.params["ve"])
+    assert res.units["ktrans"] == "/min" and res.units["kep"] == "/min"
+    assert np.nanmedian(res.rmse) == pytest.approx(0.01, rel=0.2)
+
+
+def test_noiseless_fit_is_exact():
+    truth = {"ktrans": np.array([0.05, 0.3]), "ve": np.array([0.2, 0.4]), "vp": np.array([0.0, 0.05])}
+    conc = extended_tofts(T, CP, truth["ktrans"], truth["ve"], truth["vp"])
+    res = fit_curves(conc, T, CP, model="extended_tofts")
+    for name in truth:
+        np.testing.assert_allclose(res.params[name], truth[name], atol=1e-5)
+    assert np.all(res.r2 > 0.999999)
+
+
+def test_nonlinear_is_no_worse_than_linear_on_noisy_data(rng):
+    truth, conc = planted(rng, noise_mM=0.03)
+    err = {m: np.nanmedian(np.abs(fit_curves(conc, T, CP, method=m).params["ktrans"] - truth["ktrans"])) for m in ("llsq", "nlls")}
+    assert err["nlls"] <= err["llsq"] * 1.05
+
+
+def test_bad_voxels_give_nan_and_not_ok(rng):
+    truth, conc = planted(rng, n=6)
+    conc[0, 10] = np.nan  # missing sample
+    conc[1] = 0.0  # flat
+    conc[2] = rng.normal(0.0, 0.01, T.size)  # noise only: not enhancing
+    conc[3] = 0.2  # flat and non-zero
+    res = fit_curves(conc, T, CP)
+    assert res.fit_ok.tolist() == [False, False, False, False, True, True]
+    for values in res.params.values():
+        assert np.all(np.isnan(values[:4])) and np.all(np.isfinite(values[4:]))
+
+
+def test_failed_policy_keep_reports_estimates_but_not_ok(rng):
+    truth, conc = planted(rng, n=4)
+    conc[0] = rng.normal(0.0, 0.01, T.size)
+    res = fit_curves(conc, T, CP, failed="keep")
+    assert not res.fit_ok[0]
+
+
+def test_chunks_do_not_change_the_result(rng):
+    truth, conc = planted(rng, n=300)
+    whole = fit_curves(conc, T, CP, chunk_size=10_000)
+    chunked = fit_curves(conc.astype(np.float32), T, CP, chunk_size=7)
+    np.testing.assert_allclose(chunked.params["ktrans"], whole.params["ktrans"], rtol=1e-4)
+
+
+def test_fit_image_keeps_the_shape_and_masks(rng):
+    truth, conc = planted(rng, n=24)
+    image = conc.reshape(2, 3, 4, T.size)
+    mask = np.zeros((2, 3, 4), bool)
+    mask[0] = True
+    res = fit_image(image, T, CP, mask=mask)
+    assert res.params["ktrans"].shape == (2, 3, 4)
+    assert np.all(np.isnan(res.params["ktrans"][1])) and not res.fit_ok[1].any()
+    np.testing.assert_allclose(res.params["ktrans"][0].ravel(), fit_curves(conc[:12], T, CP).params["ktrans"])
+
+
+def test_renal_filtration_model_recovers_flows(rng):
+    truth = dict(fp=np.array([220.0, 150.0]), vp=np.array([0.25, 0.2]), ft=np.array([30.0, 15.0]), tt=np.array([120.0, 90.0]))
+    t = np.arange(0, 300, 2.0)
+    cp = plasma_aif("parker", t, delay_s=10.0)
+    conc = two_compartment_filtration(t, cp, *truth.values()) + rng.normal(0, 0.005, (2, t.size))
+    res = fit_curves(conc, t, cp, model="2cfm")
+    np.testing.assert_allclose(res.params["ft"], truth["ft"], rtol=0.1)
+    np.testing.assert_allclose(res.params["fp"], truth["fp"], rtol=0.15)
+    np.testing.assert_allclose(res.params["ff"], truth["ft"] / truth["fp"], rtol=0.2)
+
+
+def test_bad_arguments_raise_one_clear_error(rng):
+    truth, conc = planted(rng, n=3)
+    with pytest.raises(KineticsInputError, match="unknown model 'toft'.*extended_tofts"):
+        fit_curves(conc, T, CP, model="toft")
+    with pytest.raises(KineticsInputError, match="unknown method"):
+        fit_curves(conc, T, CP, method="bayes")
+    with pytest.raises(KineticsInputError, match="must increase"):
+        fit_curves(conc, T[::-1], CP)
+    with pytest.raises(KineticsInputError, match="not finite"):
+        fit_curves(conc, np.where(T == 10, np.nan, T), CP)
+    with pytest.raises(KineticsInputError, match="59 AIF samples for 60 frames"):
+        fit_curves(conc, T, CP[:-1])
+    with pytest.raises(KineticsInputError, match=r"expected \(n_voxels, 60\)"):
+        fit_curves(conc[:, :-1], T, CP)
+    with pytest.raises(KineticsInputError, match="policy"):
+        fit_curves(conc, T, CP, failed="zero")
