@@ -1,0 +1,148 @@
+"""The kinetics CLI end to end on a written DRO, and every bad input: one sentence, exit 2, nothing left."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from kinetics.__main__ import main
+from kinetics.aif import plasma_aif, write_aif_csv
+from kinetics.dro import make_dro, write_dro
+from kinetics.io import save_image
+from kinetics.models import two_compartment_filtration
+
+
+@pytest.fixture(scope="module")
+def dro_dir(tmp_path_factory):
+    return write_dro(make_dro(snr=80.0, seed=3), tmp_path_factory.mktemp("cli") / "dro")
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr()
+
+
+def load(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def test_fit_signal_series_recovers_truth(dro_dir, tmp_path, capsys):
+    out = tmp_path / "maps"
+    meta = json.loads((dro_dir / "dro.json").read_text())
+    code, _ = run(["fit", "--dce", dro_dir / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+                   "--input", "signal", "--t10", dro_dir / "t10_true.nii.gz", "--tr", meta["tr_s"], "--fa", meta["fa_deg"],
+                   "--baseline", meta["baseline_frames"], "--out", out], capsys)
+    assert code == 0
+    for name in ["ktrans", "ve", "vp", "kep", "rmse", "r2", "fit_ok"]:
+        assert (out / f"{name}.nii.gz").is_file()
+    ktrans, truth = load(out / "ktrans.nii.gz"), load(dro_dir / "ktrans_true.nii.gz")
+    assert np.mean(np.abs(ktrans - truth) <= 0.005 + 0.1 * truth) >= 0.95
+    np.testing.assert_allclose(nib.load(str(out / "ktrans.nii.gz")).affine, nib.load(str(dro_dir / "dce.nii.gz")).affine)
+    ds = xr.open_dataset(out / "maps.nc", engine="h5netcdf")
+    assert ds["ktrans"].attrs["units"] == "/min" and ds["ktrans"].dims == ("x", "y", "z")
+    np.testing.assert_allclose(ds["ktrans"].values, ktrans, equal_nan=True)
+    ds.close()
+
+
+def test_fit_concentration_with_mask_population_aif_and_llsq(dro_dir, tmp_path, capsys):
+    mask = np.zeros(load(dro_dir / "ktrans_true.nii.gz").shape, np.uint8)
+    mask[:10] = 1
+    save_image(tmp_path / "mask.nii.gz", mask, np.diag([2.0, 2, 5, 1]))
+    out = tmp_path / "maps"
+    code, _ = run(["fit", "--dce", dro_dir / "conc.nii.gz", "--times", dro_dir / "times.txt", "--aif", "parker",
+                   "--aif-delay", 25.0, "--mask", tmp_path / "mask.nii.gz", "--method", "llsq", "--out", out], capsys)
+    assert code == 0
+    ok = load(out / "fit_ok.nii.gz")
+    assert ok[:10].all() and not ok[10:].any()
+    truth = load(dro_dir / "ktrans_true.nii.gz")
+    np.testing.assert_allclose(load(out / "ktrans.nii.gz")[:10], truth[:10], atol=2e-3)
+
+
+def test_t1map_and_aif_and_dro_commands(dro_dir, tmp_path, capsys):
+    fa = ",".join(str(a) for a in json.loads((dro_dir / "dro.json").read_text())["vfa_fa_deg"])
+    code, _ = run(["t1map", "--vfa", dro_dir / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "t10.nii.gz"], capsys)
+    assert code == 0
+    t10, truth = load(tmp_path / "t10.nii.gz"), load(dro_dir / "t10_true.nii.gz")
+    assert np.all(np.abs(1 / t10 - 1 / truth) <= 0.05 + 0.05 / truth)
+    code, _ = run(["aif", "parker", "--times", dro_dir / "times.txt", "--out", tmp_path / "aif.csv", "--delay", 25], capsys)
+    table = pd.read_csv(tmp_path / "aif.csv")
+    assert code == 0 and list(table.columns) == ["time_s", "cp_mM"]
+    t = table["time_s"].to_numpy()
+    np.testing.assert_allclose(table["cp_mM"], plasma_aif("parker", t, delay_s=25), rtol=1e-6)
+
+
+def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
+    t = np.arange(0, 300, 2.0)
+    cp = plasma_aif("parker", t, delay_s=10.0)
+    left = two_compartment_filtration(t, cp, 220.0, 0.25, 30.0, 120.0)
+    right = two_compartment_filtration(t, cp, 150.0, 0.2, 15.0, 120.0)
+    pd.DataFrame({"time_s": t, "aorta": cp, "left": left, "right": right}).to_csv(tmp_path / "curves.csv", index=False)
+    code, _ = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
+                   "--volume-ml", "{left: 150, right: 120}", "--out", tmp_path / "params.csv"], capsys)
+    assert code == 0
+    rows = pd.read_csv(tmp_path / "params.csv").set_index("roi")
+    np.testing.assert_allclose(rows.loc["left", "gfr_ml_min"], 0.30 * 150, rtol=0.02)
+    np.testing.assert_allclose(rows.loc["right", "gfr_ml_min"], 0.15 * 120, rtol=0.02)
+    np.testing.assert_allclose(rows.loc["left", "rpf_ml_min"], 2.2 * 150, rtol=0.05)
+    code, _ = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "patlak_rutland",
+                   "--volume-ml", 150, "--out", tmp_path / "pr.csv"], capsys)
+    pr = pd.read_csv(tmp_path / "pr.csv").set_index("roi")
+    # Patlak-Rutland underestimates FT once tubular outflow starts; the order of the kidneys is kept
+    assert code == 0 and pr.loc["left", "gfr_ml_min"] > pr.loc["right", "gfr_ml_min"] > 0
+
+
+@pytest.fixture
+def bad_inputs(dro_dir, tmp_path):
+    three_d = tmp_path / "three_d.nii.gz"
+    save_image(three_d, np.zeros((4, 4, 4), np.float32), np.eye(4))
+    (tmp_path / "short.txt").write_text("\n".join(str(i) for i in range(10)))
+    (tmp_path / "nan.txt").write_text("\n".join(["0", "nan"] + [str(i) for i in range(2, 60)]))
+    (tmp_path / "backwards.txt").write_text("\n".join(str(60 - i) for i in range(60)))
+    (tmp_path / "garbage.nii.gz").write_bytes(b"not a nifti file at all")
+    write_aif_csv(tmp_path / "short_aif.csv", np.arange(0, 100, 5.0), np.ones(20))
+    (tmp_path / "exists").mkdir()
+    base = ["fit", "--dce", dro_dir / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+            "--input", "signal", "--t10", 1.2, "--tr", 0.004, "--fa", 15, "--baseline", 5]
+    return tmp_path, base
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--dce": "three_d.nii.gz"}, "is 3D with shape (4, 4, 4); expected 4D"),
+    ({"--times": "short.txt"}, "10 times for 60 frames"),
+    ({"--times": "nan.txt"}, "are not finite"),
+    ({"--times": "backwards.txt"}, "times must increase"),
+    ({"--aif": "short_aif.csv"}, "the AIF covers 0-95 s but the series runs 0-295 s"),
+    ({"--t10": 0}, "T10 0.0 s must be positive"),
+    ({"--fa": 120}, "flip angle 120 degrees is outside (0, 90]"),
+    ({"--dce": "garbage.nii.gz"}, "cannot read the DCE series as NIfTI"),
+    ({"--dce": "missing.nii.gz"}, "DCE series file not found"),
+    ({"--out": "exists"}, "output directory exists"),
+    ({"--model": "tofts2"}, "unknown model 'tofts2'"),
+])
+def test_bad_input_one_sentence_exit_2_no_output(bad_inputs, capsys, change, message):
+    tmp_path, base = bad_inputs
+    args = list(base) + ["--out", tmp_path / "maps"]
+    for flag, value in change.items():
+        value = tmp_path / value if isinstance(value, str) and ("." in value or value == "exists") else value
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code, captured = run(args, capsys)
+    assert code == 2
+    assert message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert not (tmp_path / "maps").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".maps")]
+
+
+def test_module_entry_point_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kinetics", "fit", "--dce", tmp_path / "none.nii.gz", "--times",
+                           tmp_path / "t.txt", "--aif", "parker", "--out", tmp_path / "o"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("DCE series file not found.")

@@ -1,0 +1,15 @@
+"""The demo pipeline writes its report, figure and the accuracy it claims."""
+
+import json
+
+from ssl_rcc.demo import run_demo
+
+
+def test_demo_report_on_the_dro(tmp_path):
+    report = run_demo(tmp_path / "demo")
+    text = report.read_text()
+    assert "![Ktrans maps](ktrans.png)" in text and (report.parent / "ktrans.png").stat().st_size > 10_000
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert summary["within_osipi"]["ktrans"] >= 0.95
+    assert summary["within_osipi"]["vp"] >= 0.95
+    assert (report.parent / "maps" / "ktrans.nii.gz").is_file()
