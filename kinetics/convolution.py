@@ -38,7 +38,8 @@ def _interval_terms(t_s, rate_per_s):
     """Per-interval factors of the exact recurrence, time-major: E, c1 (s), c2 (s), a = k dt, ...
 
     Returned with the interval axis first, (n_times - 1, ...), so that the loop over time reads
-    contiguous rows. On a uniform grid they are computed once per voxel and broadcast (as views).
+    contiguous rows. On a uniform grid the interval axis has length 1: they are computed once per
+    voxel and broadcast by the caller.
     """
     dt = np.diff(t_s)
     k = np.asarray(rate_per_s, dtype=float)
@@ -52,9 +53,7 @@ def _interval_terms(t_s, rate_per_s):
     one_minus_e = -np.expm1(-a_safe)
     c1 = np.where(small, step * (1.0 - a / 2.0 + a * a / 6.0), one_minus_e / a_safe * step)
     h = np.where(small, 0.5 - a / 3.0 + a * a / 8.0, (one_minus_e - a_safe * np.exp(-a_safe)) / (a_safe * a_safe))
-    shape = (dt.size,) + k.shape
-    terms = (e, c1, h * step, a, small, step, h)
-    return tuple(np.broadcast_to(x, shape if x.ndim == len(shape) else (dt.size,) + (1,) * k.ndim) for x in terms)
+    return e, c1, h * step, a, small, step, h
 
 
 def _time_major(x, rate_per_s):
@@ -91,7 +90,7 @@ def exp_conv(t_s, x, rate_per_s):
     e, c1, c2 = _interval_terms(t_s, rate_per_s)[:3]
     xt = _time_major(x, rate_per_s)
     b = xt[1:] * c1 - (xt[1:] - xt[:-1]) * c2
-    e, b = np.broadcast_arrays(e, b)
+    e, b = np.broadcast_arrays(e, b)  # e may have an interval axis of length 1 (uniform grid)
     y = np.empty((t_s.size,) + b.shape[1:])
     y[0] = 0.0
     rows = y.reshape(t_s.size, -1)  # 2-D view, so that each row is an array even for one curve
@@ -110,26 +109,38 @@ def exp_conv_and_derivative(t_s, x, rate_per_s):
     y : (n_voxels, n_times) ndarray, units of x times s
     dy_dk : (n_voxels, n_times) ndarray, units of x times s^2
         Derivative of ``y`` with respect to ``rate_per_s`` (the Jacobian column of a rate parameter).
+
+    Notes
+    -----
+    Differentiating the recurrence of :func:`exp_conv`, with ``h(a) = (1 - E - a E)/a^2``:
+    ``dy[i] = E (dy[i-1] - dt y[i-1]) - dt^2 (x[i] h(a) + (x[i] - x[i-1]) h'(a))``.
     """
     t_s = np.asarray(t_s, dtype=float)
-    e, c1, c2, a, small, dt, h = _interval_terms(t_s, rate_per_s)
+    e, c1, c2, a, small, step, h = _interval_terms(t_s, rate_per_s)
     a_safe = np.where(small, 1.0, a)
-    # d c1/dk = -dt^2 h(a);  d c2/dk = dt^2 h'(a),  h'(a) = e^-a/a - 2 h(a)/a
+    # h'(a) = (e^-a - 2 h(a))/a; on a uniform grid these are per-voxel arrays, broadcast for free
     dh = np.where(small, -1.0 / 3.0 + a / 4.0 - a * a / 10.0, (np.exp(-a_safe) - 2.0 * h) / a_safe)
+    step2 = step * step
     xt = _time_major(x, rate_per_s)
     dx = xt[1:] - xt[:-1]
     b = xt[1:] * c1 - dx * c2
-    db = (-(xt[1:] * h) - dx * dh) * (dt * dt)
+    db = -(xt[1:] * (h * step2) + dx * (dh * step2))
     e, b, db = np.broadcast_arrays(e, b, db)
-    minus_dt_e = -dt * e
-    y = np.empty((t_s.size,) + b.shape[1:])
-    dy = np.empty_like(y)
+    shape = (t_s.size,) + b.shape[1:]
+    y, dy = np.empty(shape), np.empty(shape)
     y[0] = 0.0
     dy[0] = 0.0
-    for i in range(b.shape[0]):
-        dy[i + 1] = e[i] * dy[i] + minus_dt_e[i] * y[i] + db[i]
-        np.multiply(e[i], y[i], out=y[i + 1])
-        y[i + 1] += b[i]
+    ry, rdy = y.reshape(t_s.size, -1), dy.reshape(t_s.size, -1)
+    e2, b2, db2 = (v.reshape(t_s.size - 1, -1) for v in (e, b, db))
+    dt = np.diff(t_s)
+    tmp = np.empty_like(ry[0])
+    for i in range(t_s.size - 1):  # in place: no temporaries inside the loop over time
+        np.multiply(ry[i], -dt[i], out=tmp)
+        tmp += rdy[i]
+        np.multiply(e2[i], tmp, out=rdy[i + 1])
+        rdy[i + 1] += db2[i]
+        np.multiply(e2[i], ry[i], out=ry[i + 1])
+        ry[i + 1] += b2[i]
     return np.moveaxis(y, 0, -1), np.moveaxis(dy, 0, -1)
 
 

@@ -8,6 +8,8 @@ memory stays bounded. Failures are data: they come back as NaN with ``fit_ok=Fal
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,11 +17,14 @@ import numpy as np
 from .convolution import delay_input
 from .errors import KineticsInputError
 from .optimize import levenberg_marquardt
+from .models import SECONDS_PER_MINUTE
 from .registry import ModelSpec, get_model
+from .separable import fit_tofts_separable
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS"]
 
 METHODS = ("llsq", "nlls")
+_SEPARABLE = {"tofts": False, "extended_tofts": True}  # model -> has vp
 
 
 @dataclass
@@ -45,6 +50,13 @@ class CurveFit:
     rmse: np.ndarray = None
     r2: np.ndarray = None
     fit_ok: np.ndarray = None
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_times(t_s):
@@ -84,9 +96,10 @@ def fit_curves(
     delay_bounds_s: tuple[float, float] = (-10.0, 10.0),
     delay_step_s: float = 0.5,
     max_iter: int = 100,
-    chunk_size: int = 50_000,
+    chunk_size: int = 16_384,
     min_enhancement_z: float = 3.0,
     failed: str = "nan",
+    workers: int | None = None,
 ) -> CurveFit:
     """Fit ``model`` to every tissue concentration curve.
 
@@ -119,6 +132,9 @@ def fit_curves(
     failed : {"nan", "keep"}
         - ``"nan"``: parameters of voxels with ``fit_ok=False`` are set to NaN.
         - ``"keep"``: their last estimates are kept, for inspection; ``fit_ok`` still says False.
+    workers : int or None
+        Threads fitting chunks at once; None uses every core available to the process. Results do
+        not depend on it.
 
     Returns
     -------
@@ -139,11 +155,21 @@ def fit_curves(
     names = spec.params + (("delay",) if fit_delay else ())
     out = {name: np.full(n, np.nan) for name in names}
     rmse, r2, ok = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
-    for start in range(0, n, max(int(chunk_size), 1)):
-        rows = slice(start, min(start + int(chunk_size), n))
+    size = max(int(chunk_size), 1)
+    chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def run(rows):
         c = np.asarray(conc_mM[rows], dtype=float)
         cp_rows = cp if cp.ndim == 1 else cp[rows]
-        p, q = _fit_chunk(spec, t, c, cp_rows, method, fit_delay, delay_bounds_s, delay_step_s, max_iter, min_enhancement_z)
+        return _fit_chunk(spec, t, c, cp_rows, method, fit_delay, delay_bounds_s, delay_step_s, max_iter, min_enhancement_z)
+
+    n_workers = min(len(chunks), _cpu_count() if workers is None else max(int(workers), 1))
+    if n_workers > 1:  # numpy releases the GIL inside its loops, so chunks run in parallel threads
+        with ThreadPoolExecutor(n_workers) as pool:
+            results = list(pool.map(run, chunks))
+    else:
+        results = [run(rows) for rows in chunks]
+    for rows, (p, q) in zip(chunks, results):
         for j, name in enumerate(names):
             out[name][rows] = p[:, j]
         rmse[rows], r2[rows], ok[rows] = q
@@ -229,14 +255,7 @@ def _fit_chunk(spec: ModelSpec, t, c, cp, method, fit_delay, delay_bounds, delay
             delay = np.where(np.isfinite(p[rows, -1]), p[rows, -1], 0.0)
             cpv = delay_input(t, cpv, delay)
 
-        evaluate = spec.jacobian or spec.forward
-
-        def curve(q, r):
-            return evaluate(t, cpv if cpv.ndim == 1 else cpv[r], *q.T)
-
-        res = levenberg_marquardt(curve, seed, cv, lower=lower[:k], upper=upper[:k], max_iter=max_iter)
-        p[rows, :k] = res.params
-        converged[rows] = res.converged
+        p[rows, :k], converged[rows] = _nonlinear(spec, t, cv, cpv, seed, lower[:k], upper[:k], max_iter)
     # quality of the final parameters
     rmse, r2 = np.full(n, np.nan), np.full(n, np.nan)
     finite = converged & np.all(np.isfinite(p), axis=-1)
@@ -254,6 +273,37 @@ def _fit_chunk(spec: ModelSpec, t, c, cp, method, fit_delay, delay_bounds, delay
     at_upper = np.any(p >= upper - 1e-6 * (np.abs(upper) + 1.0), axis=-1)
     ok = finite & ~at_upper & np.isfinite(rmse)
     return p, (rmse, r2, ok)
+
+
+def _nonlinear(spec, t, c, cp, seed, lower, upper, max_iter):
+    """Bounded nonlinear least squares from ``seed``: (params (n, k), converged (n,)).
+
+    The Tofts family goes through variable projection first (fast, exact for interior optima);
+    voxels it leaves outside the bounds or unconverged, and all other models, go through the
+    bounded Levenberg-Marquardt iteration.
+    """
+    n = c.shape[0]
+    params = np.array(seed, dtype=float)
+    converged = np.zeros(n, dtype=bool)
+    todo = np.arange(n)
+    if spec.name in _SEPARABLE:
+        kep0 = seed[:, 0] / seed[:, 1] / SECONDS_PER_MINUTE
+        sep = fit_tofts_separable(t, c, cp, kep0, with_vp=_SEPARABLE[spec.name], max_iter=max_iter)
+        estimate = np.stack([sep.ktrans, sep.ve, sep.vp][: len(spec.params)], axis=-1)
+        inside = sep.converged & np.all((estimate >= lower) & (estimate <= upper), axis=-1)
+        params[inside] = estimate[inside]
+        converged[inside] = True
+        todo = np.flatnonzero(~inside)
+    if todo.size:
+        evaluate = spec.jacobian or spec.forward
+        cp_todo = cp if cp.ndim == 1 else cp[todo]
+
+        def curve(q, r):
+            return evaluate(t, cp_todo if cp_todo.ndim == 1 else cp_todo[r], *q.T)
+
+        res = levenberg_marquardt(curve, params[todo], c[todo], lower=lower, upper=upper, max_iter=max_iter)
+        params[todo], converged[todo] = res.params, res.converged
+    return params, converged
 
 
 def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
@@ -279,9 +329,10 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != spatial:
         raise KineticsInputError(f"mask: shape {mask.shape} does not match the image's {spatial}.")
-    matrix = conc.reshape(-1, conc.shape[-1])
+    matrix = conc.reshape(-1, conc.shape[-1])  # a view for a contiguous image: no copy
     index = np.flatnonzero(mask.reshape(-1))
-    result = fit_curves(matrix[index], t_s, cp_mM, **options)
+    everything = index.size == matrix.shape[0]
+    result = fit_curves(matrix if everything else matrix[index], t_s, cp_mM, **options)
 
     def scatter(values, fill):
         full = np.full(matrix.shape[0], fill, dtype=np.asarray(values).dtype)
