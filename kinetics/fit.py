@@ -96,7 +96,7 @@ def fit_curves(
     delay_bounds_s: tuple[float, float] = (-10.0, 10.0),
     delay_step_s: float = 0.5,
     max_iter: int = 100,
-    chunk_size: int = 16_384,
+    chunk_size: int = 4096,
     min_enhancement_z: float = 3.0,
     failed: str = "nan",
     workers: int | None = None,
@@ -230,16 +230,28 @@ def _linear_with_delay(spec, t, c, cp, delays):
     return best
 
 
+def _take(a, rows, n):
+    """Rows of a per-voxel array (a shared (n_times,) input passes through); no copy when all are taken."""
+    if a.ndim == 1 or rows.size == n:
+        return a
+    return a[rows]
+
+
 def _fit_chunk(spec: ModelSpec, t, c, cp, method, fit_delay, delay_bounds, delay_step, max_iter, z):
     n, k = c.shape[0], len(spec.params)
-    valid = np.all(np.isfinite(c), axis=-1) & (np.ptp(np.nan_to_num(c), axis=-1) > 0)
-    valid &= _enhancing(t, c, cp, z)
+    mean = c.mean(axis=-1, keepdims=True)
+    deviation = c - mean
+    sst = np.einsum("ij,ij->i", deviation, deviation)
+    del deviation
+    # NaN or inf anywhere makes sst non-finite; a flat curve makes it zero up to rounding
+    valid = np.isfinite(sst) & (sst > t.size * (1e-12 * mean[:, 0]) ** 2)
+    valid[valid] &= _enhancing(t, _take(c, np.flatnonzero(valid), n), _take(cp, np.flatnonzero(valid), n), z)
     lower = np.array(spec.lower + ((delay_bounds[0],) if fit_delay else ()))
     upper = np.array(spec.upper + ((delay_bounds[1],) if fit_delay else ()))
     p = np.full((n, len(lower)), np.nan)
     rows = np.flatnonzero(valid)
-    cv = c[rows]
-    cpv = cp if cp.ndim == 1 else cp[rows]
+    cv = _take(c, rows, n)
+    cpv = _take(cp, rows, n)
     if fit_delay:
         delays = np.arange(delay_bounds[0], delay_bounds[1] + delay_step / 2, delay_step)
         p[rows] = _linear_with_delay(spec, t, cv, cpv, delays)
@@ -261,15 +273,14 @@ def _fit_chunk(spec: ModelSpec, t, c, cp, method, fit_delay, delay_bounds, delay
     finite = converged & np.all(np.isfinite(p), axis=-1)
     fr = np.flatnonzero(finite)
     if fr.size:
-        cpf = cp if cp.ndim == 1 else cp[fr]
+        cpf = _take(cp, fr, n)
         q = p[fr]
         if fit_delay:
             cpf, q = delay_input(t, cpf, q[:, -1]), q[:, :-1]
-        resid = c[fr] - spec.forward(t, cpf, *q.T)
-        sse = np.sum(resid**2, axis=-1)
+        resid = _take(c, fr, n) - spec.forward(t, cpf, *q.T)
+        sse = np.einsum("ij,ij->i", resid, resid)
         rmse[fr] = np.sqrt(sse / t.size)
-        sst = np.sum((c[fr] - c[fr].mean(-1, keepdims=True)) ** 2, axis=-1)
-        r2[fr] = 1.0 - sse / sst
+        r2[fr] = 1.0 - sse / sst[fr]
     at_upper = np.any(p >= upper - 1e-6 * (np.abs(upper) + 1.0), axis=-1)
     ok = finite & ~at_upper & np.isfinite(rmse)
     return p, (rmse, r2, ok)

@@ -93,7 +93,7 @@ def fit_dce(
     motion_correct=False,
     denoise=False,
     overwrite=False,
-    chunk_size=50_000,
+    chunk_size=4096,
 ):
     """Fit a DCE-MRI series file and write the maps to ``out``; returns the output directory.
 
