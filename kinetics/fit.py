@@ -299,12 +299,25 @@ def _nonlinear(spec, t, c, cp, seed, lower, upper, max_iter):
     todo = np.arange(n)
     if spec.name in _SEPARABLE:
         kep0 = seed[:, 0] / seed[:, 1] / SECONDS_PER_MINUTE
-        sep = fit_tofts_separable(t, c, cp, kep0, with_vp=_SEPARABLE[spec.name], max_iter=max_iter)
+        with_vp = _SEPARABLE[spec.name]
+        sep = fit_tofts_separable(t, c, cp, kep0, with_vp=with_vp, max_iter=max_iter)
         estimate = np.stack([sep.ktrans, sep.ve, sep.vp][: len(spec.params)], axis=-1)
+        if with_vp:  # a negative vp puts the bounded optimum on vp = 0: the Tofts model there
+            on_zero = np.flatnonzero(sep.converged & (sep.vp < 0))
+            if on_zero.size:
+                kep_z = sep.ktrans[on_zero] / sep.ve[on_zero] / SECONDS_PER_MINUTE
+                kep_z = np.where(np.isfinite(kep_z) & (kep_z > 0), kep_z, kep0[on_zero])
+                z = fit_tofts_separable(t, c[on_zero], _take(cp, on_zero, n), kep_z, with_vp=False, max_iter=max_iter)
+                estimate[on_zero] = np.stack([z.ktrans, z.ve, np.zeros(on_zero.size)], axis=-1)
+                sep.converged[on_zero] = z.converged
         inside = sep.converged & np.all((estimate >= lower) & (estimate <= upper), axis=-1)
-        params[inside] = estimate[inside]
-        converged[inside] = True
-        todo = np.flatnonzero(~inside)
+        # beyond an upper bound the bounded optimum lies on it, which flags the voxel (fit_ok = False)
+        # whatever the other parameters: no need to iterate further
+        beyond = sep.converged & ~inside & np.all(estimate >= lower, axis=-1)
+        done = inside | beyond
+        params[done] = np.clip(estimate[done], lower, upper)
+        converged[done] = True
+        todo = np.flatnonzero(~done)
     if todo.size:
         evaluate = spec.jacobian or spec.forward
         cp_todo = cp if cp.ndim == 1 else cp[todo]

@@ -58,7 +58,7 @@ def _linear_part(f, cp, c_dot_cp, cp_dot_cp, c, with_vp):
     return k, vp, ff, fcp
 
 
-def fit_tofts_separable(t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40, ftol=1e-7, xtol=1e-6):
+def fit_tofts_separable(t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40, ftol=1e-6, xtol=1e-5):
     """Fit Tofts (``with_vp=False``) or extended Tofts by variable projection over kep.
 
     Parameters
