@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
-
-import numpy as np
 
 from .errors import KineticsInputError
 
@@ -57,7 +56,7 @@ def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=No
         t10_aif: blood T10 (s) for a signal AIF.
         Other options as for fit.
     """
-    from .workflow import fit_roi as run
+    from .roi import fit_roi as run
 
     return str(run(curves, aif_column=aif_column, out=out, model=model, input=input, t10=t10, t10_aif=t10_aif,
                    tr=tr, fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
@@ -78,7 +77,6 @@ def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=Fa
     """
     from .workflow import t1_map
 
-    fa = [float(a) for a in (fa.split(",") if isinstance(fa, str) else np.atleast_1d(fa))]
     return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, overwrite=overwrite))
 
 
@@ -92,16 +90,15 @@ def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False):
         hct: haematocrit.
         delay: bolus start, s.
     """
-    from pathlib import Path
-
     from .aif import plasma_aif, write_aif_csv
-    from .io import read_times
+    from .io import output_file, read_times
+    from .options import haematocrit, number
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    hct, delay = haematocrit(hct), number(delay, "delay", "s")
     t = read_times(times)
-    write_aif_csv(out, t, plasma_aif(name, t, hct=hct, delay_s=delay))
+    cp = plasma_aif(name, t, hct=hct, delay_s=delay)
+    with output_file(out, overwrite=overwrite) as tmp:
+        write_aif_csv(tmp, t, cp)
     return str(out)
 
 
@@ -114,11 +111,38 @@ def dro(out, snr=60.0, seed=0, overwrite=False):
         seed: noise seed.
     """
     from .dro import make_dro, write_dro
+    from .options import number
 
+    snr, seed = number(snr, "snr", positive=True), number(seed, "seed", integer=True, low=0)
     return str(write_dro(make_dro(snr=snr, seed=seed), out, overwrite=overwrite))
 
 
 COMMANDS = {"fit": fit, "fit-roi": fit_roi, "t1map": t1map, "aif": aif, "dro": dro}
+
+
+def check_options(commands, argv, prog):
+    """Refuse unknown options and surplus positional values before a command runs.
+
+    fire calls a command with the options it recognises and complains about the others only
+    afterwards, when the work is done and written; this checks first.
+    """
+    if not argv or argv[0] not in commands or "--help" in argv or "-h" in argv:
+        return
+    params = inspect.signature(commands[argv[0]]).parameters
+    valid = sorted("--" + p.replace("_", "-") for p in params)
+    positional, expect_value = 0, False
+    for token in argv[1:]:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            if name not in params:
+                raise KineticsInputError(f"{prog} {argv[0]}: unknown option --{token[2:].split('=', 1)[0]}; valid options are {valid}.")
+            expect_value = "=" not in token
+        elif expect_value:
+            expect_value = False
+        else:
+            positional += 1
+    if positional > len(params):
+        raise KineticsInputError(f"{prog} {argv[0]}: {positional} positional values for at most {len(params)} arguments.")
 
 
 def main(argv=None):
@@ -130,6 +154,7 @@ def main(argv=None):
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
+        check_options(COMMANDS, argv, "kinetics")
         fire.Fire(COMMANDS, command=argv, name="kinetics")
     except KineticsInputError as err:
         if debug:

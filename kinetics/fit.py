@@ -75,13 +75,19 @@ def _check_times(t_s):
 
 def _check_aif(cp_mM, n_voxels, n_times):
     cp = np.asarray(cp_mM, dtype=float)
-    if cp.shape[-1:] != (n_times,) or cp.ndim > 2 or (cp.ndim == 2 and cp.shape[0] != n_voxels):
+    if cp.shape[-1:] != (n_times,) or cp.ndim > 2:
         raise KineticsInputError(
             f"aif: {cp.shape[-1] if cp.ndim else 0} AIF samples for {n_times} frames; "
             "give the AIF on the frame times, as (n_times,) or (n_voxels, n_times)."
         )
+    if cp.ndim == 2 and cp.shape[0] != n_voxels:
+        raise KineticsInputError(f"aif: {cp.shape[0]} per-voxel AIFs for {n_voxels} voxels.")
     if not np.all(np.isfinite(cp)):
         raise KineticsInputError("aif: the AIF contains values that are not finite.")
+    if not np.all(cp.max(axis=-1) > 0):
+        raise KineticsInputError(
+            "aif: the AIF is never above zero on the frame times; check its delay and the times' unit (s)."
+        )
     return cp
 
 
@@ -125,7 +131,7 @@ def fit_curves(
     max_iter : int
         Levenberg-Marquardt iterations.
     chunk_size : int
-        Voxels per chunk; working memory grows as ``chunk_size * n_times``.
+        Voxels per chunk; working memory grows as ``workers * chunk_size * n_times``.
     min_enhancement_z : float
         A voxel counts as enhancing when its mean concentration after the AIF peak exceeds this
         many standard errors (noise estimated from frame-to-frame differences). Others get NaN.
@@ -282,7 +288,8 @@ def _fit_chunk(spec: ModelSpec, t, c, cp, method, fit_delay, delay_bounds, delay
         rmse[fr] = np.sqrt(sse / t.size)
         r2[fr] = 1.0 - sse / sst[fr]
     at_upper = np.any(p >= upper - 1e-6 * (np.abs(upper) + 1.0), axis=-1)
-    ok = finite & ~at_upper & np.isfinite(rmse)
+    below = np.any(p < lower - 1e-9 * (np.abs(lower) + 1.0), axis=-1)  # linear fits are unbounded
+    ok = finite & ~at_upper & ~below & np.isfinite(rmse)
     return p, (rmse, r2, ok)
 
 
@@ -356,7 +363,11 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     matrix = conc.reshape(-1, conc.shape[-1])  # a view for a contiguous image: no copy
     index = np.flatnonzero(mask.reshape(-1))
     everything = index.size == matrix.shape[0]
-    result = fit_curves(matrix if everything else matrix[index], t_s, cp_mM, **options)
+    cp = np.asarray(cp_mM, dtype=float)
+    if cp.ndim > 1:  # one AIF per voxel, given on the image grid
+        cp = cp.reshape(-1, cp.shape[-1])
+        cp = cp if everything or cp.shape[0] != matrix.shape[0] else cp[index]
+    result = fit_curves(matrix if everything else matrix[index], t_s, cp, **options)
 
     def scatter(values, fill):
         full = np.full(matrix.shape[0], fill, dtype=np.asarray(values).dtype)

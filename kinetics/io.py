@@ -8,6 +8,7 @@ so a failed run leaves nothing behind and an existing directory is never overwri
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "save_image",
     "maps_dataset",
     "output_directory",
+    "output_file",
 ]
 
 
@@ -129,6 +131,13 @@ def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attr
     return ds
 
 
+def _check_parent(path):
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise KineticsInputError(f"{path}: its parent {parent} is a file, not a directory.")
+    parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def output_directory(path, *, overwrite=False):
     """Yield a temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
@@ -137,9 +146,11 @@ def output_directory(path, *, overwrite=False):
     and an existing ``path`` is left as it was.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KineticsInputError(f"{path}: exists and is not a directory.")
     if path.exists() and not overwrite:
         raise KineticsInputError(f"{path}: output directory exists; choose another or pass --overwrite.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
@@ -147,10 +158,34 @@ def output_directory(path, *, overwrite=False):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        path.rename(old / path.name)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(path)
+
+
+@contextlib.contextmanager
+def output_file(path, *, overwrite=False):
+    """Yield a temporary file name beside ``path`` (same extension) that replaces ``path`` on success.
+
+    An existing ``path`` raises unless ``overwrite``; a directory there always raises; on any error the
+    temporary file is removed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise KineticsInputError(f"{path}: is a directory; give a file name.")
+    if path.exists() and not overwrite:
+        raise KineticsInputError(f"{path}: output file exists; choose another or pass --overwrite.")
+    _check_parent(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

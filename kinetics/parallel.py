@@ -31,7 +31,10 @@ def open_series(path, *, times_s, chunks=(32, 32, 8)):
     """
     import dask.array as da
 
-    img = nib.load(str(path))
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # missing, unreadable or not NIfTI
+        raise KineticsInputError(f"{path}: cannot read the DCE series as NIfTI ({err}).") from None
     if len(img.shape) != 4:
         raise KineticsInputError(f"{path}: the DCE series is {len(img.shape)}D; expected 4D.")
     t = np.asarray(times_s, dtype=float)
@@ -66,6 +69,8 @@ def fit_dataarray(conc_mM: xr.DataArray, cp_mM, *, model="extended_tofts", fit_d
     cp = np.asarray(cp_mM, dtype=float)
     probe = fit_image(np.zeros((1, t.size)) + np.nan, t, cp, model=spec.name, fit_delay=fit_delay, **options)
     names = list(probe.params)
+
+    options.setdefault("workers", 1)  # dask runs the blocks in parallel: no threads inside a block
 
     def block(c):
         res = fit_image(c, t, cp, model=spec.name, fit_delay=fit_delay, **options)

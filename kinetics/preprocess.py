@@ -91,6 +91,10 @@ def denoise_mppca(series, *, mask=None, patch_radius=2):
     series = np.asarray(series, dtype=np.float32)
     if series.ndim != 4:
         raise KineticsInputError(f"denoising: expected a 4D (x, y, z, t) series, got {series.ndim}D.")
+    if min(series.shape[:3]) < 2 * patch_radius + 1:
+        raise KineticsInputError(
+            f"denoising: the series is {series.shape[:3]} voxels, smaller than a {2 * patch_radius + 1}-voxel patch."
+        )
     if (2 * patch_radius + 1) ** 3 <= series.shape[-1]:
         raise KineticsInputError(
             f"patch_radius: {patch_radius} gives {(2 * patch_radius + 1) ** 3} voxels per patch, not more "

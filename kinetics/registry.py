@@ -41,15 +41,22 @@ def _kep(p):
         return {"kep": p["ktrans"] / p["ve"]}
 
 
+_ML_PER_100ML = 100.0  # flows in mL/100mL/min divided by this are in /min (mL/min per mL)
+
+
 def _exchange_derived(p):
+    """Extraction fraction E = PS/(Fp + PS) and Ktrans = E Fp (/min), with Fp converted to /min."""
+    fp_per_min = p["fp"] / _ML_PER_100ML
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = p["ps"] / (p["fp"] + p["ps"])
-    return {"e": e, "ktrans": e * p["fp"] / 100.0}
+        e = p["ps"] / (fp_per_min + p["ps"])
+    return {"e": e, "ktrans": e * fp_per_min}
 
 
 def _filtration_derived(p):
+    """Filtration fraction FT/Fp and plasma mean transit time Tp = vp/Fp (s)."""
+    fp_per_s = p["fp"] / _ML_PER_100ML / models.SECONDS_PER_MINUTE
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {"ff": p["ft"] / p["fp"], "tp": p["vp"] / p["fp"] * 100.0 * models.SECONDS_PER_MINUTE}
+        return {"ff": p["ft"] / p["fp"], "tp": p["vp"] / fp_per_s}
 
 
 _V, _K = "1", "/min"

@@ -14,7 +14,9 @@ import numpy as np
 
 from .aif import bolus_arrival_time
 from .errors import KineticsInputError
-from .linear import llsq_patlak
+from .convolution import cumulative_integral
+from .linear import solve_linear
+from .models import SECONDS_PER_MINUTE
 
 __all__ = ["patlak_rutland", "PatlakRutland", "single_kidney_function"]
 
@@ -54,9 +56,11 @@ def patlak_rutland(t_s, kidney_mM, cp_mM, *, window_s=None, uptake_s=90.0):
     use = (t >= window_s[0]) & (t <= window_s[1])
     if use.sum() < 3:
         raise KineticsInputError(f"window_s: {int(use.sum())} frames in {window_s} s; the Patlak-Rutland fit needs 3.")
-    fit = llsq_patlak(t[use], np.atleast_2d(np.asarray(kidney_mM, float))[:, use], np.asarray(cp_mM, float)[use])
-    # llsq_patlak gives Ktrans in /min, i.e. mL/min per mL tissue
-    return PatlakRutland(fit.params[:, 0] * 100.0, fit.params[:, 1], tuple(window_s))
+    cp = np.asarray(cp_mM, float)
+    # the integral runs from the first frame; only the frames in the window enter the regression
+    coef, _ = solve_linear([cumulative_integral(t, cp)[use], cp[use]], np.atleast_2d(np.asarray(kidney_mM, float))[:, use])
+    ft_per_min = coef[:, 0] * SECONDS_PER_MINUTE  # mL/min per mL of tissue
+    return PatlakRutland(ft_per_min * 100.0, coef[:, 1], tuple(window_s))
 
 
 def single_kidney_function(*, volume_ml, ft_ml_100ml_min=None, fp_ml_100ml_min=None, hct=0.42):
@@ -76,6 +80,8 @@ def single_kidney_function(*, volume_ml, ft_ml_100ml_min=None, fp_ml_100ml_min=N
     v = np.asarray(volume_ml, dtype=float)
     if np.any(~(v > 0)):
         raise KineticsInputError(f"volume_ml: kidney volume {volume_ml!r} mL must be positive.")
+    if not 0.0 <= hct < 1.0:
+        raise KineticsInputError(f"hct: haematocrit {hct!r} is outside [0, 1).")
     out = {}
     if ft_ml_100ml_min is not None:
         out["gfr_ml_min"] = np.asarray(ft_ml_100ml_min, float) / 100.0 * v

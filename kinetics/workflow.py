@@ -1,4 +1,4 @@
-"""File-level pipelines behind the CLI: read inputs, convert, fit, write maps. One function a command."""
+"""File-level pipelines behind the CLI: read inputs, check them all, fit, write. One function a command."""
 
 from __future__ import annotations
 
@@ -11,14 +11,25 @@ import numpy as np
 from . import aif as aif_mod
 from .errors import KineticsInputError
 from .fit import fit_curves
-from .io import load_image, maps_dataset, output_directory, read_scalar_or_image, read_times, save_image
+from .io import load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
+from .options import flip_angles, haematocrit, number
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
 
-__all__ = ["fit_dce", "resolve_aif", "t1_map", "INPUTS"]
+__all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "INPUTS"]
 
 log = logging.getLogger("kinetics")
 INPUTS = ("concentration", "signal")
+AIF_NAMES = sorted(aif_mod.POPULATION_AIFS) + ["auto"]
+
+
+def check_frame_times(t_s, source):
+    """Reject frame times whose spacing says they are not in seconds (milliseconds, typically)."""
+    spacing = float(np.median(np.diff(t_s)))
+    if spacing > 60.0:
+        raise KineticsInputError(
+            f"{source}: frames are {spacing:g} s apart; give the times in seconds (milliseconds are a common slip)."
+        )
 
 
 def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
@@ -35,6 +46,7 @@ def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
         Needed for ``auto`` and to place a population AIF.
     """
     name = str(aif)
+    hct = haematocrit(hct)
     if name in aif_mod.POPULATION_AIFS:
         if aif_delay_s is None:
             if conc is None:
@@ -44,12 +56,15 @@ def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
             if not np.isfinite(aif_delay_s):
                 aif_delay_s = float(t_s[0])
             log.info("population AIF placed at the bolus arrival time %.1f s", aif_delay_s)
-        return aif_mod.plasma_aif(name, t_s, hct=hct, delay_s=aif_delay_s)
+        delay = number(aif_delay_s, "aif_delay", "s")
+        return aif_mod.plasma_aif(name, t_s, hct=hct, delay_s=delay)
     if name == "auto":
         if conc is None:
             raise KineticsInputError("aif: 'auto' needs a DCE series to search.")
-        found = aif_mod.detect_aif(conc, t_s)
+        found = aif_mod.detect_aif(conc, t_s, mask=mask)
         return found.curve / (1.0 - hct)
+    if not Path(name).is_file():
+        raise KineticsInputError(f"{name}: no such AIF file, and not one of {AIF_NAMES}.")
     t_aif, cp = aif_mod.read_aif_csv(name)
     span = 0.5 * float(np.min(np.diff(t_s)))
     if t_aif[0] > t_s[0] + span or t_aif[-1] < t_s[-1] - span:
@@ -59,17 +74,47 @@ def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
     return np.interp(t_s, t_aif, cp)
 
 
-def _check_acquisition(tr, fa, r1, baseline, n_frames, dce):
-    if tr is None or fa is None:
-        raise KineticsInputError("signal input: give the repetition time --tr (s) and the flip angle --fa (degrees).")
-    if not (np.isfinite(float(tr)) and float(tr) > 0):
-        raise KineticsInputError(f"tr: repetition time {tr!r} s must be positive.")
-    if not 0 < float(fa) <= 90:
-        raise KineticsInputError(f"fa: flip angle {fa!r} degrees is outside (0, 90].")
-    if not float(r1) > 0:
-        raise KineticsInputError(f"r1: relaxivity {r1!r} /s/mM must be positive.")
-    if baseline is None or not 1 <= int(baseline) < n_frames:
-        raise KineticsInputError(f"{dce}: --baseline {baseline!r} pre-contrast frames for a series of {n_frames} frames.")
+def signal_options(tr, fa, r1, baseline, n_frames, source):
+    """Checked acquisition values of an SPGR series: (tr_s, fa_deg, r1, baseline frames)."""
+    if tr is None or fa is None or baseline is None:
+        raise KineticsInputError(
+            "signal input: give the repetition time --tr (s), the flip angle --fa (degrees) and --baseline (frames)."
+        )
+    tr = number(tr, "tr", "s", positive=True)
+    fa = flip_angles(fa)
+    if len(fa) != 1:
+        raise KineticsInputError(f"fa: {len(fa)} flip angles given; a DCE series has one.")
+    r1 = number(r1, "r1", "/s/mM", positive=True)
+    baseline = number(baseline, "baseline", "frames", integer=True)
+    if not 1 <= baseline < n_frames:
+        raise KineticsInputError(f"{source}: --baseline {baseline} pre-contrast frames for a series of {n_frames} frames.")
+    return tr, fa[0], r1, baseline
+
+
+def _t10(t10, spatial, roi):
+    if t10 is None:
+        raise KineticsInputError("signal input: give the pre-contrast T1 --t10 as seconds or a NIfTI map.")
+    value = read_scalar_or_image(t10, name="T10 map", shape=spatial, unit="s")
+    if np.ndim(value) == 0:
+        return number(value, "t10", "s", positive=True)
+    bad = ~(value > 0) & (roi if roi is not None else True)
+    if bad.all():
+        raise KineticsInputError(f"{t10}: the T10 map has no positive value where the fit is asked.")
+    if bad.any():
+        log.warning("%s: %d voxels with T10 <= 0 or not finite are left unfitted", t10, int(bad.sum()))
+    return np.where(value > 0, value, np.nan)
+
+
+def _mask(mask, spatial):
+    if mask is None:
+        return None
+    m, _, _ = load_image(mask, ndim=3, name="mask")
+    if m.shape != tuple(spatial):
+        raise KineticsInputError(f"{mask}: the mask has shape {m.shape}, the images {tuple(spatial)}.")
+    roi = m > 0
+    if not roi.any():
+        raise KineticsInputError(f"{mask}: the mask selects no voxel.")
+    return roi
 
 
 def fit_dce(
@@ -105,32 +150,28 @@ def fit_dce(
     spec = get_model(model)
     if input not in INPUTS:
         raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
+    if method not in ("llsq", "nlls"):
+        raise KineticsInputError(f"method: unknown method {method!r}; expected 'llsq' or 'nlls'.")
+    hct = haematocrit(hct)
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output directory exists; choose another or pass --overwrite.")
     series, affine, header = load_image(dce, ndim=4, name="DCE series")
     spatial, n_frames = series.shape[:3], series.shape[3]
     t_s = read_times(times, n_frames=n_frames)
-    roi = None
-    if mask is not None:
-        m, _, _ = load_image(mask, ndim=3, name="mask")
-        if m.shape != spatial:
-            raise KineticsInputError(f"{mask}: the mask has shape {m.shape}, the series {spatial}.")
-        roi = m > 0
+    check_frame_times(t_s, times)
+    roi = _mask(mask, spatial)
     if input == "signal":
-        _check_acquisition(tr, fa, r1, baseline, n_frames, dce)
-        if t10 is None:
-            raise KineticsInputError("signal input: give the pre-contrast T1 --t10 as seconds or a NIfTI map.")
-        t10_value = read_scalar_or_image(t10, name="T10 map", shape=spatial, unit="s")
-        if np.ndim(t10_value) == 0 and not t10_value > 0:
-            raise KineticsInputError(f"t10: T10 {t10_value!r} s must be positive.")
-        if np.ndim(t10_value):
-            bad = ~(t10_value > 0) & (roi if roi is not None else True)
-            if bad.all():
-                raise KineticsInputError(f"{t10}: the T10 map has no positive value where the fit is asked.")
-            if bad.any():
-                log.warning("%s: %d voxels with T10 <= 0 or not finite are left unfitted", t10, int(bad.sum()))
-            t10_value = np.where(t10_value > 0, t10_value, np.nan)
+        tr, fa, r1, baseline = signal_options(tr, fa, r1, baseline, n_frames, dce)
+        t10_value = _t10(t10, spatial, roi)
+    if denoise:
+        if input != "signal":
+            raise KineticsInputError(
+                "denoise: MP-PCA needs a signal series (--input signal); it clips values below zero, "
+                "which would bias a concentration series."
+            )
+    if not np.isfinite(series[roi] if roi is not None else series).any():
+        raise KineticsInputError(f"{dce}: the series has no finite value where the fit is asked.")
     if motion_correct:
         from .preprocess import motion_correct as register
 
@@ -142,8 +183,7 @@ def fit_dce(
     if input == "signal":
         with np.errstate(invalid="ignore", divide="ignore"):
             conc = concentration_from_signal(
-                series, t10_s=t10_value, tr_s=float(tr), fa_deg=float(fa), r1_per_mM_s=float(r1),
-                baseline=int(baseline),
+                series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline
             ).astype(np.float32)
         del series
     else:
@@ -154,7 +194,7 @@ def fit_dce(
     log.info("fitting %s (%s) to %d voxels", spec.name, method, index.size)
     result = fit_curves(
         matrix[index] if roi is not None else matrix, t_s, cp, model=spec.name, method=method,
-        fit_delay=fit_delay, chunk_size=chunk_size,
+        fit_delay=bool(fit_delay), chunk_size=chunk_size,
     )
 
     def image(values, fill=np.nan):
@@ -191,139 +231,34 @@ def t1_map(vfa, fa, *, tr, out, method="nonlinear", b1=None, mask=None, overwrit
 
     Parameters
     ----------
-    fa : sequence of float, degrees
-        One nominal flip angle per volume of the series.
+    fa : str or sequence of float, degrees
+        One nominal flip angle per volume of the series ("2,5,10,15").
     method : {"nonlinear", "linear"}
         Nonlinear least squares seeded by DESPOT1, or DESPOT1 alone.
-    b1 : None or path
-        Relative B1 map (actual / nominal flip angle).
+    b1 : None, number or path
+        Relative B1 (actual / nominal flip angle), a value or a map.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
     if method not in ("nonlinear", "linear"):
         raise KineticsInputError(f"method: unknown method {method!r}; expected 'nonlinear' or 'linear'.")
-    data, affine, header = load_image(vfa, ndim=4, name="VFA series")
-    fa = np.atleast_1d(np.asarray(fa, dtype=float))
-    if fa.size != data.shape[-1]:
-        raise KineticsInputError(f"{vfa}: {data.shape[-1]} volumes for {fa.size} flip angles.")
-    b1_map = None if b1 is None else read_scalar_or_image(b1, name="B1 map", shape=data.shape[:3], unit="1")
-    roi = np.ones(data.shape[:3], bool)
-    if mask is not None:
-        m, _, _ = load_image(mask, ndim=3, name="mask")
-        roi = m > 0
-    fit_fn = vfa_t1_nonlinear if method == "nonlinear" else vfa_t1_linear
-    t1 = np.full(data.shape[:3], np.nan, dtype=np.float32)
-    b1_roi = None if b1_map is None else np.broadcast_to(b1_map, data.shape[:3])[roi]
-    t1[roi] = fit_fn(data[roi], fa, tr_s=float(tr), b1=b1_roi).t1_s
-    tmp = out.with_name(f".{out.name}.tmp.nii.gz")
-    save_image(tmp, t1, affine, header)
-    tmp.replace(out)
-    return out
-
-
-def _read_curves(path):
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise KineticsInputError(f"{path}: curves file not found.")
-    try:
-        table = pd.read_csv(path)
-    except Exception as err:
-        raise KineticsInputError(f"{path}: cannot read the curves as CSV ({err}).") from None
-    if "time_s" not in table.columns:
-        raise KineticsInputError(f"{path}: the curves file needs a 'time_s' column; it has {list(table.columns)}.")
-    try:
-        table = table.astype(float)
-    except (TypeError, ValueError):
-        raise KineticsInputError(f"{path}: the curves file has a value that is not a number.") from None
-    return table
-
-
-def _volumes(volume_ml, rois):
-    if volume_ml is None:
-        return None
-    if isinstance(volume_ml, dict):
-        missing = sorted(set(rois) - set(volume_ml))
-        if missing:
-            raise KineticsInputError(f"volume_ml: no volume for ROI(s) {missing}.")
-        return np.array([float(volume_ml[r]) for r in rois])
-    return np.full(len(rois), float(volume_ml))
-
-
-def fit_roi(
-    curves,
-    *,
-    aif_column,
-    out,
-    model="2cfm",
-    input="concentration",
-    t10=None,
-    t10_aif=1.6,
-    tr=None,
-    fa=None,
-    r1=4.5,
-    baseline=None,
-    hct=0.42,
-    method="nlls",
-    fit_delay=False,
-    volume_ml=None,
-    overwrite=False,
-):
-    """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
-
-    ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
-    ``input="concentration"`` the AIF column is plasma concentration (mM); with ``input="signal"``
-    every column is SPGR signal, converted with ``t10`` (tissue) and ``t10_aif`` (blood, s), and the
-    AIF divided by ``1 - hct``. ``model`` is any of :data:`kinetics.registry.MODELS` or
-    ``patlak_rutland``. With ``volume_ml`` (a number, or a dict ROI -> mL) the 2CFM and Patlak-Rutland
-    rows also get single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM).
-    """
-    from .renal import patlak_rutland, single_kidney_function
-
+    angles = np.array(flip_angles(fa))
+    tr = number(tr, "tr", "s", positive=True)
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
-    if model != "patlak_rutland":
-        get_model(model)
-    if input not in INPUTS:
-        raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
-    table = _read_curves(curves)
-    if aif_column not in table.columns:
-        raise KineticsInputError(f"{curves}: no AIF column {aif_column!r}; columns are {list(table.columns)}.")
-    rois = [c for c in table.columns if c not in ("time_s", aif_column)]
-    if not rois:
-        raise KineticsInputError(f"{curves}: no ROI column besides 'time_s' and {aif_column!r}.")
-    t_s = table["time_s"].to_numpy()
-    if not np.all(np.isfinite(t_s)) or np.any(np.diff(t_s) <= 0):
-        raise KineticsInputError(f"{curves}: the time_s column must be finite and increasing.")
-    tissue = table[rois].to_numpy().T
-    cp = table[aif_column].to_numpy()
-    if input == "signal":
-        _check_acquisition(tr, fa, r1, baseline, t_s.size, curves)
-        if t10 is None:
-            raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
-        convert = dict(tr_s=float(tr), fa_deg=float(fa), r1_per_mM_s=float(r1), baseline=int(baseline))
-        tissue = concentration_from_signal(tissue, t10_s=float(t10), **convert)
-        cp = concentration_from_signal(cp, t10_s=float(t10_aif), **convert) / (1.0 - hct)
-    rows = {"roi": rois}
-    if model == "patlak_rutland":
-        pr = patlak_rutland(t_s, tissue, cp)
-        rows.update(ft=pr.ft, vp=pr.vp, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
-        flows = dict(ft_ml_100ml_min=pr.ft)
-    else:
-        res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=fit_delay)
-        rows.update(res.params)
-        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int))
-        flows = dict(ft_ml_100ml_min=res.params["ft"], fp_ml_100ml_min=res.params["fp"]) if model == "2cfm" else {}
-    volumes = _volumes(volume_ml, rois)
-    if volumes is not None and flows:
-        rows["volume_ml"] = volumes
-        rows.update(single_kidney_function(volume_ml=volumes, hct=hct, **flows))
-    import pandas as pd
-
-    tmp = out.with_name(f".{out.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out)
+    data, affine, header = load_image(vfa, ndim=4, name="VFA series")
+    if angles.size != data.shape[-1]:
+        raise KineticsInputError(f"{vfa}: {data.shape[-1]} volumes for {angles.size} flip angles.")
+    roi = _mask(mask, data.shape[:3])
+    roi = np.ones(data.shape[:3], bool) if roi is None else roi
+    b1_map = None
+    if b1 is not None:
+        b1_map = np.broadcast_to(read_scalar_or_image(b1, name="B1 map", shape=data.shape[:3], unit="1"), data.shape[:3])
+        b1_roi = b1_map[roi]
+        if not np.all((b1_roi > 0) & (b1_roi * angles.max() <= 90)):
+            raise KineticsInputError(f"{b1}: B1 must be positive and keep every flip angle within 90 degrees.")
+    fit_fn = vfa_t1_nonlinear if method == "nonlinear" else vfa_t1_linear
+    t1 = np.full(data.shape[:3], np.nan, dtype=np.float32)
+    t1[roi] = fit_fn(data[roi], angles, tr_s=tr, b1=None if b1_map is None else b1_map[roi]).t1_s
+    with output_file(out, overwrite=overwrite) as tmp:
+        save_image(tmp, t1, affine, header)
     return out

@@ -63,7 +63,53 @@ def test_fit_concentration_with_mask_population_aif_and_llsq(dro_dir, tmp_path, 
     np.testing.assert_allclose(load(out / "ktrans.nii.gz")[:10], truth[:10], atol=2e-3)
 
 
+def test_failure_while_writing_leaves_nothing(dro_dir, tmp_path, capsys, monkeypatch):
+    import kinetics.workflow
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(kinetics.workflow, "maps_dataset", broken)
+    with pytest.raises(OSError):
+        main(["fit", "--dce", str(dro_dir / "conc.nii.gz"), "--times", str(dro_dir / "times.txt"), "--aif",
+              str(dro_dir / "aif.csv"), "--method", "llsq", "--out", str(tmp_path / "maps")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_a_previous_run(dro_dir, tmp_path, capsys):
+    args = ["fit", "--dce", dro_dir / "conc.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+            "--method", "llsq", "--model", "patlak", "--out", tmp_path / "maps"]
+    assert run(args, capsys)[0] == 0
+    (tmp_path / "maps" / "stale.txt").write_text("from before")
+    assert run(args + ["--overwrite"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
+    assert not (tmp_path / "maps" / "stale.txt").exists()
+
+
+def test_denoise_is_refused_for_concentration_and_small_series(dro_dir, tmp_path, capsys):
+    base = ["fit", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv", "--denoise"]
+    code, captured = run(base + ["--dce", dro_dir / "conc.nii.gz", "--out", tmp_path / "a"], capsys)
+    assert code == 2 and "MP-PCA needs a signal series" in captured.err
+    code, captured = run(base + ["--dce", dro_dir / "dce.nii.gz", "--input", "signal", "--t10", 1.2, "--tr", 0.004,
+                                 "--fa", 15, "--baseline", 5, "--out", tmp_path / "b"], capsys)
+    assert code == 2 and "smaller than a 5-voxel patch" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_t1map_and_aif_and_dro_commands(dro_dir, tmp_path, capsys):
+    code, _ = run(["dro", "--out", tmp_path / "dro2", "--snr", 40, "--seed", 1], capsys)
+    assert code == 0 and (tmp_path / "dro2" / "dce.nii.gz").is_file() and (tmp_path / "dro2" / "ktrans_true.nii.gz").is_file()
+    code, captured = run(["dro", "--out", tmp_path / "dro3", "--snr", -5], capsys)
+    assert code == 2 and "snr: -5 must be positive" in captured.err
+    mask = np.zeros((25, 20, 3), np.uint8)
+    mask[:5] = 1
+    save_image(tmp_path / "m.nii.gz", mask, np.eye(4))
+    code, _ = run(["t1map", "--vfa", dro_dir / "vfa.nii.gz", "--fa", "2,5,10,15", "--tr", 0.004, "--mask", tmp_path / "m.nii.gz",
+                   "--out", tmp_path / "masked_t10.nii.gz"], capsys)
+    masked = load(tmp_path / "masked_t10.nii.gz")
+    assert code == 0 and np.isfinite(masked[:5]).all() and np.isnan(masked[5:]).all()
+    code, captured = run(["t1map", "--vfa", dro_dir / "vfa.nii.gz", "--fa", "2,5,x", "--tr", 0.004, "--out", tmp_path / "x.nii.gz"], capsys)
+    assert code == 2 and "fa: 'x' degrees is not a number" in captured.err
     fa = ",".join(str(a) for a in json.loads((dro_dir / "dro.json").read_text())["vfa_fa_deg"])
     code, _ = run(["t1map", "--vfa", dro_dir / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "t10.nii.gz"], capsys)
     assert code == 0
@@ -106,6 +152,8 @@ def bad_inputs(dro_dir, tmp_path):
     (tmp_path / "garbage.nii.gz").write_bytes(b"not a nifti file at all")
     write_aif_csv(tmp_path / "short_aif.csv", np.arange(0, 100, 5.0), np.ones(20))
     (tmp_path / "exists").mkdir()
+    (tmp_path / "ms.txt").write_text("\n".join(str(5000 * i) for i in range(60)))
+    save_image(tmp_path / "empty_mask.nii.gz", np.zeros((25, 20, 3), np.uint8), np.eye(4))
     base = ["fit", "--dce", dro_dir / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
             "--input", "signal", "--t10", 1.2, "--tr", 0.004, "--fa", 15, "--baseline", 5]
     return tmp_path, base
@@ -117,7 +165,14 @@ def bad_inputs(dro_dir, tmp_path):
     ({"--times": "nan.txt"}, "are not finite"),
     ({"--times": "backwards.txt"}, "times must increase"),
     ({"--aif": "short_aif.csv"}, "the AIF covers 0-95 s but the series runs 0-295 s"),
-    ({"--t10": 0}, "T10 0.0 s must be positive"),
+    ({"--t10": 0}, "t10: 0.0 s must be positive"),
+    ({"--tr": "abc"}, "tr: 'abc' s is not a number"),
+    ({"--baseline": 4.5}, "baseline: 4.5 frames is not a whole number"),
+    ({"--hct": 1.5}, "haematocrit 1.5 is outside [0, 1)"),
+    ({"--aif": "parkr"}, "parkr: no such AIF file, and not one of ['georgiou', 'mcgrath', 'parker', 'weinmann', 'auto']"),
+    ({"--times": "ms.txt"}, "frames are 5000 s apart; give the times in seconds"),
+    ({"--mask": "empty_mask.nii.gz"}, "the mask selects no voxel"),
+    ({"--maks": "empty_mask.nii.gz"}, "unknown option --maks"),
     ({"--fa": 120}, "flip angle 120 degrees is outside (0, 90]"),
     ({"--dce": "garbage.nii.gz"}, "cannot read the DCE series as NIfTI"),
     ({"--dce": "missing.nii.gz"}, "DCE series file not found"),
@@ -128,7 +183,7 @@ def test_bad_input_one_sentence_exit_2_no_output(bad_inputs, capsys, change, mes
     tmp_path, base = bad_inputs
     args = list(base) + ["--out", tmp_path / "maps"]
     for flag, value in change.items():
-        value = tmp_path / value if isinstance(value, str) and ("." in value or value == "exists") else value
+        value = tmp_path / value if isinstance(value, str) and (".nii" in value or ".txt" in value or ".csv" in value or value == "exists") else value
         if flag in args:
             args[args.index(flag) + 1] = value
         else:

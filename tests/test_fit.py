@@ -6,7 +6,7 @@ import pytest
 from kinetics import KineticsInputError
 from kinetics.aif import plasma_aif
 from kinetics.fit import fit_curves, fit_image
-from kinetics.models import extended_tofts, two_compartment_filtration
+from kinetics.models import extended_tofts, patlak as patlak_model, two_compartment_exchange, two_compartment_filtration
 
 T = np.arange(60) * 5.0
 CP = plasma_aif("parker", T, delay_s=25.0)
@@ -57,11 +57,39 @@ def test_bad_voxels_give_nan_and_not_ok(rng):
         assert np.all(np.isnan(values[:4])) and np.all(np.isfinite(values[4:]))
 
 
-def test_failed_policy_keep_reports_estimates_but_not_ok(rng):
-    truth, conc = planted(rng, n=4)
-    conc[0] = rng.normal(0.0, 0.01, T.size)
-    res = fit_curves(conc, T, CP, failed="keep")
-    assert not res.fit_ok[0]
+def test_failed_policy_keep_reports_estimates_but_not_ok():
+    """A curve whose best fit needs ve > 1 ends on the bound: NaN by default, kept on request."""
+    conc = extended_tofts(T, CP, np.array([0.05, 0.2]), np.array([2.5, 0.3]), np.array([0.02, 0.02]))
+    strict, keep = fit_curves(conc, T, CP), fit_curves(conc, T, CP, failed="keep")
+    assert strict.fit_ok.tolist() == keep.fit_ok.tolist() == [False, True]
+    assert np.isnan(strict.params["ktrans"][0]) and keep.params["ve"][0] == pytest.approx(1.0)
+    assert np.isfinite(keep.params["ktrans"][0])
+
+
+def test_linear_fit_below_a_lower_bound_is_not_ok(rng):
+    conc = -patlak_model(T, CP, np.array([0.05]), np.array([0.05])) + rng.normal(0, 1e-4, (1, T.size))
+    conc = np.vstack([conc, patlak_model(T, CP, np.array([0.05]), np.array([0.05]))])
+    res = fit_curves(conc, T, CP, model="patlak", method="llsq", min_enhancement_z=-np.inf, failed="keep")
+    assert res.params["ktrans"][0] < 0 and res.fit_ok.tolist() == [False, True]
+
+
+def test_two_compartment_exchange_derived_values_have_the_right_units():
+    fp, ps, ve, vp = np.array([20.0, 60.0]), np.array([0.6, 0.1]), np.array([0.2, 0.3]), np.array([0.05, 0.1])
+    conc = two_compartment_exchange(T, CP, fp, ps, ve, vp)
+    res = fit_curves(conc, T, CP, model="2cxm")
+    e = ps / (fp / 100 + ps)  # Fp in mL/100mL/min is fp/100 per minute
+    np.testing.assert_allclose(res.params["e"], e, rtol=1e-3)
+    np.testing.assert_allclose(res.params["ktrans"], e * fp / 100, rtol=1e-3)
+    assert res.params["ktrans"][0] == pytest.approx(0.15, rel=1e-3)
+
+
+def test_fit_image_with_a_per_voxel_aif_and_a_mask(rng):
+    truth, conc = planted(rng, n=6)
+    aifs = np.stack([CP * s for s in rng.uniform(0.8, 1.2, 6)]).reshape(2, 3, T.size)
+    mask = np.array([[True, False, True], [False, True, True]])
+    res = fit_image(conc.reshape(2, 3, T.size), T, aifs, mask=mask)
+    expected = fit_curves(conc[mask.ravel()], T, aifs.reshape(6, -1)[mask.ravel()])
+    np.testing.assert_allclose(res.params["ktrans"][mask], expected.params["ktrans"])
 
 
 def test_chunks_do_not_change_the_result(rng):

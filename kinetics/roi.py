@@ -1,0 +1,111 @@
+"""ROI curves from a CSV (``python -m kinetics fit-roi``): one row of parameters per ROI, renal function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import KineticsInputError
+from .fit import fit_curves
+from .io import output_file
+from .options import haematocrit, number
+from .registry import get_model
+from .renal import patlak_rutland, single_kidney_function
+from .signal import concentration_from_signal
+from .workflow import INPUTS, check_frame_times, signal_options
+
+__all__ = ["fit_roi", "read_curves", "RENAL_MODELS"]
+
+RENAL_MODELS = ("2cfm", "patlak_rutland")
+
+
+def read_curves(path):
+    """Curves CSV as a float DataFrame with a ``time_s`` column (s), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise KineticsInputError(f"{path}: curves file not found.")
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:
+        raise KineticsInputError(f"{path}: cannot read the curves as CSV ({err}).") from None
+    if "time_s" not in table.columns:
+        raise KineticsInputError(f"{path}: the curves file needs a 'time_s' column; it has {list(table.columns)}.")
+    try:
+        table = table.astype(float)
+    except (TypeError, ValueError):
+        raise KineticsInputError(f"{path}: the curves file has a value that is not a number.") from None
+    t = table["time_s"].to_numpy()
+    if len(t) < 3 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        raise KineticsInputError(f"{path}: the time_s column must hold at least 3 finite, increasing times.")
+    check_frame_times(t, path)
+    return table
+
+
+def _volumes(volume_ml, rois):
+    if volume_ml is None:
+        return None
+    if isinstance(volume_ml, dict):
+        missing = sorted(set(rois) - set(volume_ml))
+        if missing:
+            raise KineticsInputError(f"volume_ml: no volume for ROI(s) {missing}.")
+        return np.array([number(volume_ml[r], f"volume_ml[{r}]", "mL", positive=True) for r in rois])
+    return np.full(len(rois), number(volume_ml, "volume_ml", "mL", positive=True))
+
+
+def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
+            fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
+            overwrite=False):
+    """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
+
+    ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
+    ``input="concentration"`` the AIF column is plasma concentration (mM); with ``input="signal"``
+    every column is SPGR signal, converted with ``t10`` (tissue, s) and ``t10_aif`` (blood, s), and the
+    AIF divided by ``1 - hct``. ``model`` is any of :data:`kinetics.registry.MODELS` or
+    ``patlak_rutland``. With ``volume_ml`` (a number, or a dict ROI -> mL) the renal models also give
+    single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM).
+    """
+    if model != "patlak_rutland":
+        get_model(model)
+    if input not in INPUTS:
+        raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
+    if volume_ml is not None and model not in RENAL_MODELS:
+        raise KineticsInputError(f"volume_ml: single-kidney function needs --model {' or '.join(RENAL_MODELS)}.")
+    hct = haematocrit(hct)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    table = read_curves(curves)
+    if aif_column not in table.columns:
+        raise KineticsInputError(f"{curves}: no AIF column {aif_column!r}; columns are {list(table.columns)}.")
+    rois = [c for c in table.columns if c not in ("time_s", aif_column)]
+    if not rois:
+        raise KineticsInputError(f"{curves}: no ROI column besides 'time_s' and {aif_column!r}.")
+    volumes = _volumes(volume_ml, rois)
+    t_s = table["time_s"].to_numpy()
+    tissue = table[rois].to_numpy().T
+    cp = table[aif_column].to_numpy()
+    if input == "signal":
+        tr, fa, r1, baseline = signal_options(tr, fa, r1, baseline, t_s.size, curves)
+        convert = dict(tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline)
+        if t10 is None:
+            raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
+        tissue = concentration_from_signal(tissue, t10_s=number(t10, "t10", "s", positive=True), **convert)
+        cp = concentration_from_signal(cp, t10_s=number(t10_aif, "t10_aif", "s", positive=True), **convert) / (1.0 - hct)
+    rows = {"roi": rois}
+    if model == "patlak_rutland":
+        pr = patlak_rutland(t_s, tissue, cp)
+        rows.update(ft=pr.ft, vp=pr.vp, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
+        flows = dict(ft_ml_100ml_min=pr.ft)
+    else:
+        res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=bool(fit_delay))
+        rows.update(res.params)
+        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int))
+        flows = dict(ft_ml_100ml_min=res.params["ft"], fp_ml_100ml_min=res.params["fp"]) if model == "2cfm" else {}
+    if volumes is not None:
+        rows["volume_ml"] = volumes
+        rows.update(single_kidney_function(volume_ml=volumes, hct=hct, **flows))
+    with output_file(out, overwrite=overwrite) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    return out
