@@ -152,7 +152,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in ("kinetics", "ssl_rcc"):  # our progress messages; other libraries only warn
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         check_options(COMMANDS, argv, "kinetics")
         fire.Fire(COMMANDS, command=argv, name="kinetics")

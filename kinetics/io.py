@@ -92,8 +92,12 @@ def read_scalar_or_image(value, *, name, shape, unit):
     return np.asarray(data, dtype=float)
 
 
-def save_image(path, data, affine, header=None):
-    """Write ``data`` as NIfTI with the given affine (and the reference header's spatial fields)."""
+def save_image(path, data, affine, header=None, *, dtype=None):
+    """Write ``data`` as NIfTI with the given affine (and the reference header's other fields).
+
+    ``dtype`` stores the values in that type (for example int16 for a signal series), with the
+    scale factor nibabel computes from the data range; None keeps the array's own type.
+    """
     data = np.asarray(data)
     if data.dtype == bool:
         data = data.astype(np.uint8)
@@ -102,6 +106,8 @@ def save_image(path, data, affine, header=None):
         hdr = header.copy()
         hdr.set_data_dtype(data.dtype)
     img = nib.Nifti1Image(data, affine, hdr)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     nib.save(img, str(path))

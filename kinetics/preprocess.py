@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -63,10 +64,16 @@ def motion_correct(series, affine, *, reference="mean", transform="rigid", level
         if not 0 <= int(reference) < series.shape[-1]:
             raise KineticsInputError(f"reference: frame {reference} is outside 0..{series.shape[-1] - 1}.")
         ref = series[..., int(reference)]
-    moved, affines = register_series(
-        series, ref, pipeline=_PIPELINES[transform], series_affine=affine, ref_affine=affine,
-        level_iters=list(level_iters),
-    )
+    quiet = logging.getLogger("dipy")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))  # dipy logs every frame at INFO
+    try:
+        moved, affines = register_series(
+            series, ref, pipeline=_PIPELINES[transform], series_affine=affine, ref_affine=affine,
+            level_iters=list(level_iters),
+        )
+    finally:
+        quiet.setLevel(level)
     return MotionCorrection(np.asarray(moved, dtype=np.float32), np.moveaxis(affines, -1, 0), ref)
 
 

@@ -79,10 +79,10 @@ def build_anatomy(rng, labels, *, shape=(96, 96, 96), spacing_mm=1.5):
     inside = r_kidney < 1.0
     sinus = (((u + 0.45 * a_u) / (0.55 * a_u)) ** 2 + (v / (0.42 * a_v)) ** 2 + (w / (0.6 * a_w)) ** 2) < 1.0
     sinus &= r_kidney < 1.03
-    collecting = (((u + 0.4 * a_u) / (0.28 * a_u)) ** 2 + (v / (0.2 * a_v)) ** 2 + (w / (0.22 * a_w)) ** 2) < 1.0
+    collecting = (((u + 0.4 * a_u) / (0.32 * a_u)) ** 2 + (v / (0.3 * a_v)) ** 2 + (w / (0.25 * a_w)) ** 2) < 1.0
     for pole in (-1, 1):  # calyces towards both poles
-        collecting |= (((u + 0.25 * a_u) / (0.18 * a_u)) ** 2 + (v / (0.16 * a_v)) ** 2
-                       + ((w - pole * 0.42 * a_w) / (0.16 * a_w)) ** 2) < 1.0
+        collecting |= (((u + 0.25 * a_u) / (0.2 * a_u)) ** 2 + (v / (0.22 * a_v)) ** 2
+                       + ((w - pole * 0.42 * a_w) / (0.18 * a_w)) ** 2) < 1.0
     collecting &= sinus
     parenchyma = inside & ~sinus
     cortex_depth = 7.0 / scale / a_u

@@ -78,10 +78,10 @@ TUMOUR_KINETICS = {  # ((Ktrans mean, SD), (ve mean, SD), (vp mean, SD)), T10 (s
 # Per-site scanner differences: CT noise SD (HU), blur (voxels), HU calibration offset, contrast timing
 # factor on enhancement; MR baseline SNR, bolus arrival (s), breathing motion SD (mm)
 SITE = {
-    "site_a": dict(noise_hu=12.0, blur_vox=0.6, hu_offset=0.0, timing=1.00, snr=60.0, arrival_s=15.0, motion_mm=0.3),
-    "site_b": dict(noise_hu=18.0, blur_vox=0.9, hu_offset=6.0, timing=0.90, snr=50.0, arrival_s=20.0, motion_mm=0.5),
-    "site_c": dict(noise_hu=9.0, blur_vox=0.5, hu_offset=-5.0, timing=1.08, snr=70.0, arrival_s=12.0, motion_mm=0.3),
-    "site_d": dict(noise_hu=22.0, blur_vox=1.1, hu_offset=3.0, timing=0.95, snr=45.0, arrival_s=25.0, motion_mm=0.6),
+    "site_a": dict(noise_hu=12.0, blur_vox=0.6, hu_offset=0.0, timing=1.00, snr=60.0, arrival_s=25.0, motion_mm=0.3),
+    "site_b": dict(noise_hu=18.0, blur_vox=0.9, hu_offset=6.0, timing=0.90, snr=50.0, arrival_s=30.0, motion_mm=0.5),
+    "site_c": dict(noise_hu=9.0, blur_vox=0.5, hu_offset=-5.0, timing=1.08, snr=70.0, arrival_s=22.0, motion_mm=0.3),
+    "site_d": dict(noise_hu=22.0, blur_vox=1.1, hu_offset=3.0, timing=0.95, snr=45.0, arrival_s=35.0, motion_mm=0.6),
 }
 
 

@@ -53,15 +53,28 @@ def render_ct(rng, anatomy: Anatomy, subtype, site):
     tumour_like = np.isin(anatomy.labels, [A.TUMOUR, A.TUMOUR_B])
     hetero = A.HETEROGENEITY[subtype] * anatomy.texture[tumour_like]
     out = np.empty(anatomy.labels.shape + (4,), np.int16)
+    # white noise blurred with the image: the site's reconstruction sets both resolution and noise texture
+    noise_gain = _blurred_noise_gain(s["blur_vox"])
     for p in range(4):
         hu = table[anatomy.labels, p]
         base = table[A.TUMOUR, 0]
         hu[tumour_like] = base + (hu[tumour_like] - base) * (1.0 + hetero) + 4.0 * anatomy.texture[tumour_like]
-        hu = ndimage.gaussian_filter(hu, s["blur_vox"], mode="nearest")  # resolution and partial volume
-        noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape, dtype=np.float32), 0.6)
-        hu += noise * (s["noise_hu"] / 0.33) + s["hu_offset"]  # 0.33: SD of white noise after that filter
-        out[..., p] = np.clip(np.rint(hu), -1024, 3071)
+        hu += rng.standard_normal(hu.shape, dtype=np.float32) * (s["noise_hu"] / noise_gain)
+        hu = ndimage.gaussian_filter(hu, s["blur_vox"], mode="nearest", truncate=_TRUNCATE)
+        out[..., p] = np.clip(np.rint(hu + s["hu_offset"]), -1024, 3071)
     return out
+
+
+_TRUNCATE = 2.5
+
+
+def _blurred_noise_gain(sigma):
+    """SD of unit white noise after the 3D Gaussian blur that :func:`render_ct` applies."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    return float(np.sqrt(np.sum(kernel**2)) ** 3)
 
 
 def shift_frames_z(series, shifts_vox):
@@ -96,12 +109,13 @@ class DceSeries:
 
 
 def render_dce(rng, anatomy: Anatomy, subtype, site, *, ct_spacing_mm=1.5, factor=2, size=(40, 40, 32),
-               n_frames=50, frame_s=5.0, hct=0.42):
+               n_frames=50, frame_s=5.0, hct=0.42, motion_scale=1.0):
     """DCE-MRI series on a grid ``factor`` times coarser than the CT, cropped around the tumour.
 
     Tissue parameters come from the label map (nearest label, so every voxel has exact truth);
     tumour parameters are drawn per case and vary smoothly inside it. The bolus arrival varies
-    per case and site; frames move slightly along z (breathing).
+    per case and site; frames move slightly along z (breathing), by the site's amplitude times
+    ``motion_scale`` (0 for none). The frames before the bolus arrival are the baseline.
     """
     s = A.SITE[site]
     labels = anatomy.labels[::factor, ::factor, ::factor]
@@ -135,10 +149,11 @@ def render_dce(rng, anatomy: Anatomy, subtype, site, *, ct_spacing_mm=1.5, facto
     signal = signal_from_concentration(conc, t10_s=t10_map.ravel(), tr_s=0.004, fa_deg=15.0, r1_per_mM_s=4.5, s0=s0)
     signal = signal.reshape(labels.shape + (n_frames,)).astype(np.float32)
     spacing = ct_spacing_mm * factor
-    signal = shift_frames_z(signal, rng.normal(0.0, s["motion_mm"] / spacing, n_frames))
-    sd = float(np.median(signal[kidney, :5])) / s["snr"] if kidney.any() else 1000.0 / s["snr"]
+    signal = shift_frames_z(signal, rng.normal(0.0, motion_scale * s["motion_mm"] / spacing, n_frames))
+    baseline = max(3, int(arrival // frame_s))  # frames acquired before the bolus arrives
+    sd = float(np.median(signal[kidney, :baseline])) / s["snr"] if kidney.any() else 20.0 / s["snr"]
     signal += rng.normal(0.0, sd, signal.shape).astype(np.float32)
     origin = (np.array(lo) * factor - (np.array(anatomy.labels.shape) - 1) / 2) * ct_spacing_mm
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = origin
-    return DceSeries(signal, t, cp, t10_map, truth, tumour, kidney, affine)
+    return DceSeries(signal, t, cp, t10_map, truth, tumour, kidney, affine, baseline_frames=baseline)
