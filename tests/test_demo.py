@@ -13,3 +13,5 @@ def test_demo_report_on_the_dro(tmp_path):
     assert summary["within_osipi"]["ktrans"] >= 0.95
     assert summary["within_osipi"]["vp"] >= 0.95
     assert (report.parent / "maps" / "ktrans.nii.gz").is_file()
+    assert "![Synthetic cases](phantoms/preview.png)" in text and (report.parent / "phantoms" / "preview.png").is_file()
+    assert summary["phantoms"]["ktrans_within_osipi"] > 0.8
