@@ -1,0 +1,145 @@
+"""A preprocessing cache: each image decoded, oriented, resampled and normalised once.
+
+Entries are float16 ``.npy`` arrays named by a content hash (the source files' bytes and the
+preprocessing config), listed in ``manifest.csv``; unreadable or degenerate images are skipped, with
+the reason, in ``skipped.csv``. A second run, or a second epoch, reads the arrays directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .preprocess import PreprocessConfig, preprocess_volume
+from .scan import ArchiveItem, load_item, scan_archive
+from .volume import case_id_for
+
+__all__ = ["build_cache", "content_key", "CachedArchive"]
+
+log = logging.getLogger("ssl_rcc")
+MIN_VOXELS_PER_AXIS = 8
+
+
+def content_key(item: ArchiveItem, config: PreprocessConfig) -> str:
+    """SHA-1 of the item's files (and mask) and of the preprocessing config: the cache entry's name."""
+    h = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for f in list(item.files) + ([item.mask] if item.mask else []):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def _process(args):
+    """Build one entry; returns a manifest row, or a skipped row with the reason (never raises)."""
+    item, cache_dir, config = args
+    try:
+        key = content_key(item, config)
+        path = Path(cache_dir) / f"{key}.npy"
+        mask_path = Path(cache_dir) / f"{key}_mask.npy" if item.mask else None
+        if path.is_file() and (mask_path is None or mask_path.is_file()):
+            data = np.load(path, mmap_mode="r")
+        else:
+            volume = load_item(item)
+            mask = None
+            if item.mask:
+                mask = np.asarray(nib.load(item.mask).dataobj) > 0
+            data, _, mask = preprocess_volume(volume, config, mask)
+            if min(data.shape[1:]) < MIN_VOXELS_PER_AXIS:
+                raise InputError(f"{item.files[0]}: {data.shape[1:]} voxels after resampling; too small to crop from.")
+            if float(np.ptp(data)) == 0.0:
+                raise InputError(f"{item.files[0]}: the image is constant after normalisation.")
+            _save_atomic(path, data.astype(np.float16))
+            if mask is not None:
+                _save_atomic(mask_path, mask.astype(np.uint8))
+        return {"case_id": item.case_id, "key": key, "shape": "x".join(map(str, data.shape)),
+                "modality": item.modality or "", "has_mask": mask_path is not None, "status": "ok", "reason": ""}
+    except (InputError, OSError, ValueError) as err:
+        return {"case_id": item.case_id, "key": "", "shape": "", "modality": item.modality or "", "has_mask": False,
+                "status": "skipped", "reason": _scrub(str(err), item)}
+
+
+def _scrub(message, item):
+    """The message with every path of the item replaced by its case id: folder and file names of an
+    archive often carry patient names or record numbers."""
+    paths = set(item.files) | ({item.mask} if item.mask else set())
+    paths |= {str(Path(f).parent) for f in paths}
+    for p in sorted(paths, key=len, reverse=True):
+        message = message.replace(p, item.case_id)
+    return message
+
+
+def _save_atomic(path: Path, array):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+class CachedArchive:
+    """The usable entries of a cache: ``manifest`` (DataFrame) and ``load(i)`` -> (data float16 memmap
+    (C, X, Y, Z), mask or None)."""
+
+    def __init__(self, cache_dir, manifest: pd.DataFrame):
+        self.cache_dir = Path(cache_dir)
+        self.manifest = manifest.reset_index(drop=True)
+
+    def __len__(self):
+        return len(self.manifest)
+
+    def load(self, i):
+        row = self.manifest.iloc[i]
+        data = np.load(self.cache_dir / f"{row['key']}.npy", mmap_mode="r")
+        mask = np.load(self.cache_dir / f"{row['key']}_mask.npy", mmap_mode="r") if row["has_mask"] else None
+        return data, mask
+
+
+def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, progress=True,
+                hash_ids=False) -> CachedArchive:
+    """Scan ``source`` (folder or CSV), preprocess every image into ``cache_dir``, skip the bad ones.
+
+    ``hash_ids`` names NIfTI images by a hash of their path instead of their file stem.
+    Writes ``manifest.csv`` (usable entries), ``skipped.csv`` (path-free reasons) and ``config.json``.
+    Raises InputError when nothing in the archive is usable.
+    """
+    items, rejected = scan_archive(source, hash_ids=hash_ids)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    n_workers = min(max(len(items), 1), workers or len(os.sched_getaffinity(0)))
+    jobs = [(item, str(cache_dir), config) for item in items]
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
+            iterator = pool.map(_process, jobs, chunksize=1)
+            rows = list(_progress(iterator, len(jobs), progress))
+    else:
+        rows = list(_progress(map(_process, jobs), len(jobs), progress))
+    table = pd.DataFrame(rows, columns=["case_id", "key", "shape", "modality", "has_mask", "status", "reason"])
+    skipped = table[table["status"] != "ok"][["case_id", "reason"]]
+    skipped = pd.concat([skipped, pd.DataFrame({"case_id": [case_id_for(str(p), prefix="file") for p, _ in rejected],
+                                                "reason": [r for _, r in rejected]})], ignore_index=True)
+    ok = table[table["status"] == "ok"].drop(columns=["status", "reason"])
+    ok.to_csv(cache_dir / "manifest.csv", index=False)
+    skipped.to_csv(cache_dir / "skipped.csv", index=False)
+    (cache_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    log.info("cache %s: %d usable images, %d skipped (see skipped.csv)", cache_dir, len(ok), len(skipped))
+    if ok.empty:
+        raise InputError(f"{source}: no usable image among {len(items) + len(rejected)} files ({len(skipped)} skipped; see {cache_dir / 'skipped.csv'}).")
+    return CachedArchive(cache_dir, ok)
+
+
+def _progress(iterator, total, enabled):
+    if not enabled:
+        return iterator
+    from tqdm import tqdm
+
+    return tqdm(iterator, total=total, desc="preprocessing", unit="image")

@@ -1,0 +1,38 @@
+"""Where to crop: random patch positions, centred in the kidney when a mask is given."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["crop_start"]
+
+
+def crop_start(shape, patch, rng, *, mask=None):
+    """Start index of a ``patch``-sized crop inside an image of spatial ``shape``.
+
+    With ``mask``, the crop is centred on a random mask voxel around which a whole crop fits (if the
+    mask has none, on any mask voxel, shifted to stay inside the image); without, the position is
+    uniform. Raises when the patch is larger than the image.
+
+    Parameters
+    ----------
+    shape, patch : (3,) ints, voxels
+    rng : numpy Generator
+    mask : None or (X, Y, Z) array, nonzero inside the kidney
+    """
+    shape, patch = np.asarray(shape), np.asarray(patch)
+    if np.any(patch > shape):
+        raise InputError(f"patch: a crop of {tuple(patch)} voxels is larger than the image {tuple(shape)}.")
+    if mask is not None:
+        mask = np.asarray(mask) > 0
+        half = patch // 2
+        # mask voxels around which a whole crop fits; only if there are none is a crop shifted
+        fits = np.zeros_like(mask)
+        fits[tuple(slice(h, s - p + h + 1) for h, s, p in zip(half, shape, patch))] = True
+        for candidates in (np.flatnonzero((mask & fits).reshape(-1)), np.flatnonzero(mask.reshape(-1))):
+            if candidates.size:
+                centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], tuple(shape)))
+                return np.clip(centre - half, 0, shape - patch)
+    return np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch)])

@@ -1,0 +1,130 @@
+"""Finding the images of an archive: a folder (NIfTI files and DICOM series, recursively) or a CSV.
+
+Each image becomes an :class:`ArchiveItem` with a non-identifying case id. Nothing here reads pixels
+except to group DICOM files into series (headers only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import InputError
+from .volume import Volume, _stem, case_id_for, read_dicom_series, read_nifti
+
+__all__ = ["ArchiveItem", "scan_archive", "load_item"]
+
+log = logging.getLogger("ssl_rcc")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_COLUMNS = ("image", "ct", "path")  # the first of these present in a CSV holds the image paths
+MASK_COLUMNS = ("kidney_mask", "mask")
+
+
+@dataclass
+class ArchiveItem:
+    """One image of an archive: ``kind`` 'nifti' or 'dicom', its ``files``, an optional ``mask``
+    (NIfTI path), a ``case_id`` and a ``modality`` if the archive said it."""
+
+    kind: str
+    files: list
+    case_id: str
+    mask: str | None = None
+    modality: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def _dicom_series(files):
+    """Group candidate DICOM files into series by header; files that are not DICOM are returned apart."""
+    import pydicom
+
+    groups, rejected = defaultdict(list), []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            orientation = tuple(round(float(v), 3) for v in ds.ImageOrientationPatient)
+            key = (str(getattr(ds, "SeriesInstanceUID", "") or f.parent), orientation, int(ds.Rows), int(ds.Columns))
+        except Exception as err:  # not DICOM, or not an image slice
+            rejected.append((f, f"not a DICOM image slice ({type(err).__name__})"))
+            continue
+        groups[key].append(f)
+    return groups, rejected
+
+
+def scan_archive(source, *, hash_ids=False):
+    """The images of a folder (recursive) or of a CSV with an ``image`` (or ``ct``/``path``) column.
+
+    NIfTI images are named by their file stem (or a CSV's ``case_id``), or, with ``hash_ids``, by a
+    hash of their path, for archives whose file names carry identifiers; DICOM series are always
+    named by a hash.
+
+    Returns
+    -------
+    items : list of ArchiveItem
+    rejected : list of (path, reason)
+        Files that are neither NIfTI nor DICOM image slices.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix == ".csv":
+        items = _scan_csv(source)
+        if hash_ids:
+            for item in items:
+                item.case_id = case_id_for(item.files[0])
+        return items, []
+    if not source.is_dir():
+        raise InputError(f"{source}: no such folder or CSV file.")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    nifti = [p for p in files if _is_nifti(p)]
+    others = [p for p in files if not _is_nifti(p) and p.suffix.lower() not in (".csv", ".json", ".txt", ".md", ".png")]
+    items, seen = [], set()
+    for p in nifti:
+        stem = _stem(p)
+        if hash_ids:
+            case_id = case_id_for(str(p.relative_to(source)))
+        else:
+            case_id = stem if stem not in seen else case_id_for(str(p.relative_to(source)), prefix=stem)
+        seen.add(case_id)
+        items.append(ArchiveItem("nifti", [str(p)], case_id))
+    groups, rejected = _dicom_series(others)
+    for (series_key, *_), group in sorted(groups.items(), key=lambda kv: str(kv[1][0])):
+        # the id hashes the series UID (or folder): it names the series without identifying anyone
+        items.append(ArchiveItem("dicom", [str(f) for f in sorted(group)], case_id_for(series_key, prefix="dicom")))
+    return items, rejected
+
+
+def _scan_csv(path: Path):
+    try:
+        table = pd.read_csv(path, keep_default_na=False)
+    except Exception as err:
+        raise InputError(f"{path}: cannot read the CSV ({err}).") from None
+    column = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
+    if column is None:
+        raise InputError(f"{path}: the CSV needs one of the columns {list(IMAGE_COLUMNS)}; it has {list(table.columns)}.")
+    mask_column = next((c for c in MASK_COLUMNS if c in table.columns), None)
+    items = []
+    for i, row in table.iterrows():
+        image = (path.parent / str(row[column])).resolve()
+        mask = str((path.parent / str(row[mask_column])).resolve()) if mask_column and row[mask_column] else None
+        case_id = str(row["case_id"]) if "case_id" in table.columns and row["case_id"] else _stem(image)
+        modality = str(row["modality"]) if "modality" in table.columns and row["modality"] else None
+        kind = "nifti" if _is_nifti(image) else "dicom"
+        files = [str(image)] if kind == "nifti" else [str(f) for f in sorted(image.iterdir())] if image.is_dir() else [str(image)]
+        items.append(ArchiveItem(kind, files, case_id, mask, modality))
+    return items
+
+
+def load_item(item: ArchiveItem) -> Volume:
+    """Read an archive item's image (raises InputError with the file and the problem)."""
+    if item.kind == "nifti":
+        return read_nifti(item.files[0], modality=item.modality, case_id=item.case_id)
+    volume = read_dicom_series(item.files, case_id=item.case_id)
+    if item.modality:
+        volume.modality = item.modality
+    return volume
