@@ -43,7 +43,61 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
                                  workers=workers, size=size, overwrite=overwrite))
 
 
-COMMANDS = {"demo": demo, "phantoms": phantoms}
+def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
+             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
+             warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16):
+    """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
+
+    Args:
+        data: folder (NIfTI files and DICOM series, recursively) or CSV with an image (or ct) column.
+        method: simclr | byol | dino | mae.
+        out: run directory: checkpoints/last.ckpt, encoder.pt, encoder.json, metrics.csv, tb/.
+        architecture: resnet18 | resnet34 | resnet50 | vit_tiny | vit_small (default resnet18; vit_tiny for mae).
+        epochs: passes over the archive (default 1), if max_steps is not given.
+        max_steps: optimiser steps.
+        batch_size: volumes per device and step.
+        patch: crop size in voxels (one number or three).
+        resume: continue RUN from checkpoints/last.ckpt.
+        overwrite: replace an existing run directory.
+        devices: GPUs (or CPU processes) per node; more than one trains with DDP.
+        num_nodes: machines, for multi-node DDP.
+        accelerator: auto | cpu | gpu.
+        precision: Lightning precision (default 16-mixed on GPU, 32-true on CPU).
+        accumulate: gradient accumulation steps.
+        lr: peak learning rate (AdamW, warm-up then cosine decay).
+        warmup_steps: linear warm-up steps (default a tenth of the run).
+        checkpoint_every: steps between checkpoints.
+        seed: seed of initialisation and of the data order.
+        workers: data loader processes.
+        spacing: voxel size after resampling, mm.
+        cache: preprocessing cache directory (default RUN/cache).
+        vit_patch: ViT token size, voxels.
+    """
+    from .pretrain import pretrain as run
+
+    return str(run(data, method=method, out=out, architecture=architecture, epochs=epochs, max_steps=max_steps,
+                   batch_size=batch_size, patch=patch, resume=resume, overwrite=overwrite, devices=devices,
+                   num_nodes=num_nodes, accelerator=accelerator, precision=precision, accumulate=accumulate, lr=lr,
+                   warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, seed=seed, workers=workers,
+                   spacing=spacing, cache=cache, vit_patch=vit_patch))
+
+
+def embed(encoder, data, out, batch_size=8, overwrite=False):
+    """Embeddings of every image (or tumour) with a pretrained encoder, as a parquet table.
+
+    Args:
+        encoder: RUN/encoder.pt (with encoder.json beside it).
+        data: folder of images, or a CSV (a case table with tumor_mask gives tumour-centred crops).
+        out: output parquet file: case_id, e0, e1, ...
+        batch_size: crops per forward pass.
+        overwrite: replace an existing output file.
+    """
+    from .embed import embed_archive
+
+    return str(embed_archive(encoder, data, out=out, batch_size=batch_size, overwrite=overwrite))
+
+
+COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": embed}
 
 
 def main(argv=None):

@@ -89,7 +89,8 @@ def scan_archive(source, *, hash_ids=False):
         if hash_ids:
             case_id = case_id_for(str(p.relative_to(source)))
         else:
-            case_id = stem if stem not in seen else case_id_for(str(p.relative_to(source)), prefix=stem)
+            # a repeated stem (case_1/ct.nii.gz, case_2/ct.nii.gz) is qualified by its folders
+            case_id = stem if stem not in seen else "_".join(p.relative_to(source).parent.parts + (stem,))
         seen.add(case_id)
         items.append(ArchiveItem("nifti", [str(p)], case_id))
     groups, rejected = _dicom_series(others)

@@ -1,0 +1,118 @@
+"""Training samples for self-supervised pretraining: random 3D crops and augmented views.
+
+Sample ``i`` of a run is a pure function of (seed, i): which volume, where to crop (kidney-centred when
+a mask exists), which augmentations. A run resumed at step s therefore sees exactly the samples an
+uninterrupted run would, and each DDP rank takes its own share of every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError
+from .cache import CachedArchive
+from .crops import crop_start
+
+__all__ = ["ViewTransform", "PretrainDataset", "StepSampler"]
+
+
+class ViewTransform:
+    """Random 3D augmentations of a (C, X, Y, Z) tensor with values in [0, 1] (MONAI array transforms):
+    flips, small rotations and scaling, intensity scale and shift, gamma, Gaussian noise and blur."""
+
+    def __init__(self, *, flip_prob=0.5, rotate_deg=10.0, scale=0.1, intensity=0.1, gamma=(0.7, 1.5),
+                 noise_std=0.03, blur_sigma=(0.5, 1.0), prob=0.5):
+        from monai import transforms as T
+
+        rad = np.deg2rad(rotate_deg)
+        self.compose = T.Compose([
+            T.RandFlip(prob=flip_prob, spatial_axis=0),
+            T.RandFlip(prob=flip_prob, spatial_axis=1),
+            T.RandFlip(prob=flip_prob, spatial_axis=2),
+            T.RandAffine(prob=prob, rotate_range=(rad, rad, rad), scale_range=(scale,) * 3, padding_mode="border"),
+            T.RandScaleIntensity(factors=intensity, prob=prob),
+            T.RandShiftIntensity(offsets=intensity, prob=prob),
+            T.RandAdjustContrast(prob=prob, gamma=gamma),
+            T.RandGaussianNoise(prob=prob, std=noise_std),
+            T.RandGaussianSmooth(sigma_x=blur_sigma, sigma_y=blur_sigma, sigma_z=blur_sigma, prob=prob),
+        ])
+
+    def __call__(self, x, seed):
+        self.compose.set_random_state(seed=int(seed))
+        out = self.compose(x)
+        return torch.as_tensor(out, dtype=torch.float32)
+
+
+class PretrainDataset(Dataset):
+    """Views of random crops of a cached archive, indexed by the run's global sample number.
+
+    Parameters
+    ----------
+    archive : CachedArchive
+    patch : (3,) int, voxels
+    n_views : int
+        2 for the contrastive methods (two overlapping crops), 1 for MAE.
+    kidney_prob : float
+        Probability of a kidney-centred crop when the volume has a mask.
+    """
+
+    def __init__(self, archive: CachedArchive, patch, *, n_views=2, seed=0, kidney_prob=0.8, transform=None):
+        self.archive, self.patch, self.n_views = archive, np.asarray(patch, int), int(n_views)
+        self.seed, self.kidney_prob = int(seed), float(kidney_prob)
+        self.transform = transform or ViewTransform()
+        shapes = [tuple(int(s) for s in str(v).split("x")[1:]) for v in archive.manifest["shape"]]
+        fits = [all(s >= p for s, p in zip(shape, self.patch)) for shape in shapes]
+        if not any(fits):
+            raise InputError(
+                f"patch: a crop of {tuple(self.patch)} voxels is larger than every preprocessed volume "
+                f"(largest {max(shapes, key=np.prod)}); choose a smaller --patch."
+            )
+        self.channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
+
+    def __len__(self):
+        return 2**62  # indexed by global sample number; the sampler decides how many
+
+    def _crop(self, data, start):
+        sl = tuple(slice(int(a), int(a) + int(p)) for a, p in zip(start, self.patch))
+        return np.asarray(data[(slice(None),) + sl], dtype=np.float32)
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, int(index)])
+        data, mask = self.archive.load(int(rng.integers(len(self.archive))))
+        shape = np.array(data.shape[1:])
+        if np.any(shape < self.patch):  # pad volumes smaller than the patch (edge values)
+            pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(shape, self.patch)]
+            data = np.pad(np.asarray(data, np.float32), pad, mode="edge")
+            mask = None if mask is None else np.pad(np.asarray(mask), pad[1:])
+            shape = np.array(data.shape[1:])
+        use_mask = mask if (mask is not None and rng.random() < self.kidney_prob) else None
+        start = crop_start(shape, self.patch, rng, mask=use_mask)
+        views = []
+        for v in range(self.n_views):
+            offset = 0 if v == 0 else rng.integers(-(self.patch // 4), self.patch // 4 + 1)  # overlapping crops
+            s = np.clip(start + offset, 0, shape - self.patch)
+            views.append(self.transform(torch.from_numpy(self._crop(data, s)), rng.integers(2**31)))
+        return tuple(views)
+
+
+class StepSampler(Sampler):
+    """Global sample numbers of the steps ``start_step() .. total_steps - 1`` for one rank.
+
+    Step ``s`` uses samples ``(s * world + rank) * per_step + k``, ``k < per_step``, where ``per_step`` is
+    the batch size times gradient accumulation. ``start_step`` is read when iteration starts, so after a
+    checkpoint is restored the sampler continues where the interrupted run stopped.
+    """
+
+    def __init__(self, per_step, total_steps, *, start_step=lambda: 0, rank=0, world=1):
+        self.per_step, self.total_steps, self.start_step = int(per_step), int(total_steps), start_step
+        self.rank, self.world = int(rank), int(world)
+
+    def __len__(self):
+        return max(self.total_steps - int(self.start_step()), 0) * self.per_step
+
+    def __iter__(self):
+        for step in range(int(self.start_step()), self.total_steps):
+            base = (step * self.world + self.rank) * self.per_step
+            yield from range(base, base + self.per_step)

@@ -1,0 +1,115 @@
+"""``python -m ssl_rcc embed``: one embedding per image (or per tumour) from a pretrained encoder.
+
+The encoder is rebuilt from RUN/encoder.json and its weights loaded with ``weights_only=True``; inputs
+are preprocessed exactly as in pretraining (orientation, spacing, normalisation from the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from kinetics.io import output_file
+
+from .data import PreprocessConfig, load_item, preprocess_volume, scan_archive
+from .errors import InputError
+from .models import Encoder
+from .pretrain import ENCODER_FORMAT
+
+__all__ = ["load_encoder", "embed_archive", "embed_volume"]
+
+log = logging.getLogger("ssl_rcc")
+
+
+def load_encoder(path):
+    """An :class:`Encoder` from ``encoder.pt`` and its sidecar ``encoder.json``; returns (encoder, meta)."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise InputError(f"{path}: an encoder needs the weights file and its {meta_path.name} beside it.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        raise InputError(f"{meta_path}: not valid JSON.") from None
+    if meta.get("format") != ENCODER_FORMAT:
+        raise InputError(f"{meta_path}: not an ssl-rcc encoder description (format {meta.get('format')!r}).")
+    encoder = Encoder(meta["architecture"], meta["in_channels"], meta["patch"], meta.get("vit_patch", 16))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(f"{path}: the weights do not fit a {meta['architecture']} encoder ({str(err).splitlines()[0]}).") from None
+    except Exception as err:
+        raise InputError(f"{path}: cannot load the encoder weights ({type(err).__name__}).") from None
+    return encoder.eval(), meta
+
+
+def _tiles(shape, patch):
+    """Start indices of crops that cover the volume (the last one flush with the far edge)."""
+    axes = [sorted(set(list(range(0, max(s - p, 0) + 1, p)) + [max(s - p, 0)])) for s, p in zip(shape, patch)]
+    return [np.array([a, b, c]) for a in axes[0] for b in axes[1] for c in axes[2]]
+
+
+@torch.no_grad()
+def embed_volume(encoder, data, *, mask=None, batch_size=8):
+    """Embedding (out_dim,) of a preprocessed (C, X, Y, Z) volume: the crop centred on ``mask`` (a
+    tumour) or, without one, the mean over crops tiling the whole volume."""
+    patch = np.array(encoder.patch)
+    data = np.asarray(data, np.float32)
+    pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(data.shape[1:], patch)]
+    data = np.pad(data, pad, mode="edge")
+    shape = np.array(data.shape[1:])
+    if mask is not None and np.any(mask):
+        centre = np.round(np.argwhere(np.pad(mask, pad[1:]) > 0).mean(axis=0)).astype(int)
+        starts = [np.clip(centre - patch // 2, 0, shape - patch)]
+    else:
+        starts = _tiles(shape, patch)
+    crops = np.stack([data[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(st, patch))] for st in starts])
+    features = torch.cat([encoder(torch.from_numpy(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)])
+    return features.mean(dim=0).numpy()
+
+
+def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8):
+    """Embed every image of ``data`` (folder, or CSV; with a ``tumor_mask`` column, tumour-centred
+    crops) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``."""
+    encoder, meta = load_encoder(encoder_path)
+    config = PreprocessConfig(spacing_mm=tuple(meta["spacing_mm"]), ct_window=tuple(meta["normalisation"]["CT"]["hu_window"]),
+                              mr_percentiles=tuple(meta["normalisation"]["MR"]["percentiles"]))
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    items, _ = scan_archive(data)
+    tumour_masks = {}
+    if Path(data).suffix == ".csv":
+        table = pd.read_csv(data, keep_default_na=False)
+        if "tumor_mask" in table.columns:
+            ids = table["case_id"] if "case_id" in table.columns else [item.case_id for item in items]
+            tumour_masks = {cid: str((Path(data).parent / m).resolve()) for cid, m in zip(ids, table["tumor_mask"]) if m}
+    rows, skipped = [], 0
+    for item in items:
+        try:
+            volume = load_item(item)
+            mask = None
+            if item.case_id in tumour_masks:
+                mask = np.asarray(nib.load(tumour_masks[item.case_id]).dataobj) > 0
+            arr, _, mask = preprocess_volume(volume, config, mask)
+        except InputError as err:
+            log.warning("skipped %s: %s", item.case_id, str(err).split(": ", 1)[-1])
+            skipped += 1
+            continue
+        if arr.shape[0] != meta["in_channels"]:
+            raise InputError(f"{item.case_id}: {arr.shape[0]} channels, the encoder takes {meta['in_channels']}.")
+        rows.append([item.case_id] + embed_volume(encoder, arr, mask=mask, batch_size=batch_size).tolist())
+    if not rows:
+        raise InputError(f"{data}: no image could be embedded ({skipped} skipped).")
+    frame = pd.DataFrame(rows, columns=["case_id"] + [f"e{i}" for i in range(len(rows[0]) - 1)])
+    with output_file(out, overwrite=overwrite) as tmp:
+        frame.to_parquet(tmp, index=False)
+    log.info("embedded %d images (%d skipped) into %s", len(rows), skipped, out)
+    return out

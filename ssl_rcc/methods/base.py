@@ -1,0 +1,53 @@
+"""The LightningModule every method shares: encoder, optimiser, schedule, logging."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.scheduler import cosine_warmup_schedule
+
+from ..models import Encoder
+
+__all__ = ["SSLMethod", "learning_rate_factor"]
+
+
+def learning_rate_factor(step: int, *, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``max_steps``: a pure function of the step."""
+    warmup = min(int(warmup_steps), max(int(max_steps) - 1, 0))
+    return float(cosine_warmup_schedule(step, max(int(max_steps), 1), 1.0, 0.0, warmup, 0.0))
+
+
+class SSLMethod(pl.LightningModule):
+    """Base of SimCLR, BYOL, DINO and MAE. Subclasses build heads in ``__init__`` and define
+    ``compute_loss(views) -> scalar``; ``views`` is a tuple of (B, C, X, Y, Z) tensors.
+
+    Hyperparameters are saved (``save_hyperparameters``) so a checkpoint rebuilds the module.
+    """
+
+    n_views = 2
+
+    def __init__(self, encoder: dict, *, lr=1e-3, weight_decay=0.05, warmup_steps=10, max_steps=100):
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = Encoder(encoder["architecture"], encoder["in_channels"], encoder["patch"], encoder.get("vit_patch", 16))
+
+    def compute_loss(self, views):  # pragma: no cover - every method overrides it
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        loss = self.compute_loss(batch)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: learning_rate_factor(step, warmup_steps=self.hparams.warmup_steps,
+                                                         max_steps=self.hparams.max_steps))
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,152 @@
+"""``python -m ssl_rcc pretrain``: self-supervised pretraining of a 3D encoder on an unlabeled archive.
+
+RUN/checkpoints/last.ckpt (Lightning, for --resume), RUN/encoder.pt (plain state_dict),
+RUN/encoder.json (everything needed to rebuild and feed it), RUN/metrics.csv, RUN/tb/ (TensorBoard),
+RUN/run.json (the options), RUN/cache/ (preprocessed volumes, unless --cache points elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from kinetics.options import number
+
+from .data import PreprocessConfig, build_cache
+from .data.views import PretrainDataset
+from .errors import InputError
+from .methods import get_method
+
+__all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
+
+log = logging.getLogger("ssl_rcc")
+ENCODER_FORMAT = "ssl-rcc-encoder/1"
+# options a resumed run must share with the run it continues
+_IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
+
+
+def _patch3(patch):
+    values = patch if isinstance(patch, (tuple, list)) else (patch,) * 3
+    if len(values) != 3:
+        raise InputError(f"patch: give one size or three, not {len(values)}.")
+    return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
+
+
+def _secondary_rank():
+    """True in the processes that Lightning's DDP launcher starts besides the first one."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
+def export_encoder(module, run_dir: Path, config: dict):
+    """Write RUN/encoder.pt (state_dict of the backbone) and RUN/encoder.json, each atomically."""
+    state = {k: v.detach().cpu() for k, v in module.backbone.state_dict().items()}
+    tmp = run_dir / ".encoder.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / "encoder.pt")
+    meta = dict(module.backbone.config(), format=ENCODER_FORMAT, **config)
+    (run_dir / ".encoder.json.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(run_dir / ".encoder.json.tmp", run_dir / "encoder.json")
+
+
+def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
+             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
+             warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
+             progress=True):
+    """Pretrain an encoder with ``method`` on the images of ``data`` (folder or CSV); returns RUN.
+
+    See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
+    without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with the same data
+    order, so the steps and the loss curve are those of an uninterrupted run.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from .training import AtomicCheckpointIO, MetricsCSV, PretrainData
+
+    method_cls = get_method(method)
+    architecture = architecture or ("vit_tiny" if method == "mae" else "resnet18")
+    patch = _patch3(patch)
+    batch_size = number(batch_size, "batch_size", integer=True, positive=True)
+    accumulate = number(accumulate, "accumulate", integer=True, positive=True)
+    devices = number(devices, "devices", integer=True, positive=True)
+    num_nodes = number(num_nodes, "num_nodes", integer=True, positive=True)
+    checkpoint_every = number(checkpoint_every, "checkpoint_every", "steps", integer=True, positive=True)
+    spacing = number(spacing, "spacing", "mm", positive=True)
+    run = Path(out)
+    last = run / "checkpoints" / "last.ckpt"
+    secondary = _secondary_rank()
+    if secondary:
+        pass  # DDP re-runs this function in every process: rank 0 has already checked and prepared RUN
+    elif resume:
+        if not last.is_file():
+            raise InputError(f"{run}: --resume needs {last}, which does not exist.")
+    elif run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise InputError(f"{run}: run directory exists; pass --resume to continue it or --overwrite to replace it.")
+        import shutil
+
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
+    archive = build_cache(data, Path(cache) if cache else run / "cache", config=preprocessing,
+                          progress=progress and not secondary, workers=1 if secondary else None)
+    channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
+    if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
+        raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")
+    encoder = {"architecture": architecture, "in_channels": channels, "patch": patch, "vit_patch": int(vit_patch)}
+    identity = {"method": method, "architecture": architecture, "patch": patch, "vit_patch": int(vit_patch),
+                "channels": channels, "spacing_mm": spacing}
+    run_file = run / "run.json"
+    if resume and not secondary:
+        before = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        differ = {k: (before.get(k), identity[k]) for k in _IDENTITY if before.get(k) != identity[k]}
+        if differ:
+            raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
+    world = devices * num_nodes
+    if max_steps is None:
+        n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
+        max_steps = max(1, math.ceil(n_epochs * len(archive) / (batch_size * accumulate * world)))
+    max_steps = number(max_steps, "max_steps", integer=True, positive=True)
+    warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
+    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    precision = precision or ("16-mixed" if use_cuda else "32-true")
+    options = dict(identity, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup_steps=warmup,
+                   devices=devices, num_nodes=num_nodes, precision=precision, seed=int(seed), data=str(data),
+                   n_images=len(archive), preprocessing=preprocessing.to_dict())
+    if not secondary:
+        run_file.write_text(json.dumps(options, indent=2))
+    pl.seed_everything(int(seed), workers=True, verbose=False)
+    module = method_cls(encoder, lr=float(lr), max_steps=max_steps, warmup_steps=warmup)
+    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed))
+    datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
+    checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
+                                  save_top_k=0, save_on_train_epoch_end=False)
+    trainer = pl.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
+        devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
+        accumulate_grad_batches=accumulate, callbacks=[checkpoints, MetricsCSV(run / "metrics.csv")],
+        logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
+        enable_model_summary=False, default_root_dir=str(run),
+    )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    except RuntimeError as err:
+        text = str(err)
+        if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
+            raise InputError(f"{last}: the checkpoint does not fit a {architecture} {method} model ({str(err).splitlines()[0]}).") from None
+        raise
+    if trainer.is_global_zero:
+        trainer.save_checkpoint(last, weights_only=False)
+        export_encoder(module, run, {"method": method, "steps": int(trainer.global_step), "spacing_mm": [spacing] * 3,
+                                     "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
+                                                       "MR": {"percentiles": list(preprocessing.mr_percentiles)}},
+                                     "axis_order": "RAS", "input": "(B, C, X, Y, Z), values in [0, 1]"})
+        log.info("pretrained %s (%s) for %d steps: %s", architecture, method, trainer.global_step, run)
+    return run

@@ -1,0 +1,90 @@
+"""Lightning plumbing for pretraining: data module, atomic checkpoints, a continuous metrics.csv."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from .data.views import PretrainDataset, StepSampler
+from .errors import InputError
+
+__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV"]
+
+
+class PretrainData(pl.LightningDataModule):
+    """Batches of views; the sampler starts at the trainer's (restored) global step, on this rank."""
+
+    def __init__(self, dataset: PretrainDataset, *, batch_size, accumulate, max_steps, workers):
+        super().__init__()
+        self.dataset, self.batch_size, self.accumulate = dataset, int(batch_size), int(accumulate)
+        self.max_steps, self.workers = int(max_steps), int(workers)
+
+    def train_dataloader(self):
+        trainer = self.trainer
+        sampler = StepSampler(self.batch_size * self.accumulate, self.max_steps, start_step=lambda: trainer.global_step,
+                              rank=trainer.global_rank, world=trainer.world_size)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available(), drop_last=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed: a failed write (a full disk) leaves the
+    previous checkpoint as it was and raises one clear error."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"{path}: could not write the checkpoint ({err.strerror or err}); the previous one is kept.") from None
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True):
+        # user paths are never unpickled beyond tensors and plain containers
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class MetricsCSV(pl.Callback):
+    """Append one row per optimiser step (step, train_loss, lr) to ``path``; on resume, drop rows past
+    the restored step so that the curve stays continuous."""
+
+    fields = ("step", "epoch", "train_loss", "lr")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        rows = []
+        if self.path.is_file():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
+        with open(self.path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.is_global_zero or trainer.global_step == self._last_step:
+            return  # only after an optimiser step (gradient accumulation)
+        self._last_step = trainer.global_step
+        metrics = trainer.callback_metrics
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch,
+               "train_loss": float(metrics.get("train_loss", float("nan"))), "lr": float(metrics.get("lr", float("nan")))}
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)

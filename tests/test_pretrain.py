@@ -1,0 +1,160 @@
+"""Self-supervised pretraining end to end on a small phantom archive: every method, resume after
+SIGKILL with the same steps and losses, DDP with two CPU processes, exported encoder, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ssl_rcc.__main__ import main
+from ssl_rcc.embed import embed_volume, load_encoder
+from ssl_rcc.models import Encoder
+from ssl_rcc.phantoms import generate_phantoms
+
+SMALL = ["--batch-size", "2", "--spacing", "3", "--workers", "0", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    generate_phantoms(root / "archive", n=4, seed=0, unlabeled=True, size=48, workers=1)
+    return root / "archive"
+
+
+def metrics(run):
+    return pd.read_csv(run / "metrics.csv")
+
+
+@pytest.mark.parametrize("method, extra", [("simclr", ["--patch", "24"]), ("byol", ["--patch", "24"]), ("dino", ["--patch", "24"]),
+                                           ("mae", ["--patch", "32", "--vit-patch", "8"])])
+def test_each_method_trains_and_exports_its_encoder(archive, tmp_path, method, extra):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(archive), "--method", method, "--out", str(run), "--max-steps", "2"] + SMALL + extra) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "tb").is_dir()
+    rows = metrics(run)
+    assert rows["step"].tolist() == [1, 2] and np.isfinite(rows["train_loss"]).all()
+    meta = json.loads((run / "encoder.json").read_text())
+    assert meta["axis_order"] == "RAS" and meta["spacing_mm"] == [3.0] * 3 and meta["method"] == method
+    state = torch.load(run / "encoder.pt", weights_only=True)
+    encoder = Encoder(meta["architecture"], meta["in_channels"], meta["patch"], meta["vit_patch"])
+    encoder.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        features = encoder(torch.rand(1, meta["in_channels"], *meta["patch"]))
+    assert features.shape == (1, meta["out_dim"]) and torch.isfinite(features).all()
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "ssl_rcc"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_run(archive, tmp_path):
+    args = ["pretrain", "--data", str(archive), "--method", "simclr", "--max-steps", "6", "--patch", "24", "--seed", "3"] + SMALL
+    reference = tmp_path / "reference"
+    assert run_cli(args + ["--out", str(reference)]).wait(timeout=600) == 0
+    run = tmp_path / "killed"
+    proc = run_cli(args + ["--out", str(run)])
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill once a checkpoint exists and training has gone past it
+        if (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file() and len(metrics(run)) >= 3:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(run)) < 6
+    assert run_cli(args + ["--out", str(run), "--resume"]).wait(timeout=600) == 0
+    resumed, expected = metrics(run), metrics(reference)
+    assert resumed["step"].tolist() == list(range(1, 7))
+    np.testing.assert_allclose(resumed["train_loss"], expected["train_loss"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(resumed["lr"], expected["lr"], rtol=1e-6)
+
+
+def test_ddp_with_two_cpu_processes(archive, tmp_path):
+    run = tmp_path / "ddp"
+    proc = run_cli(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--max-steps", "2",
+                    "--patch", "24", "--devices", "2", "--accelerator", "cpu"] + SMALL)
+    output = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, output[-2000:]
+    assert json.loads((run / "run.json").read_text())["devices"] == 2
+    assert metrics(run)["step"].tolist() == [1, 2] and (run / "encoder.pt").is_file()
+
+
+def test_embeddings_of_real_scans_are_finite(archive, tmp_path):
+    from conftest import SHARED
+
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--max-steps", "1", "--patch", "24"] + SMALL) == 0
+    abdomen = SHARED / "abdomen"
+    if not abdomen.is_dir():
+        pytest.skip("abdominal reference scans not found")
+    listing = tmp_path / "real.csv"
+    pd.DataFrame({"case_id": ["ct", "mr"], "image": [str(abdomen / "example_ct_sm.nii.gz"), str(abdomen / "example_mr_sm.nii.gz")],
+                  "tumor_mask": ["", ""]}).to_csv(listing, index=False)
+    assert main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(listing), "--out", str(tmp_path / "e.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "e.parquet")
+    assert table["case_id"].tolist() == ["ct", "mr"] and np.isfinite(table.drop(columns="case_id").to_numpy()).all()
+    assert table.shape[1] == 1 + json.loads((run / "encoder.json").read_text())["out_dim"]
+    dicom = abdomen / "example_ct_dicom"
+    assert main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(dicom.parent / "example_ct_dicom"),
+                 "--out", str(tmp_path / "d.parquet")]) == 0
+    assert pd.read_parquet(tmp_path / "d.parquet")["case_id"][0].startswith("dicom-")
+    encoder, _ = load_encoder(run / "encoder.pt")
+    mask = np.zeros((30, 30, 30), bool)
+    mask[20:25, 5:9, 10:14] = True
+    whole, tumour = embed_volume(encoder, np.random.rand(1, 30, 30, 30)), embed_volume(encoder, np.random.rand(1, 30, 30, 30), mask=mask)
+    assert whole.shape == tumour.shape == (encoder.out_dim,)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "moco"], "unknown method 'moco'"),
+    (["--method", "simclr", "--patch", "200"], "larger than every preprocessed volume"),
+    (["--method", "mae", "--architecture", "resnet18"], "method mae needs a ViT encoder"),
+    (["--method", "simclr", "--resume"], "--resume needs"),
+])
+def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):
+    code = main(["pretrain", "--data", str(archive), "--out", str(tmp_path / "run"), "--max-steps", "1"] + SMALL + args)
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_existing_run_resume_of_another_architecture_and_wrong_weights(archive, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--max-steps", "1", "--patch", "24"] + SMALL
+    assert main(base) == 0
+    assert main(base) == 2 and "run directory exists" in capsys.readouterr().err
+    assert main(base + ["--resume", "--architecture", "resnet34"]) == 2
+    assert "the checkpoint is of another run (architecture resnet18 vs resnet34)" in capsys.readouterr().err
+    meta = json.loads((run / "encoder.json").read_text())
+    (run / "encoder.json").write_text(json.dumps(dict(meta, architecture="resnet34")))
+    code = main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(archive), "--out", str(tmp_path / "x.parquet")])
+    assert code == 2 and "the weights do not fit a resnet34 encoder" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(archive, tmp_path, monkeypatch):
+    from ssl_rcc.errors import InputError
+    from ssl_rcc.pretrain import pretrain
+    from ssl_rcc.training import AtomicCheckpointIO
+
+    run = tmp_path / "run"
+    common = dict(method="simclr", out=run, patch=24, batch_size=2, spacing=3, workers=0, checkpoint_every=1, progress=False)
+    pretrain(archive, max_steps=1, **common)
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(InputError, match="could not write the checkpoint \\(No space left on device\\); the previous one is kept"):
+        pretrain(archive, max_steps=3, resume=True, **common)
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert not list((run / "checkpoints").glob(".*tmp"))
