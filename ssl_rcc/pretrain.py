@@ -135,6 +135,11 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
         enable_model_summary=False, default_root_dir=str(run),
     )
+    import warnings
+
+    # Lightning cannot see that StepSampler resumes by itself (it starts at the restored step)
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     except RuntimeError as err:
@@ -142,8 +147,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
             raise InputError(f"{last}: the checkpoint does not fit a {architecture} {method} model ({str(err).splitlines()[0]}).") from None
         raise
+    trainer.save_checkpoint(last, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.is_global_zero:
-        trainer.save_checkpoint(last, weights_only=False)
         export_encoder(module, run, {"method": method, "steps": int(trainer.global_step), "spacing_mm": [spacing] * 3,
                                      "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
                                                        "MR": {"percentiles": list(preprocessing.mr_percentiles)}},
