@@ -18,7 +18,7 @@ import torch
 from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
-from .data.views import PretrainDataset
+from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
 
@@ -123,7 +123,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
     module = method_cls(encoder, lr=float(lr), max_steps=max_steps, warmup_steps=warmup)
-    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed))
+    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed),
+                              transform=ViewTransform() if method_cls.geometric_views else IntensityViewTransform())
     datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
     checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
                                   save_top_k=0, save_on_train_epoch_end=False)

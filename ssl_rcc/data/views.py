@@ -15,34 +15,64 @@ from ..errors import InputError
 from .cache import CachedArchive
 from .crops import crop_start
 
-__all__ = ["ViewTransform", "PretrainDataset", "StepSampler"]
+__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler"]
 
 
 class ViewTransform:
     """Random 3D augmentations of a (C, X, Y, Z) tensor with values in [0, 1] (MONAI array transforms):
-    flips, small rotations and scaling, intensity scale and shift, gamma, Gaussian noise and blur."""
+    flips, small rotations and scaling, intensity scale and shift, gamma, Gaussian noise and blur.
+    ``geometric=False`` keeps flips and intensity changes only (the masked-image methods' views)."""
 
     def __init__(self, *, flip_prob=0.5, rotate_deg=10.0, scale=0.1, intensity=0.1, gamma=(0.7, 1.5),
-                 noise_std=0.03, blur_sigma=(0.5, 1.0), prob=0.5):
+                 noise_std=0.03, blur_sigma=(0.5, 1.0), prob=0.5, geometric=True):
         from monai import transforms as T
 
         rad = np.deg2rad(rotate_deg)
-        self.compose = T.Compose([
-            T.RandFlip(prob=flip_prob, spatial_axis=0),
-            T.RandFlip(prob=flip_prob, spatial_axis=1),
-            T.RandFlip(prob=flip_prob, spatial_axis=2),
-            T.RandAffine(prob=prob, rotate_range=(rad, rad, rad), scale_range=(scale,) * 3, padding_mode="border"),
+        steps = [T.RandFlip(prob=flip_prob, spatial_axis=a) for a in range(3)]
+        if geometric:  # interpolation and blur are the costly ones; MAE does without them
+            steps.append(T.RandAffine(prob=prob, rotate_range=(rad, rad, rad), scale_range=(scale,) * 3, padding_mode="border"))
+        steps += [
             T.RandScaleIntensity(factors=intensity, prob=prob),
             T.RandShiftIntensity(offsets=intensity, prob=prob),
             T.RandAdjustContrast(prob=prob, gamma=gamma),
             T.RandGaussianNoise(prob=prob, std=noise_std),
-            T.RandGaussianSmooth(sigma_x=blur_sigma, sigma_y=blur_sigma, sigma_z=blur_sigma, prob=prob),
-        ])
+        ]
+        if geometric:
+            steps.append(T.RandGaussianSmooth(sigma_x=blur_sigma, sigma_y=blur_sigma, sigma_z=blur_sigma, prob=prob))
+        self.compose = T.Compose(steps)
 
     def __call__(self, x, seed):
         self.compose.set_random_state(seed=int(seed))
         out = self.compose(x)
         return torch.as_tensor(out, dtype=torch.float32)
+
+
+class IntensityViewTransform:
+    """Flips, intensity scale and shift, gamma and Gaussian noise of a (C, X, Y, Z) tensor in [0, 1],
+    written directly in torch (no resampling): the light views of the masked-image methods, cheap
+    enough that the input pipeline outpaces a ViT's training step."""
+
+    def __init__(self, *, flip_prob=0.5, intensity=0.1, gamma=(0.7, 1.5), noise_std=0.03, prob=0.5):
+        self.flip_prob, self.intensity, self.gamma = flip_prob, intensity, gamma
+        self.noise_std, self.prob = noise_std, prob
+
+    def __call__(self, x, seed):
+        g = torch.Generator().manual_seed(int(seed))
+        u = torch.rand(8, generator=g).tolist()
+        dims = [d + 1 for d in range(3) if u[d] < self.flip_prob]
+        if dims:
+            x = torch.flip(x, dims)
+        x = x.to(torch.float32)
+        if u[3] < self.prob:
+            x = x * (1.0 + self.intensity * (2 * u[6] - 1))
+        if u[4] < self.prob:
+            x = x + self.intensity * (2 * u[7] - 1)
+        if u[5] < self.prob:
+            lo, hi = self.gamma
+            x = x.clamp(0.0, 1.0) ** (lo + (hi - lo) * torch.rand(1, generator=g).item())
+        if torch.rand(1, generator=g).item() < self.prob:
+            x = x + self.noise_std * torch.randn(x.shape, generator=g)
+        return x
 
 
 class PretrainDataset(Dataset):

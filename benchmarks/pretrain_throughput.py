@@ -1,0 +1,90 @@
+"""Volumes per second of the pretraining input pipeline (from the cache) and of the training step.
+
+    python -m benchmarks.pretrain_throughput [--patch 64] [--batch 8] [--steps 3] [--methods simclr,byol,dino,mae]
+
+The input pipeline (crop + two augmented views per volume, MONAI transforms) is timed alone, then each
+method's training step (forward, backward, optimiser) on batches of the same shape, in one run. On a GPU
+(``--device cuda``) the step runs with bf16/fp16 autocast. The pipeline should deliver at least 3x what
+the model consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ssl_rcc.data import PreprocessConfig, build_cache
+from ssl_rcc.data.views import IntensityViewTransform, PretrainDataset, ViewTransform
+from ssl_rcc.methods import METHODS
+from ssl_rcc.phantoms import generate_phantoms
+
+
+def pipeline_rate(dataset, n, workers):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=range(n), num_workers=workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return n / (time.perf_counter() - start)
+
+
+def step_rate(method, batch, patch, steps, device):
+    architecture = "vit_tiny" if method == "mae" else "resnet18"
+    module = METHODS[method]({"architecture": architecture, "in_channels": 4, "patch": list(patch), "vit_patch": 16},
+                             max_steps=100).to(device)
+    optimiser = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    views = [torch.rand(batch, 4, *patch, device=device) for _ in range(METHODS[method].n_views)]
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    times = []
+    for i in range(steps + 1):  # the first step warms up (allocations, cuDNN autotune)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+            loss = module.compute_loss(views)
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return batch / (sum(times) / len(times)), float(loss.detach())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--methods", default="simclr,byol,dino,mae")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--samples", type=int, default=64)
+    args = parser.parse_args(argv)
+    patch = (args.patch,) * 3
+    with tempfile.TemporaryDirectory() as tmp:
+        table = generate_phantoms(Path(tmp) / "archive", n=12, seed=0, unlabeled=True, workers=None)
+        archive = build_cache(table.parent, Path(tmp) / "cache", config=PreprocessConfig(spacing_mm=(1.5,) * 3), progress=False)
+        pipeline = {}
+        for views, geometric in ((2, True), (1, False)):  # contrastive views; MAE's single light view
+            transform = ViewTransform() if geometric else IntensityViewTransform()
+            dataset = PretrainDataset(archive, patch, n_views=views, seed=0, transform=transform)
+            pipeline[views] = {w: pipeline_rate(dataset, args.samples, w) for w in (0, 2)}
+    print(f"device {args.device}; patch {args.patch}^3, 4 channels, batch {args.batch}")
+    for views, rates in pipeline.items():
+        for w, rate in rates.items():
+            print(f"input pipeline, {views} view(s), {w} loader workers: {rate:.1f} volumes/s")
+    print("| method | encoder | training step volumes/s | input pipeline volumes/s | pipeline / step | loss |")
+    print("|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        rate, loss = step_rate(method, args.batch, patch, args.steps, args.device)
+        arch = "vit_tiny" if method == "mae" else "resnet18"
+        supply = max(pipeline[METHODS[method].n_views].values())
+        print(f"| {method} | {arch} | {rate:.2f} | {supply:.1f} | {supply / rate:.1f}x | {loss:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
