@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from ssl_rcc.demo import run_demo
 
 
@@ -15,3 +17,5 @@ def test_demo_report_on_the_dro(tmp_path):
     assert (report.parent / "maps" / "ktrans.nii.gz").is_file()
     assert "![Synthetic cases](phantoms/preview.png)" in text and (report.parent / "phantoms" / "preview.png").is_file()
     assert summary["phantoms"]["ktrans_within_osipi"] > 0.8
+    assert summary["pretraining"]["n_embedded"] == 10 and np.isfinite(summary["pretraining"]["final_loss"])
+    assert (report.parent / "pretrain" / "encoder.pt").is_file() and "![Pretraining](pretraining.png)" in text
