@@ -18,6 +18,7 @@ import torch
 from kinetics.io import output_file
 
 from .data import PreprocessConfig, load_item, preprocess_volume, scan_archive
+from .data.scan import scrub_paths
 from .errors import InputError
 from .models import Encoder
 from .pretrain import ENCODER_FORMAT
@@ -100,7 +101,7 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8):
                 mask = np.asarray(nib.load(tumour_masks[item.case_id]).dataobj) > 0
             arr, _, mask = preprocess_volume(volume, config, mask)
         except InputError as err:
-            log.warning("skipped %s: %s", item.case_id, str(err).split(": ", 1)[-1])
+            log.warning("skipped %s", scrub_paths(str(err), item))
             skipped += 1
             continue
         if arr.shape[0] != meta["in_channels"]:

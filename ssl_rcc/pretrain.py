@@ -95,7 +95,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     run.mkdir(parents=True, exist_ok=True)
     preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
     archive = build_cache(data, Path(cache) if cache else run / "cache", config=preprocessing,
-                          progress=progress and not secondary, workers=1 if secondary else None)
+                          progress=progress and not secondary, workers=1 if secondary else None,
+                          write_reports=not secondary)
     channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
     if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
         raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .preprocess import PreprocessConfig, preprocess_volume
-from .scan import ArchiveItem, load_item, scan_archive
+from .scan import ArchiveItem, load_item, scan_archive, scrub_paths
 from .volume import case_id_for
 
 __all__ = ["build_cache", "content_key", "CachedArchive"]
@@ -66,17 +66,7 @@ def _process(args):
                 "modality": item.modality or "", "has_mask": mask_path is not None, "status": "ok", "reason": ""}
     except (InputError, OSError, ValueError) as err:
         return {"case_id": item.case_id, "key": "", "shape": "", "modality": item.modality or "", "has_mask": False,
-                "status": "skipped", "reason": _scrub(str(err), item)}
-
-
-def _scrub(message, item):
-    """The message with every path of the item replaced by its case id: folder and file names of an
-    archive often carry patient names or record numbers."""
-    paths = set(item.files) | ({item.mask} if item.mask else set())
-    paths |= {str(Path(f).parent) for f in paths}
-    for p in sorted(paths, key=len, reverse=True):
-        message = message.replace(p, item.case_id)
-    return message
+                "status": "skipped", "reason": scrub_paths(str(err), item)}
 
 
 def _save_atomic(path: Path, array):
@@ -105,10 +95,12 @@ class CachedArchive:
 
 
 def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, progress=True,
-                hash_ids=False) -> CachedArchive:
+                hash_ids=False, write_reports=True) -> CachedArchive:
     """Scan ``source`` (folder or CSV), preprocess every image into ``cache_dir``, skip the bad ones.
 
-    ``hash_ids`` names NIfTI images by a hash of their path instead of their file stem.
+    ``hash_ids`` names NIfTI images by a hash of their path instead of their file stem;
+    ``write_reports=False`` leaves the report files alone (for DDP processes other than the first,
+    which find every entry already built).
     Writes ``manifest.csv`` (usable entries), ``skipped.csv`` (path-free reasons) and ``config.json``.
     Raises InputError when nothing in the archive is usable.
     """
@@ -128,9 +120,10 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
     skipped = pd.concat([skipped, pd.DataFrame({"case_id": [case_id_for(str(p), prefix="file") for p, _ in rejected],
                                                 "reason": [r for _, r in rejected]})], ignore_index=True)
     ok = table[table["status"] == "ok"].drop(columns=["status", "reason"])
-    ok.to_csv(cache_dir / "manifest.csv", index=False)
-    skipped.to_csv(cache_dir / "skipped.csv", index=False)
-    (cache_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if write_reports:
+        ok.to_csv(cache_dir / "manifest.csv", index=False)
+        skipped.to_csv(cache_dir / "skipped.csv", index=False)
+        (cache_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     log.info("cache %s: %d usable images, %d skipped (see skipped.csv)", cache_dir, len(ok), len(skipped))
     if ok.empty:
         raise InputError(f"{source}: no usable image among {len(items) + len(rejected)} files ({len(skipped)} skipped; see {cache_dir / 'skipped.csv'}).")

@@ -16,7 +16,7 @@ import pandas as pd
 from ..errors import InputError
 from .volume import Volume, _stem, case_id_for, read_dicom_series, read_nifti
 
-__all__ = ["ArchiveItem", "scan_archive", "load_item"]
+__all__ = ["ArchiveItem", "scan_archive", "load_item", "scrub_paths"]
 
 log = logging.getLogger("ssl_rcc")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -129,3 +129,13 @@ def load_item(item: ArchiveItem) -> Volume:
     if item.modality:
         volume.modality = item.modality
     return volume
+
+
+def scrub_paths(message: str, item: ArchiveItem) -> str:
+    """The message with every path of the item replaced by its case id: folder and file names of an
+    archive often carry patient names or record numbers."""
+    paths = set(item.files) | ({item.mask} if item.mask else set())
+    paths |= {str(Path(f).parent) for f in paths}
+    for p in sorted(paths, key=len, reverse=True):
+        message = message.replace(p, item.case_id)
+    return message
