@@ -56,7 +56,7 @@ def export_encoder(module, run_dir: Path, config: dict):
 def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
              overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
              warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             progress=True):
+             probe=None, probe_every=50, progress=True):
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder or CSV); returns RUN.
 
     See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
@@ -127,12 +127,18 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed),
                               transform=ViewTransform() if method_cls.geometric_views else IntensityViewTransform())
     datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
+    callbacks = []
+    if probe is not None:
+        from .probe import KnnProbe
+
+        callbacks.append(KnnProbe(probe, patch=patch, spacing_mm=spacing,
+                                  every_n_steps=number(probe_every, "probe_every", "steps", integer=True, positive=True)))
     checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
                                   save_top_k=0, save_on_train_epoch_end=False)
     trainer = pl.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
         devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
-        accumulate_grad_batches=accumulate, callbacks=[checkpoints, MetricsCSV(run / "metrics.csv")],
+        accumulate_grad_batches=accumulate, callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv")],
         logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
         enable_model_summary=False, default_root_dir=str(run),

@@ -60,11 +60,16 @@ class MetricsCSV(pl.Callback):
     """Append one row per optimiser step (step, train_loss, lr) to ``path``; on resume, drop rows past
     the restored step so that the curve stays continuous."""
 
-    fields = ("step", "epoch", "train_loss", "lr")
+    fields = ("step", "epoch", "train_loss", "lr", "val_knn_acc")
 
     def __init__(self, path):
         self.path = Path(path)
         self._last_step = -1
+
+    @staticmethod
+    def _probed(trainer):
+        """Whether the probe ran at this step (its last value otherwise lingers in callback_metrics)."""
+        return any(getattr(cb, "_last", None) == trainer.global_step for cb in trainer.callbacks if hasattr(cb, "crops"))
 
     def on_train_start(self, trainer, pl_module):
         if not trainer.is_global_zero:
@@ -72,7 +77,7 @@ class MetricsCSV(pl.Callback):
         rows = []
         if self.path.is_file():
             with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
+                rows = [{k: r.get(k, "") for k in self.fields} for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
         with open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.fields)
             writer.writeheader()
@@ -85,6 +90,7 @@ class MetricsCSV(pl.Callback):
         self._last_step = trainer.global_step
         metrics = trainer.callback_metrics
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-               "train_loss": float(metrics.get("train_loss", float("nan"))), "lr": float(metrics.get("lr", float("nan")))}
+               "train_loss": float(metrics.get("train_loss", float("nan"))), "lr": float(metrics.get("lr", float("nan"))),
+               "val_knn_acc": float(metrics["val_knn_acc"]) if "val_knn_acc" in metrics and self._probed(trainer) else ""}
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields).writerow(row)

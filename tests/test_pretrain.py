@@ -165,3 +165,17 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(archive, 
         pretrain(archive, max_steps=3, resume=True, **common)
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
     assert not list((run / "checkpoints").glob(".*tmp"))
+
+
+def test_online_knn_probe_logs_an_accuracy(archive, tmp_path):
+    from ssl_rcc.probe import knn_balanced_accuracy
+
+    assert knn_balanced_accuracy(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]]), np.array(["a", "a", "b", "b"]), k=1) == 1.0
+    cases = generate_phantoms(tmp_path / "labelled", n=6, seed=2, balanced=True, size=48, workers=1)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--max-steps", "4", "--patch", "24",
+                 "--probe", str(cases), "--probe-every", "2"] + SMALL) == 0
+    rows = metrics(run)
+    assert rows["step"].tolist() == [1, 2, 3, 4]
+    assert rows["val_knn_acc"].isna().tolist() == [True, False, True, False]
+    assert rows["val_knn_acc"].dropna().between(0, 1).all()
