@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import logging
 import sys
 
+from .cli import run_cli
 from .errors import KineticsInputError
 
 
@@ -120,50 +119,9 @@ def dro(out, snr=60.0, seed=0, overwrite=False):
 COMMANDS = {"fit": fit, "fit-roi": fit_roi, "t1map": t1map, "aif": aif, "dro": dro}
 
 
-def check_options(commands, argv, prog):
-    """Refuse unknown options and surplus positional values before a command runs.
-
-    fire calls a command with the options it recognises and complains about the others only
-    afterwards, when the work is done and written; this checks first.
-    """
-    if not argv or argv[0] not in commands or "--help" in argv or "-h" in argv:
-        return
-    params = inspect.signature(commands[argv[0]]).parameters
-    valid = sorted("--" + p.replace("_", "-") for p in params)
-    positional, expect_value = 0, False
-    for token in argv[1:]:
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            if name not in params:
-                raise KineticsInputError(f"{prog} {argv[0]}: unknown option --{token[2:].split('=', 1)[0]}; valid options are {valid}.")
-            expect_value = "=" not in token
-        elif expect_value:
-            expect_value = False
-        else:
-            positional += 1
-    if positional > len(params):
-        raise KineticsInputError(f"{prog} {argv[0]}: {positional} positional values for at most {len(params)} arguments.")
-
-
 def main(argv=None):
     """Run the CLI; bad input prints one sentence and exits 2 (``--debug`` shows the traceback)."""
-    import fire
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    for name in ("kinetics", "ssl_rcc"):  # our progress messages; other libraries only warn
-        logging.getLogger(name).setLevel(logging.INFO)
-    try:
-        check_options(COMMANDS, argv, "kinetics")
-        fire.Fire(COMMANDS, command=argv, name="kinetics")
-    except KineticsInputError as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(COMMANDS, sys.argv[1:] if argv is None else argv, "kinetics")
 
 
 if __name__ == "__main__":

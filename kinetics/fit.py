@@ -52,6 +52,12 @@ class CurveFit:
     fit_ok: np.ndarray = None
 
 
+def check_method(method):
+    """Raise unless ``method`` is one of :data:`METHODS`."""
+    if method not in METHODS:
+        raise KineticsInputError(f"method: unknown method {method!r}; expected one of {list(METHODS)}.")
+
+
 def _cpu_count():
     try:
         return len(os.sched_getaffinity(0))
@@ -147,8 +153,7 @@ def fit_curves(
     CurveFit
     """
     spec = get_model(model)
-    if method not in METHODS:
-        raise KineticsInputError(f"method: unknown method {method!r}; expected one of {list(METHODS)}.")
+    check_method(method)
     if failed not in ("nan", "keep"):
         raise KineticsInputError(f"failed: unknown policy {failed!r}; expected 'nan' or 'keep'.")
     t = _check_times(t_s)

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import aif as aif_mod
 from .errors import KineticsInputError
-from .fit import fit_curves
+from .fit import check_method, fit_curves
 from .io import load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import flip_angles, haematocrit, number
 from .registry import get_model
@@ -150,8 +150,7 @@ def fit_dce(
     spec = get_model(model)
     if input not in INPUTS:
         raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
-    if method not in ("llsq", "nlls"):
-        raise KineticsInputError(f"method: unknown method {method!r}; expected 'llsq' or 'nlls'.")
+    check_method(method)
     hct = haematocrit(hct)
     out = Path(out)
     if out.exists() and not overwrite:

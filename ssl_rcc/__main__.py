@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from kinetics.__main__ import check_options
-from kinetics.errors import KineticsInputError
+from kinetics.cli import run_cli
 
 
 def demo(out="runs/demo", overwrite=False, seed=0):
@@ -105,23 +103,7 @@ COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": e
 
 def main(argv=None):
     """Run the CLI; bad input prints one sentence and exits 2 (``--debug`` shows the traceback)."""
-    import fire
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    for name in ("kinetics", "ssl_rcc"):  # our progress messages; other libraries only warn
-        logging.getLogger(name).setLevel(logging.INFO)
-    try:
-        check_options(COMMANDS, argv, "ssl_rcc")
-        fire.Fire(COMMANDS, command=argv, name="ssl_rcc")
-    except (KineticsInputError, ValueError) as err:
-        if debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(COMMANDS, sys.argv[1:] if argv is None else argv, "ssl_rcc")
 
 
 if __name__ == "__main__":
