@@ -16,6 +16,14 @@ def osipi_dir():
     return OSIPI
 
 
+@pytest.fixture(scope="session")
+def abdomen_dir():
+    path = SHARED / "abdomen"
+    if not path.is_dir():
+        pytest.skip(f"abdominal reference scans not found at {path} (they sit beside the repository in CI)")
+    return path
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

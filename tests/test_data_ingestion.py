@@ -16,16 +16,11 @@ from ssl_rcc.data import PreprocessConfig, build_cache, preprocess_volume, read_
 from ssl_rcc.data.crops import crop_start
 from ssl_rcc.errors import InputError
 
-from conftest import SHARED
-
-ABDOMEN = SHARED / "abdomen"
 
 
-@pytest.fixture(scope="module")
-def abdomen():
-    if not ABDOMEN.is_dir():
-        pytest.skip(f"abdominal reference scans not found at {ABDOMEN}")
-    return ABDOMEN
+@pytest.fixture
+def abdomen(abdomen_dir):
+    return abdomen_dir
 
 
 def world_centroid(mask, affine):

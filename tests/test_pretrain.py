@@ -85,15 +85,11 @@ def test_ddp_with_two_cpu_processes(archive, tmp_path):
     assert metrics(run)["step"].tolist() == [1, 2] and (run / "encoder.pt").is_file()
 
 
-def test_embeddings_of_real_scans_are_finite(tmp_path):
+def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     """Pretrain one step on the real single-channel scans, then embed the CT, the MR and the DICOM series."""
     import shutil
 
-    from conftest import SHARED
-
-    abdomen = SHARED / "abdomen"
-    if not abdomen.is_dir():
-        pytest.skip("abdominal reference scans not found")
+    abdomen = abdomen_dir
     real = tmp_path / "real"
     real.mkdir()
     for name in ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz"):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -88,9 +89,13 @@ class CachedArchive:
         return len(self.manifest)
 
     def load(self, i):
-        row = self.manifest.iloc[i]
-        data = np.load(self.cache_dir / f"{row['key']}.npy", mmap_mode="r")
-        mask = np.load(self.cache_dir / f"{row['key']}_mask.npy", mmap_mode="r") if row["has_mask"] else None
+        row = self.manifest.iloc[int(i)]
+        return self._open(row["key"], bool(row["has_mask"]))
+
+    @lru_cache(maxsize=512)  # memory maps stay open: a sample reads pages, it does not reopen files
+    def _open(self, key, has_mask):
+        data = np.load(self.cache_dir / f"{key}.npy", mmap_mode="r")
+        mask = np.load(self.cache_dir / f"{key}_mask.npy", mmap_mode="r") if has_mask else None
         return data, mask
 
 
