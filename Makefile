@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kinetics_speed
+	$(PY) -m benchmarks.phantoms_speed
+	$(PY) -m benchmarks.pretrain_throughput
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
