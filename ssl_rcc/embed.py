@@ -88,7 +88,7 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8):
     items, _ = scan_archive(data)
     tumour_masks = {}
     if Path(data).suffix == ".csv":
-        table = pd.read_csv(data, keep_default_na=False)
+        table = pd.read_csv(data, keep_default_na=False, dtype=str)
         if "tumor_mask" in table.columns:
             ids = table["case_id"] if "case_id" in table.columns else [item.case_id for item in items]
             tumour_masks = {cid: str((Path(data).parent / m).resolve()) for cid, m in zip(ids, table["tumor_mask"]) if m}

@@ -89,6 +89,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     elif run.exists() and any(run.iterdir()):
         if not overwrite:
             raise InputError(f"{run}: run directory exists; pass --resume to continue it or --overwrite to replace it.")
+        if not (run / "run.json").is_file():
+            raise InputError(f"{run}: not a pretraining run (no run.json); --overwrite only replaces runs.")
         import shutil
 
         shutil.rmtree(run)
@@ -110,6 +112,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         if differ:
             raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
     world = devices * num_nodes
+    if max_steps is None and resume and run_file.is_file():  # a resumed run keeps its length and schedule
+        max_steps = json.loads(run_file.read_text()).get("max_steps")
     if max_steps is None:
         n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
         max_steps = max(1, math.ceil(n_epochs * len(archive) / (batch_size * accumulate * world)))

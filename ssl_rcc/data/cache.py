@@ -92,7 +92,7 @@ class CachedArchive:
         row = self.manifest.iloc[int(i)]
         return self._open(row["key"], bool(row["has_mask"]))
 
-    @lru_cache(maxsize=512)  # memory maps stay open: a sample reads pages, it does not reopen files
+    @lru_cache(maxsize=128)  # memory maps stay open (two descriptors each): a sample reads pages, it does not reopen files
     def _open(self, key, has_mask):
         data = np.load(self.cache_dir / f"{key}.npy", mmap_mode="r")
         mask = np.load(self.cache_dir / f"{key}_mask.npy", mmap_mode="r") if has_mask else None

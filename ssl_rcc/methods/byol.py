@@ -29,8 +29,10 @@ class BYOL(SSLMethod):
 
     def compute_loss(self, views):
         m = cosine_schedule(self.global_step, max(self.hparams.max_steps, 1), self.hparams.momentum, 1.0)
-        update_momentum(self.backbone, self.backbone_momentum, m=m)
-        update_momentum(self.head, self.head_momentum, m=m)
+        if self.global_step != getattr(self, "_momentum_step", -1):  # once per optimiser step, not per micro-batch
+            self._momentum_step = self.global_step
+            update_momentum(self.backbone, self.backbone_momentum, m=m)
+            update_momentum(self.head, self.head_momentum, m=m)
         x0, x1 = views[:2]
         p0, p1 = (self.predictor(self.head(self.backbone(x))) for x in (x0, x1))
         z0, z1 = (self.head_momentum(self.backbone_momentum(x)).detach() for x in (x0, x1))

@@ -32,8 +32,10 @@ class DINO(SSLMethod):
 
     def compute_loss(self, views):
         m = cosine_schedule(self.global_step, max(self.hparams.max_steps, 1), self.hparams.momentum, 1.0)
-        update_momentum(self.backbone, self.teacher_backbone, m=m)
-        update_momentum(self.head, self.teacher_head, m=m)
+        if self.global_step != getattr(self, "_momentum_step", -1):  # once per optimiser step, not per micro-batch
+            self._momentum_step = self.global_step
+            update_momentum(self.backbone, self.teacher_backbone, m=m)
+            update_momentum(self.head, self.teacher_head, m=m)
         teacher = [self.teacher_head(self.teacher_backbone(v)).detach() for v in views[:2]]
         student = [self.head(self.backbone(v)) for v in views]
         return self.criterion(teacher, student)
