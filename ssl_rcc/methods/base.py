@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from lightly.utils.scheduler import cosine_warmup_schedule
+from lightly.models.utils import update_momentum
+from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 
 from ..models import Encoder
 
@@ -31,6 +32,17 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = Encoder(encoder["architecture"], encoder["in_channels"], encoder["patch"], encoder.get("vit_patch", 16))
+
+    def update_momentum_pairs(self, pairs):
+        """Move each (online, momentum) module pair's momentum copy towards the online one, once per
+        optimiser step (not per micro-batch); the momentum rises from ``hparams.momentum`` to 1 on a
+        cosine schedule of the step."""
+        if self.global_step == getattr(self, "_momentum_step", -1):
+            return
+        self._momentum_step = self.global_step
+        m = cosine_schedule(self.global_step, max(self.hparams.max_steps, 1), self.hparams.momentum, 1.0)
+        for online, momentum in pairs:
+            update_momentum(online, momentum, m=m)
 
     def compute_loss(self, views):  # pragma: no cover - every method overrides it
         raise NotImplementedError

@@ -7,8 +7,7 @@ import copy
 
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from lightly.models.utils import deactivate_requires_grad
 
 from .base import SSLMethod
 
@@ -28,11 +27,7 @@ class BYOL(SSLMethod):
         self.criterion = NegativeCosineSimilarity()
 
     def compute_loss(self, views):
-        m = cosine_schedule(self.global_step, max(self.hparams.max_steps, 1), self.hparams.momentum, 1.0)
-        if self.global_step != getattr(self, "_momentum_step", -1):  # once per optimiser step, not per micro-batch
-            self._momentum_step = self.global_step
-            update_momentum(self.backbone, self.backbone_momentum, m=m)
-            update_momentum(self.head, self.head_momentum, m=m)
+        self.update_momentum_pairs([(self.backbone, self.backbone_momentum), (self.head, self.head_momentum)])
         x0, x1 = views[:2]
         p0, p1 = (self.predictor(self.head(self.backbone(x))) for x in (x0, x1))
         z0, z1 = (self.head_momentum(self.backbone_momentum(x)).detach() for x in (x0, x1))

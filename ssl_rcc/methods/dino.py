@@ -8,8 +8,7 @@ import copy
 
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from lightly.models.utils import deactivate_requires_grad
 
 from .base import SSLMethod
 
@@ -31,11 +30,7 @@ class DINO(SSLMethod):
                                   warmup_teacher_temp_epochs=0)
 
     def compute_loss(self, views):
-        m = cosine_schedule(self.global_step, max(self.hparams.max_steps, 1), self.hparams.momentum, 1.0)
-        if self.global_step != getattr(self, "_momentum_step", -1):  # once per optimiser step, not per micro-batch
-            self._momentum_step = self.global_step
-            update_momentum(self.backbone, self.teacher_backbone, m=m)
-            update_momentum(self.head, self.teacher_head, m=m)
+        self.update_momentum_pairs([(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)])
         teacher = [self.teacher_head(self.teacher_backbone(v)).detach() for v in views[:2]]
         student = [self.head(self.backbone(v)) for v in views]
         return self.criterion(teacher, student)
