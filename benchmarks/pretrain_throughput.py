@@ -31,19 +31,22 @@ def pipeline_rate(dataset, n, workers):
     return n / (time.perf_counter() - start)
 
 
-def step_rate(method, batch, patch, steps, device):
+def step_rate(method, batch, patch, steps, device, dtype="auto"):
+    """Training volumes/s of ``method`` and its last loss; ``dtype`` is the autocast type on a GPU
+    ("auto": bf16 where supported, else fp16; None: full fp32)."""
     architecture = "vit_tiny" if method == "mae" else "resnet18"
     module = METHODS[method]({"architecture": architecture, "in_channels": 4, "patch": list(patch), "vit_patch": 16},
                              max_steps=100).to(device)
     optimiser = torch.optim.AdamW(module.parameters(), lr=1e-4)
     views = [torch.rand(batch, 4, *patch, device=device) for _ in range(METHODS[method].n_views)]
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     times = []
     for i in range(steps + 1):  # the first step warms up (allocations, cuDNN autotune)
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=device == "cuda" and dtype is not None):
             loss = module.compute_loss(views)
         loss.backward()
         optimiser.step()
@@ -53,6 +56,20 @@ def step_rate(method, batch, patch, steps, device):
         if i:
             times.append(time.perf_counter() - start)
     return batch / (sum(times) / len(times)), float(loss.detach())
+
+
+def pipeline_rates(patch, samples, workers=(0, 2), n_images=12):
+    """Input-pipeline volumes/s from a cache of unlabeled phantoms: {n_views: {loader workers: rate}}
+    for the contrastive views (2, geometric) and MAE's single light view (1)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = generate_phantoms(Path(tmp) / "archive", n=n_images, seed=0, unlabeled=True, workers=None)
+        archive = build_cache(table.parent, Path(tmp) / "cache", config=PreprocessConfig(spacing_mm=(1.5,) * 3), progress=False)
+        rates = {}
+        for views, geometric in ((2, True), (1, False)):
+            transform = ViewTransform() if geometric else IntensityViewTransform()
+            dataset = PretrainDataset(archive, patch, n_views=views, seed=0, transform=transform)
+            rates[views] = {w: pipeline_rate(dataset, samples, w) for w in workers}
+    return rates
 
 
 def main(argv=None):
@@ -65,14 +82,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=64)
     args = parser.parse_args(argv)
     patch = (args.patch,) * 3
-    with tempfile.TemporaryDirectory() as tmp:
-        table = generate_phantoms(Path(tmp) / "archive", n=12, seed=0, unlabeled=True, workers=None)
-        archive = build_cache(table.parent, Path(tmp) / "cache", config=PreprocessConfig(spacing_mm=(1.5,) * 3), progress=False)
-        pipeline = {}
-        for views, geometric in ((2, True), (1, False)):  # contrastive views; MAE's single light view
-            transform = ViewTransform() if geometric else IntensityViewTransform()
-            dataset = PretrainDataset(archive, patch, n_views=views, seed=0, transform=transform)
-            pipeline[views] = {w: pipeline_rate(dataset, args.samples, w) for w in (0, 2)}
+    pipeline = pipeline_rates(patch, args.samples, workers=(0, 2))
     print(f"device {args.device}; patch {args.patch}^3, 4 channels, batch {args.batch}")
     for views, rates in pipeline.items():
         for w, rate in rates.items():
