@@ -6,7 +6,9 @@
    killed with SIGKILL after a checkpoint and resumed, compared with an uninterrupted run;
 2. per-method training-step volumes/s at batch 8 in fp32 and with bf16 autocast (the ratio is the
    mixed-precision speed-up measured in the same run), and bf16 at batch 32;
-3. input-pipeline volumes/s with 0, 8 and 15 loader workers, against what the GPU consumes.
+3. views made on the GPU (BatchViewTransform) at batch 8 and 32, and input-pipeline volumes/s with
+   0, 8 and 15 loader workers (MONAI views, or plain crops left to the GPU), against what it consumes.
+   The pretraining run of part 1 uses the default ``--augment auto``: views on the GPU.
 
 Each part is recorded (or its error) in gpu_check.json as soon as it ends, so a part that fails or a
 run stopped at its time limit keeps what came before. The figures go into benchmarks/RESULTS.md.
@@ -82,7 +84,7 @@ def check_resume(archive, tmp):
 
 
 def check_throughput(patch=(64, 64, 64)):
-    from benchmarks.pretrain_throughput import pipeline_rates, step_rate
+    from benchmarks.pretrain_throughput import device_view_rate, pipeline_rates, step_rate
 
     rows = []
     for method in ("simclr", "byol", "dino", "mae"):
@@ -92,15 +94,48 @@ def check_throughput(patch=(64, 64, 64)):
         rows.append({"method": method, "fp32_b8": fp32, "bf16_b8": bf16, "bf16_over_fp32": bf16 / fp32,
                      "bf16_b32": bf16_32, "loss": loss})
         print(rows[-1], flush=True)
+    device_views = {f"{'geometric' if g else 'light'}_b{b}": device_view_rate(patch, b, "cuda", g)
+                    for g in (True, False) for b in (8, 32)}
+    print(device_views, flush=True)
     pipeline = pipeline_rates(patch, 128, workers=(0, 8, 15), n_images=24)
-    return {"steps": rows, "pipeline": {f"{views}_views": {str(w): r for w, r in rates.items()}
-                                        for views, rates in pipeline.items()}}
+    return {"steps": rows, "device_views": device_views,
+            "pipeline": {name: {str(w): r for w, r in rates.items()} for name, rates in pipeline.items()}}
+
+
+def check_views(patch=(64, 64, 64)):
+    """Views made on the GPU against the loader's, and the training steps they feed, in one run."""
+    from benchmarks.pretrain_throughput import device_view_rate, pipeline_rates, step_rate
+
+    result = {f"device_{'geometric' if g else 'light'}_b{b}": device_view_rate(patch, b, "cuda", g)
+              for g in (True, False) for b in (8, 32)}
+    for method in ("simclr", "mae"):
+        result[f"step_{method}_bf16_b8"] = step_rate(method, 8, patch, 5, "cuda", dtype=torch.bfloat16)[0]
+    result["loader_15_workers"] = {name: rates[15] for name, rates in pipeline_rates(patch, 128, workers=(15,), n_images=24).items()}
+    return result
+
+
+def check_runs(archive, tmp):
+    """Wall time of the same 60-step SimCLR run with views from the loader and from the GPU."""
+    from ssl_rcc.data import PreprocessConfig, build_cache
+
+    build_cache(archive, tmp / "cache", config=PreprocessConfig(spacing_mm=(1.5,) * 3), progress=False)  # timed runs read it
+    result = {}
+    for augment in ("loader", "device"):
+        start = time.perf_counter()
+        proc = _pretrain_cli(archive, tmp / f"run_{augment}", ["--augment", augment])
+        output = proc.communicate(timeout=240)[0].decode()
+        if proc.returncode != 0:
+            raise RuntimeError(output[-3000:])
+        result[f"{augment}_s"] = time.perf_counter() - start
+        result[f"{augment}_last_loss"] = float(_metrics(tmp / f"run_{augment}")["train_loss"].iloc[-1])
+    result["loader_over_device"] = result["loader_s"] / result["device_s"]
+    return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--parts", default="throughput,resume", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="throughput,views,runs,resume", help="comma-separated parts to run")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device is visible; run it on a GPU machine.")
@@ -122,13 +157,18 @@ def main(argv=None):
 
     if "throughput" in args.parts:
         record("throughput", check_throughput)
-    if "resume" not in args.parts:
+    if "views" in args.parts:
+        record("views", check_views)
+    if "resume" not in args.parts and "runs" not in args.parts:
         return
     from ssl_rcc.phantoms import generate_phantoms
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = generate_phantoms(Path(tmp) / "archive", n=24, seed=0, unlabeled=True).parent
-        record("resume_fp16_mixed", check_resume, archive, Path(tmp))
+        if "runs" in args.parts:
+            record("runs", check_runs, archive, Path(tmp))
+        if "resume" in args.parts:
+            record("resume_fp16_mixed", check_resume, archive, Path(tmp))
 
 
 if __name__ == "__main__":

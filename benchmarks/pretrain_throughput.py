@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ssl_rcc.data import PreprocessConfig, build_cache
+from ssl_rcc.data.batch_views import BatchViewTransform
 from ssl_rcc.data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from ssl_rcc.methods import METHODS
 from ssl_rcc.phantoms import generate_phantoms
@@ -58,17 +59,35 @@ def step_rate(method, batch, patch, steps, device, dtype="auto"):
     return batch / (sum(times) / len(times)), float(loss.detach())
 
 
+def device_view_rate(patch, batch, device, geometric, repeats=5):
+    """Volumes/s of :class:`BatchViewTransform` making views of a batch on ``device``."""
+    transform = BatchViewTransform(geometric=geometric)
+    x = torch.rand(batch, 4, *patch, device=device).half()
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        transform(x, range(i * batch, (i + 1) * batch))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return batch / (sum(times) / len(times))
+
+
 def pipeline_rates(patch, samples, workers=(0, 2), n_images=12):
-    """Input-pipeline volumes/s from a cache of unlabeled phantoms: {n_views: {loader workers: rate}}
-    for the contrastive views (2, geometric) and MAE's single light view (1)."""
+    """Input-pipeline volumes/s from a cache of unlabeled phantoms: {kind: {loader workers: rate}} for
+    the contrastive views ("2 views", geometric), MAE's single light view ("1 view") and plain crop
+    pairs left to the device ("2 crops", ``device_views``)."""
     with tempfile.TemporaryDirectory() as tmp:
         table = generate_phantoms(Path(tmp) / "archive", n=n_images, seed=0, unlabeled=True, workers=None)
         archive = build_cache(table.parent, Path(tmp) / "cache", config=PreprocessConfig(spacing_mm=(1.5,) * 3), progress=False)
         rates = {}
-        for views, geometric in ((2, True), (1, False)):
+        for name, views, geometric, raw in (("2 views", 2, True, False), ("1 view", 1, False, False), ("2 crops", 2, True, True)):
             transform = ViewTransform() if geometric else IntensityViewTransform()
-            dataset = PretrainDataset(archive, patch, n_views=views, seed=0, transform=transform)
-            rates[views] = {w: pipeline_rate(dataset, samples, w) for w in workers}
+            dataset = PretrainDataset(archive, patch, n_views=views, seed=0, transform=transform, device_views=raw)
+            rates[name] = {w: pipeline_rate(dataset, samples, w) for w in workers}
     return rates
 
 
@@ -84,15 +103,18 @@ def main(argv=None):
     patch = (args.patch,) * 3
     pipeline = pipeline_rates(patch, args.samples, workers=(0, 2))
     print(f"device {args.device}; patch {args.patch}^3, 4 channels, batch {args.batch}")
-    for views, rates in pipeline.items():
+    for name, rates in pipeline.items():
         for w, rate in rates.items():
-            print(f"input pipeline, {views} view(s), {w} loader workers: {rate:.1f} volumes/s")
+            print(f"input pipeline, {name}, {w} loader workers: {rate:.1f} volumes/s")
+    for geometric in (True, False):
+        rate = device_view_rate(patch, args.batch, args.device, geometric)
+        print(f"views made on {args.device} ({'geometric' if geometric else 'light'}), batch {args.batch}: {rate:.1f} volumes/s")
     print("| method | encoder | training step volumes/s | input pipeline volumes/s | pipeline / step | loss |")
     print("|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         rate, loss = step_rate(method, args.batch, patch, args.steps, args.device)
         arch = "vit_tiny" if method == "mae" else "resnet18"
-        supply = max(pipeline[METHODS[method].n_views].values())
+        supply = max(pipeline["2 views" if METHODS[method].n_views == 2 else "1 view"].values())
         print(f"| {method} | {arch} | {rate:.2f} | {supply:.1f} | {supply / rate:.1f}x | {loss:.3f} |")
 
 

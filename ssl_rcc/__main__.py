@@ -44,7 +44,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
 def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
              overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
              warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50):
+             probe=None, probe_every=50, augment="auto"):
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
 
     Args:
@@ -73,6 +73,8 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         vit_patch: ViT token size, voxels.
         probe: a small labelled case table (ct, tumor_mask, subtype): logs a k-NN accuracy (val_knn_acc).
         probe_every: steps between probe evaluations.
+        augment: where the views are made: loader (CPU workers, MONAI), device (a batch at a time on the
+            training device) or auto (device on a GPU, loader on CPU).
     """
     from .pretrain import pretrain as run
 
@@ -80,7 +82,8 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
                    batch_size=batch_size, patch=patch, resume=resume, overwrite=overwrite, devices=devices,
                    num_nodes=num_nodes, accelerator=accelerator, precision=precision, accumulate=accumulate, lr=lr,
                    warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, seed=seed, workers=workers,
-                   spacing=spacing, cache=cache, vit_patch=vit_patch, probe=probe, probe_every=probe_every))
+                   spacing=spacing, cache=cache, vit_patch=vit_patch, probe=probe, probe_every=probe_every,
+                   augment=augment))
 
 
 def embed(encoder, data, out, batch_size=8, overwrite=False):

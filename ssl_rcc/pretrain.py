@@ -18,6 +18,7 @@ import torch
 from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
+from .data.batch_views import BatchViewTransform
 from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
@@ -56,7 +57,7 @@ def export_encoder(module, run_dir: Path, config: dict):
 def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
              overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
              warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50, progress=True):
+             probe=None, probe_every=50, augment="auto", progress=True):
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder or CSV); returns RUN.
 
     See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
@@ -78,6 +79,10 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     num_nodes = number(num_nodes, "num_nodes", integer=True, positive=True)
     checkpoint_every = number(checkpoint_every, "checkpoint_every", "steps", integer=True, positive=True)
     spacing = number(spacing, "spacing", "mm", positive=True)
+    lr = number(lr, "lr", positive=True)
+    workers = number(workers, "workers", integer=True, low=0)
+    if augment not in ("auto", "loader", "device"):
+        raise InputError(f"augment: {augment!r} is not one of auto, loader, device.")
     run = Path(out)
     last = run / "checkpoints" / "last.ckpt"
     secondary = _secondary_rank()
@@ -121,14 +126,18 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     precision = precision or ("16-mixed" if use_cuda else "32-true")
+    on_device = augment == "device" or (augment == "auto" and use_cuda)
     options = dict(identity, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup_steps=warmup,
                    devices=devices, num_nodes=num_nodes, precision=precision, seed=int(seed), data=str(data),
+                   augment="device" if on_device else "loader",
                    n_images=len(archive), preprocessing=preprocessing.to_dict())
     if not secondary:
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
     module = method_cls(encoder, lr=float(lr), max_steps=max_steps, warmup_steps=warmup)
-    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed),
+    if on_device:
+        module.device_transform = BatchViewTransform(geometric=method_cls.geometric_views)
+    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed), device_views=on_device,
                               transform=ViewTransform() if method_cls.geometric_views else IntensityViewTransform())
     datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
     callbacks = []

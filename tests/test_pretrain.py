@@ -33,13 +33,16 @@ def metrics(run):
 
 
 @pytest.mark.parametrize("method, extra", [("simclr", ["--patch", "24"]), ("byol", ["--patch", "24"]), ("dino", ["--patch", "24"]),
-                                           ("mae", ["--patch", "32", "--vit-patch", "8"])])
+                                           ("mae", ["--patch", "32", "--vit-patch", "8"]),
+                                           ("byol", ["--patch", "24", "--augment", "device"]),
+                                           ("mae", ["--patch", "32", "--vit-patch", "8", "--augment", "device"])])
 def test_each_method_trains_and_exports_its_encoder(archive, tmp_path, method, extra):
     run = tmp_path / "run"
     assert main(["pretrain", "--data", str(archive), "--method", method, "--out", str(run), "--max-steps", "2"] + SMALL + extra) == 0
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "tb").is_dir()
     rows = metrics(run)
     assert rows["step"].tolist() == [1, 2] and np.isfinite(rows["train_loss"]).all()
+    assert json.loads((run / "run.json").read_text())["augment"] == ("device" if "device" in extra else "loader")
     meta = json.loads((run / "encoder.json").read_text())
     assert meta["axis_order"] == "RAS" and meta["spacing_mm"] == [3.0] * 3 and meta["method"] == method
     state = torch.load(run / "encoder.pt", weights_only=True)
@@ -54,8 +57,13 @@ def run_cli(args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "ssl_rcc"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_run(archive, tmp_path):
-    args = ["pretrain", "--data", str(archive), "--method", "simclr", "--max-steps", "6", "--patch", "24", "--seed", "3"] + SMALL
+@pytest.mark.parametrize("method, steps, extra", [
+    ("simclr", 6, ["--patch", "24"]),
+    # views made on the device and MAE's masks follow the per-sample seeds too
+    ("mae", 30, ["--patch", "32", "--vit-patch", "8", "--augment", "device"]),
+])
+def test_resume_after_sigkill_gives_the_uninterrupted_run(archive, tmp_path, method, steps, extra):
+    args = ["pretrain", "--data", str(archive), "--method", method, "--max-steps", str(steps), "--seed", "3"] + SMALL + extra
     reference = tmp_path / "reference"
     assert run_cli(args + ["--out", str(reference)]).wait(timeout=600) == 0
     run = tmp_path / "killed"
@@ -67,10 +75,10 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(archive, tmp_path):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(metrics(run)) < 6
+    assert len(metrics(run)) < steps
     assert run_cli(args + ["--out", str(run), "--resume"]).wait(timeout=600) == 0
     resumed, expected = metrics(run), metrics(reference)
-    assert resumed["step"].tolist() == list(range(1, 7))
+    assert resumed["step"].tolist() == list(range(1, steps + 1))
     np.testing.assert_allclose(resumed["train_loss"], expected["train_loss"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(resumed["lr"], expected["lr"], rtol=1e-6)
 
@@ -119,6 +127,9 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     (["--method", "simclr", "--patch", "200"], "larger than every preprocessed volume"),
     (["--method", "mae", "--architecture", "resnet18"], "method mae needs a ViT encoder"),
     (["--method", "simclr", "--resume"], "--resume needs"),
+    (["--method", "simclr", "--augment", "gpu"], "augment: 'gpu' is not one of auto, loader, device"),
+    (["--method", "simclr", "--workers", "-1"], "workers: -1"),
+    (["--method", "simclr", "--lr", "0"], "lr: 0"),
 ])
 def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):
     code = main(["pretrain", "--data", str(archive), "--out", str(tmp_path / "run"), "--max-steps", "1"] + SMALL + args)

@@ -88,10 +88,19 @@ class PretrainDataset(Dataset):
         2 for the contrastive methods (two overlapping crops), 1 for MAE.
     kidney_prob : float
         Probability of a kidney-centred crop when the volume has a mask.
+    transform : callable(crop, seed) or None
+        Makes a view of a crop in the loader (default :class:`ViewTransform`).
+    device_views : bool
+        Return the crops untransformed (float16): the views are made on the training device, a batch
+        at a time (:class:`~ssl_rcc.data.batch_views.BatchViewTransform`, from the same seeds).
+
+    An item is ``(view_0, ..., view_{n-1}, seeds)``: (C, X, Y, Z) tensors and the int64 seed of each view.
     """
 
-    def __init__(self, archive: CachedArchive, patch, *, n_views=2, seed=0, kidney_prob=0.8, transform=None):
+    def __init__(self, archive: CachedArchive, patch, *, n_views=2, seed=0, kidney_prob=0.8, transform=None,
+                 device_views=False):
         self.archive, self.patch, self.n_views = archive, np.asarray(patch, int), int(n_views)
+        self.device_views = bool(device_views)
         self.seed, self.kidney_prob = int(seed), float(kidney_prob)
         self.transform = transform or ViewTransform()
         shapes = [tuple(int(s) for s in str(v).split("x")[1:]) for v in archive.manifest["shape"]]
@@ -122,12 +131,15 @@ class PretrainDataset(Dataset):
             shape = np.array(data.shape[1:])
         use_mask = mask if (mask is not None and rng.random() < self.kidney_prob) else None
         start = crop_start(shape, self.patch, rng, mask=use_mask)
-        views = []
+        views, seeds = [], []
         for v in range(self.n_views):
             offset = 0 if v == 0 else rng.integers(-(self.patch // 4), self.patch // 4 + 1)  # overlapping crops
             s = np.clip(start + offset, 0, shape - self.patch)
-            views.append(self.transform(self._crop(data, s), rng.integers(2**31)))
-        return tuple(views)
+            seeds.append(int(rng.integers(2**31)))
+            crop = self._crop(data, s)
+            views.append(torch.from_numpy(np.array(crop, dtype=np.float16)) if self.device_views
+                         else self.transform(crop, seeds[-1]))
+        return (*views, torch.tensor(seeds, dtype=torch.int64))
 
 
 class StepSampler(Sampler):

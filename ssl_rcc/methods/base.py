@@ -23,6 +23,9 @@ class SSLMethod(pl.LightningModule):
     ``compute_loss(views) -> scalar``; ``views`` is a tuple of (B, C, X, Y, Z) tensors.
 
     Hyperparameters are saved (``save_hyperparameters``) so a checkpoint rebuilds the module.
+    A batch is ``(*views, seeds)``; when ``device_transform`` is set (a
+    :class:`~ssl_rcc.data.batch_views.BatchViewTransform`) the views arrive as plain crops and are
+    augmented here, on the training device, from the per-view seeds.
     """
 
     n_views = 2
@@ -44,11 +47,22 @@ class SSLMethod(pl.LightningModule):
         for online, momentum in pairs:
             update_momentum(online, momentum, m=m)
 
-    def compute_loss(self, views):  # pragma: no cover - every method overrides it
+    device_transform = None
+
+    def compute_loss(self, views, seeds=None):  # pragma: no cover - every method overrides it
         raise NotImplementedError
 
+    def make_views(self, batch):
+        """The views of a batch ``(*views, seeds)``, augmented here if the loader left that to the device."""
+        *views, seeds = batch
+        if self.device_transform is not None:
+            with torch.autocast(device_type=views[0].device.type, enabled=False):  # resampling and blur in fp32
+                views = [self.device_transform(v, seeds[:, i]) for i, v in enumerate(views)]
+        return views, seeds
+
     def training_step(self, batch, batch_idx):
-        loss = self.compute_loss(batch)
+        views, seeds = self.make_views(batch)
+        loss = self.compute_loss(views, seeds)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

@@ -26,7 +26,7 @@ class BYOL(SSLMethod):
         deactivate_requires_grad(self.head_momentum)
         self.criterion = NegativeCosineSimilarity()
 
-    def compute_loss(self, views):
+    def compute_loss(self, views, seeds=None):
         self.update_momentum_pairs([(self.backbone, self.backbone_momentum), (self.head, self.head_momentum)])
         x0, x1 = views[:2]
         p0, p1 = (self.predictor(self.head(self.backbone(x))) for x in (x0, x1))

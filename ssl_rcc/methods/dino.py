@@ -29,7 +29,7 @@ class DINO(SSLMethod):
         self.criterion = DINOLoss(output_dim=out_dim, warmup_teacher_temp=teacher_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp_epochs=0)
 
-    def compute_loss(self, views):
+    def compute_loss(self, views, seeds=None):
         self.update_momentum_pairs([(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)])
         teacher = [self.teacher_head(self.teacher_backbone(v)).detach() for v in views[:2]]
         student = [self.head(self.backbone(v)) for v in views]

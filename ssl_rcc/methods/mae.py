@@ -14,6 +14,15 @@ from ..errors import InputError
 from .base import SSLMethod
 
 
+def token_masks(noise, mask_ratio):
+    """(kept, masked) token indices of each row of ``noise`` (B, N): the lowest ``N (1 - ratio)`` noise
+    values are kept. lightly's ``random_token_mask`` does the same from the global RNG; taking the noise
+    lets each sample's mask follow from its own seed, so a resumed run masks as the uninterrupted one."""
+    order = torch.argsort(noise, dim=1)
+    keep = int(noise.shape[1] * (1 - mask_ratio))
+    return order[:, :keep], order[:, keep:]
+
+
 def patchify(x, p):
     """(B, C, X, Y, Z) -> (B, N, p^3 C) patches in the token order of MONAI's ViT patch embedding."""
     b, c, X, Y, Z = x.shape
@@ -44,13 +53,17 @@ class MAE(SSLMethod):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, p**3 * self.backbone.in_channels)
 
-    def compute_loss(self, views):
+    def compute_loss(self, views, seeds=None):
         x = views[0]
         b = x.shape[0]
         vit = self.backbone.net
         tokens = vit.patch_embedding(x)  # (B, N, D) with position embedding
-        idx_keep, idx_mask = utils.random_token_mask((b, self.n_tokens), self.hparams.mask_ratio, mask_class_token=True,
-                                                     device=x.device)
+        if seeds is None:
+            noise = torch.rand(b, self.n_tokens)
+        else:  # seed + 2: view parameters use the seed, device noise seed + 1
+            noise = torch.stack([torch.rand(self.n_tokens, generator=torch.Generator().manual_seed(int(s) + 2))
+                                 for s in seeds[:, 0].tolist()])
+        idx_keep, idx_mask = token_masks(noise.to(x.device), self.hparams.mask_ratio)
         h = utils.get_at_index(tokens, idx_keep)
         for block in vit.blocks:
             h = block(h)

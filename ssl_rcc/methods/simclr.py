@@ -19,6 +19,6 @@ class SimCLR(SSLMethod):
         self.head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
-    def compute_loss(self, views):
+    def compute_loss(self, views, seeds=None):
         z0, z1 = (self.head(self.backbone(v)) for v in views[:2])
         return self.criterion(z0, z1)
