@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TF_STAMP := $(VENV)/.installed-tf-stamp
 # torch and torchvision pinned here (not in setup.cfg) to the builds this project is tested with.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
@@ -16,10 +17,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# the tf extra (TFRecord shards), for the tests only: the demo and the core package do without it
+$(TF_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,tf]"
+	touch $(TF_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m ssl_rcc demo --out runs/demo --overwrite
 
-test: $(STAMP)
+test: $(STAMP) $(TF_STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -48,7 +48,8 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
 
     Args:
-        data: folder (NIfTI files and DICOM series, recursively) or CSV with an image (or ct) column.
+        data: folder (NIfTI files and DICOM series, recursively), CSV with an image (or ct) column, or a
+            folder of TFRecord shards written by `pack` (streamed; tf extra).
         method: simclr | byol | dino | mae.
         out: run directory: checkpoints/last.ckpt, encoder.pt, encoder.json, metrics.csv, tb/.
         architecture: resnet18 | resnet34 | resnet50 | vit_tiny | vit_small (default resnet18; vit_tiny for mae).
@@ -101,7 +102,29 @@ def embed(encoder, data, out, batch_size=8, overwrite=False):
     return str(embed_archive(encoder, data, out=out, batch_size=batch_size, overwrite=overwrite))
 
 
-COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": embed}
+def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=False, cache=None, workers=None,
+         hash_ids=False):
+    """Preprocess an archive into sharded TFRecord files that `pretrain --data OUT` streams (tf extra).
+
+    Args:
+        data: folder (NIfTI files and DICOM series, recursively) or CSV with an image (or ct) column.
+        out: folder for shard-NNNNN-of-NNNNN.tfrecord files, index.json and skipped.csv.
+        spacing: voxel size after resampling, mm.
+        shards: number of shards (default: about shard_mb MiB each); use at least GPUs x loader workers.
+        shard_mb: target shard size, MiB, when shards is not given.
+        seed: seed of the order of images over the shards.
+        overwrite: replace an existing pack.
+        cache: keep the preprocessing cache here (default: a temporary one).
+        workers: preprocessing processes (default: all cores).
+        hash_ids: name NIfTI images by a hash of their path rather than their file stem (in skipped.csv).
+    """
+    from .data.shards import pack as run
+
+    return str(run(data, out, spacing=spacing, shards=shards, shard_mb=shard_mb, seed=seed, overwrite=overwrite,
+                   cache=cache, workers=workers, hash_ids=hash_ids))
+
+
+COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": embed, "pack": pack}
 
 
 def main(argv=None):

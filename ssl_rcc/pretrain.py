@@ -19,6 +19,7 @@ from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
 from .data.batch_views import BatchViewTransform
+from .data.shards import ShardIndex, ShardStream, is_shard_folder
 from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
@@ -100,13 +101,20 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
 
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
-    preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
-    archive = build_cache(data, Path(cache) if cache else run / "cache", config=preprocessing,
-                          progress=progress and not secondary, workers=1 if secondary else None,
-                          write_reports=not secondary)
-    channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
-    if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
-        raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")
+    stream = is_shard_folder(data)
+    if stream:  # TFRecord shards from `pack`: preprocessed already, streamed
+        shards = ShardIndex(data)
+        channels, n_images, spacing = shards.channels, len(shards), shards.spacing_mm
+        preprocessing = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in shards.meta["preprocessing"].items()})
+    else:
+        preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
+        archive = build_cache(data, Path(cache) if cache else run / "cache", config=preprocessing,
+                              progress=progress and not secondary, workers=1 if secondary else None,
+                              write_reports=not secondary)
+        channels, n_images = int(str(archive.manifest["shape"].iloc[0]).split("x")[0]), len(archive)
+        if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
+            raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")
     encoder = {"architecture": architecture, "in_channels": channels, "patch": patch, "vit_patch": int(vit_patch)}
     identity = {"method": method, "architecture": architecture, "patch": patch, "vit_patch": int(vit_patch),
                 "channels": channels, "spacing_mm": spacing}
@@ -121,7 +129,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         max_steps = json.loads(run_file.read_text()).get("max_steps")
     if max_steps is None:
         n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
-        max_steps = max(1, math.ceil(n_epochs * len(archive) / (batch_size * accumulate * world)))
+        max_steps = max(1, math.ceil(n_epochs * n_images / (batch_size * accumulate * world)))
     max_steps = number(max_steps, "max_steps", integer=True, positive=True)
     warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
@@ -130,15 +138,21 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     options = dict(identity, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup_steps=warmup,
                    devices=devices, num_nodes=num_nodes, precision=precision, seed=int(seed), data=str(data),
                    augment="device" if on_device else "loader",
-                   n_images=len(archive), preprocessing=preprocessing.to_dict())
+                   n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
+                   source="shards" if stream else "cache")
     if not secondary:
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
     module = method_cls(encoder, lr=float(lr), max_steps=max_steps, warmup_steps=warmup)
     if on_device:
         module.device_transform = BatchViewTransform(geometric=method_cls.geometric_views)
-    dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed), device_views=on_device,
-                              transform=ViewTransform() if method_cls.geometric_views else IntensityViewTransform())
+    transform = ViewTransform() if method_cls.geometric_views else IntensityViewTransform()
+    if stream:
+        dataset = ShardStream(shards, patch, batch_size=batch_size, total_batches=max_steps * accumulate,
+                              n_views=method_cls.n_views, seed=int(seed), transform=transform, device_views=on_device)
+    else:
+        dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed), device_views=on_device,
+                                  transform=transform)
     datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
     callbacks = []
     if probe is not None:

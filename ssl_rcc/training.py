@@ -9,7 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from .data.views import PretrainDataset, StepSampler
 from .errors import InputError
@@ -20,13 +20,20 @@ __all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV"]
 class PretrainData(pl.LightningDataModule):
     """Batches of views; the sampler starts at the trainer's (restored) global step, on this rank."""
 
-    def __init__(self, dataset: PretrainDataset, *, batch_size, accumulate, max_steps, workers):
+    def __init__(self, dataset: PretrainDataset | IterableDataset, *, batch_size, accumulate, max_steps, workers):
         super().__init__()
         self.dataset, self.batch_size, self.accumulate = dataset, int(batch_size), int(accumulate)
         self.max_steps, self.workers = int(max_steps), int(workers)
 
     def train_dataloader(self):
         trainer = self.trainer
+        if isinstance(self.dataset, IterableDataset):  # a stream of shards: it knows its batches itself
+            stream = self.dataset
+            stream.total_batches = self.max_steps * self.accumulate
+            stream.start_batch = lambda: trainer.global_step * self.accumulate
+            stream.rank, stream.world = trainer.global_rank, trainer.world_size
+            return DataLoader(stream, batch_size=self.batch_size, num_workers=self.workers, persistent_workers=False,
+                              pin_memory=torch.cuda.is_available())
         sampler = StepSampler(self.batch_size * self.accumulate, self.max_steps, start_step=lambda: trainer.global_step,
                               rank=trainer.global_rank, world=trainer.world_size)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,

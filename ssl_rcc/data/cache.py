@@ -131,7 +131,8 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
         (cache_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     log.info("cache %s: %d usable images, %d skipped (see skipped.csv)", cache_dir, len(ok), len(skipped))
     if ok.empty:
-        raise InputError(f"{source}: no usable image among {len(items) + len(rejected)} files ({len(skipped)} skipped; see {cache_dir / 'skipped.csv'}).")
+        first = f"; the first: {skipped['reason'].iloc[0]}" if len(skipped) else ""
+        raise InputError(f"{source}: no usable image among {len(items) + len(rejected)} files ({len(skipped)} skipped{first}).")
     return CachedArchive(cache_dir, ok)
 
 

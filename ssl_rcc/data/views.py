@@ -15,7 +15,7 @@ from ..errors import InputError
 from .cache import CachedArchive
 from .crops import crop_start
 
-__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler"]
+__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views"]
 
 
 class ViewTransform:
@@ -115,31 +115,34 @@ class PretrainDataset(Dataset):
     def __len__(self):
         return 2**62  # indexed by global sample number; the sampler decides how many
 
-    def _crop(self, data, start):
-        """The crop as a view of the cached array (float16); the transform converts it once."""
-        sl = tuple(slice(int(a), int(a) + int(p)) for a, p in zip(start, self.patch))
-        return data[(slice(None),) + sl]
-
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, int(index)])
         data, mask = self.archive.load(int(rng.integers(len(self.archive))))
+        return make_views(data, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
+                          transform=None if self.device_views else self.transform)
+
+
+def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform):
+    """``(view_0, ..., seeds)`` of one volume (C, X, Y, Z), every choice drawn from ``rng``: a crop
+    (kidney-centred with probability ``kidney_prob`` when ``mask`` is given), overlapping crops for the
+    other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device."""
+    patch = np.asarray(patch, int)
+    shape = np.array(data.shape[1:])
+    if np.any(shape < patch):  # pad volumes smaller than the patch (edge values)
+        pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(shape, patch)]
+        data = np.pad(np.asarray(data, np.float32), pad, mode="edge")
+        mask = None if mask is None else np.pad(np.asarray(mask), pad[1:])
         shape = np.array(data.shape[1:])
-        if np.any(shape < self.patch):  # pad volumes smaller than the patch (edge values)
-            pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(shape, self.patch)]
-            data = np.pad(np.asarray(data, np.float32), pad, mode="edge")
-            mask = None if mask is None else np.pad(np.asarray(mask), pad[1:])
-            shape = np.array(data.shape[1:])
-        use_mask = mask if (mask is not None and rng.random() < self.kidney_prob) else None
-        start = crop_start(shape, self.patch, rng, mask=use_mask)
-        views, seeds = [], []
-        for v in range(self.n_views):
-            offset = 0 if v == 0 else rng.integers(-(self.patch // 4), self.patch // 4 + 1)  # overlapping crops
-            s = np.clip(start + offset, 0, shape - self.patch)
-            seeds.append(int(rng.integers(2**31)))
-            crop = self._crop(data, s)
-            views.append(torch.from_numpy(np.array(crop, dtype=np.float16)) if self.device_views
-                         else self.transform(crop, seeds[-1]))
-        return (*views, torch.tensor(seeds, dtype=torch.int64))
+    use_mask = mask if (mask is not None and rng.random() < kidney_prob) else None
+    start = crop_start(shape, patch, rng, mask=use_mask)
+    views, seeds = [], []
+    for v in range(n_views):
+        offset = 0 if v == 0 else rng.integers(-(patch // 4), patch // 4 + 1)  # overlapping crops
+        s = np.clip(start + offset, 0, shape - patch)
+        seeds.append(int(rng.integers(2**31)))
+        crop = data[(slice(None),) + tuple(slice(int(a), int(a) + int(p)) for a, p in zip(s, patch))]
+        views.append(torch.from_numpy(np.array(crop, dtype=np.float16)) if transform is None else transform(crop, seeds[-1]))
+    return (*views, torch.tensor(seeds, dtype=torch.int64))
 
 
 class StepSampler(Sampler):
