@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 
+from kinetics.options import available_cpus
 from ssl_rcc.phantoms import generate_phantoms
 
 
@@ -24,7 +25,7 @@ def main(argv=None):
             generate_phantoms(os.path.join(tmp, label.split()[0]), n=args.n, seed=0, unlabeled=unlabeled, workers=args.workers)
             seconds = time.perf_counter() - start
             print(f"{label}: {args.n} cases in {seconds:.1f} s = {args.n / seconds:.2f} cases/s "
-                  f"({args.workers or len(os.sched_getaffinity(0))} processes)")
+                  f"({args.workers or available_cpus()} processes)")
 
 
 if __name__ == "__main__":

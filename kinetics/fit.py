@@ -8,7 +8,6 @@ memory stays bounded. Failures are data: they come back as NaN with ``fit_ok=Fal
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from .convolution import delay_input
 from .errors import KineticsInputError
+from .options import available_cpus
 from .optimize import levenberg_marquardt
 from .models import SECONDS_PER_MINUTE
 from .registry import ModelSpec, get_model
@@ -56,13 +56,6 @@ def check_method(method):
     """Raise unless ``method`` is one of :data:`METHODS`."""
     if method not in METHODS:
         raise KineticsInputError(f"method: unknown method {method!r}; expected one of {list(METHODS)}.")
-
-
-def _cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_times(t_s):
@@ -174,7 +167,7 @@ def fit_curves(
         cp_rows = cp if cp.ndim == 1 else cp[rows]
         return _fit_chunk(spec, t, c, cp_rows, method, fit_delay, delay_bounds_s, delay_step_s, max_iter, min_enhancement_z)
 
-    n_workers = min(len(chunks), _cpu_count() if workers is None else max(int(workers), 1))
+    n_workers = min(len(chunks), available_cpus() if workers is None else max(int(workers), 1))
     if n_workers > 1:  # numpy releases the GIL inside its loops, so chunks run in parallel threads
         with ThreadPoolExecutor(n_workers) as pool:
             results = list(pool.map(run, chunks))

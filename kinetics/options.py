@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import KineticsInputError
 
-__all__ = ["number", "haematocrit", "flip_angles"]
+__all__ = ["available_cpus", "number", "haematocrit", "flip_angles"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity on Linux; all of them elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def number(value, name, unit="", *, integer=False, positive=False, low=None, high=None):

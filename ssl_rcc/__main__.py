@@ -41,10 +41,10 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
                                  workers=workers, size=size, overwrite=overwrite))
 
 
-def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
-             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
-             warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50, augment="auto"):
+def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=64, resume=False,
+             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=1e-3,
+             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=1.5, cache=None, vit_patch=16,
+             probe=None, probe_every=50, augment="auto", hash_ids=False):
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
 
     Args:
@@ -55,7 +55,7 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         architecture: resnet18 | resnet34 | resnet50 | vit_tiny | vit_small (default resnet18; vit_tiny for mae).
         epochs: passes over the archive (default 1), if max_steps is not given.
         max_steps: optimiser steps.
-        batch_size: volumes per device and step.
+        batch_size: volumes per device and step (default 8; a resumed run keeps its own).
         patch: crop size in voxels (one number or three).
         resume: continue RUN from checkpoints/last.ckpt.
         overwrite: replace an existing run directory.
@@ -63,11 +63,11 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         num_nodes: machines, for multi-node DDP.
         accelerator: auto | cpu | gpu.
         precision: Lightning precision (default 16-mixed on GPU, 32-true on CPU).
-        accumulate: gradient accumulation steps.
+        accumulate: gradient accumulation steps (default 1; a resumed run keeps its own).
         lr: peak learning rate (AdamW, warm-up then cosine decay).
         warmup_steps: linear warm-up steps (default a tenth of the run).
         checkpoint_every: steps between checkpoints.
-        seed: seed of initialisation and of the data order.
+        seed: seed of initialisation and of the data order (default 0; a resumed run keeps its own).
         workers: data loader processes.
         spacing: voxel size after resampling, mm.
         cache: preprocessing cache directory (default RUN/cache).
@@ -76,6 +76,8 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         probe_every: steps between probe evaluations.
         augment: where the views are made: loader (CPU workers, MONAI), device (a batch at a time on the
             training device) or auto (device on a GPU, loader on CPU).
+        hash_ids: name NIfTI images by a hash of their path rather than their file stem (in the cache's
+            manifest and skip report), for archives whose file names carry identifiers.
     """
     from .pretrain import pretrain as run
 
@@ -84,10 +86,10 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
                    num_nodes=num_nodes, accelerator=accelerator, precision=precision, accumulate=accumulate, lr=lr,
                    warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, seed=seed, workers=workers,
                    spacing=spacing, cache=cache, vit_patch=vit_patch, probe=probe, probe_every=probe_every,
-                   augment=augment))
+                   augment=augment, hash_ids=hash_ids))
 
 
-def embed(encoder, data, out, batch_size=8, overwrite=False):
+def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):
     """Embeddings of every image (or tumour) with a pretrained encoder, as a parquet table.
 
     Args:
@@ -96,10 +98,11 @@ def embed(encoder, data, out, batch_size=8, overwrite=False):
         out: output parquet file: case_id, e0, e1, ...
         batch_size: crops per forward pass.
         overwrite: replace an existing output file.
+        hash_ids: name rows by a hash of each image's path (file names that carry identifiers).
     """
     from .embed import embed_archive
 
-    return str(embed_archive(encoder, data, out=out, batch_size=batch_size, overwrite=overwrite))
+    return str(embed_archive(encoder, data, out=out, batch_size=batch_size, overwrite=overwrite, hash_ids=hash_ids))
 
 
 def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=False, cache=None, workers=None,

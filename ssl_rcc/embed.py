@@ -10,7 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -19,6 +18,7 @@ from kinetics.io import output_file
 
 from .data import PreprocessConfig, load_item, preprocess_volume, scan_archive
 from .data.scan import scrub_paths
+from .data.volume import read_mask
 from .errors import InputError
 from .models import Encoder
 from .pretrain import ENCODER_FORMAT
@@ -76,31 +76,37 @@ def embed_volume(encoder, data, *, mask=None, batch_size=8):
     return features.mean(dim=0).numpy()
 
 
-def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8):
+def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, hash_ids=False):
     """Embed every image of ``data`` (folder, or CSV; with a ``tumor_mask`` column, tumour-centred
-    crops) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``."""
+    crops) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``. ``hash_ids`` names the
+    rows by a hash of each image's path rather than its file stem or the CSV's case_id."""
+    from kinetics.options import number
+
+    batch_size = number(batch_size, "batch_size", integer=True, positive=True)
     encoder, meta = load_encoder(encoder_path)
     config = PreprocessConfig(spacing_mm=tuple(meta["spacing_mm"]), ct_window=tuple(meta["normalisation"]["CT"]["hu_window"]),
                               mr_percentiles=tuple(meta["normalisation"]["MR"]["percentiles"]))
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: output file exists; choose another or pass --overwrite.")
-    items, _ = scan_archive(data)
-    tumour_masks = {}
+    items, _ = scan_archive(data, hash_ids=hash_ids)
+    tumour_masks = {}  # by image path: case ids may be hashes
     if Path(data).suffix == ".csv":
         table = pd.read_csv(data, keep_default_na=False, dtype=str)
-        if "tumor_mask" in table.columns:
-            ids = table["case_id"] if "case_id" in table.columns else [item.case_id for item in items]
-            tumour_masks = {cid: str((Path(data).parent / m).resolve()) for cid, m in zip(ids, table["tumor_mask"]) if m}
+        column = next((c for c in ("image", "ct", "path") if c in table.columns), None)
+        if "tumor_mask" in table.columns and column:
+            tumour_masks = {str((Path(data).parent / i).resolve()): str((Path(data).parent / m).resolve())
+                            for i, m in zip(table[column], table["tumor_mask"]) if i and m}
     rows, skipped = [], 0
     for item in items:
         try:
             volume = load_item(item)
             mask = None
-            if item.case_id in tumour_masks:
-                mask = np.asarray(nib.load(tumour_masks[item.case_id]).dataobj) > 0
+            image = item.files[0] if item.kind == "nifti" else str(Path(item.files[0]).parent)
+            if image in tumour_masks:
+                mask = read_mask(tumour_masks[image], volume)
             arr, _, mask = preprocess_volume(volume, config, mask)
-        except InputError as err:
+        except (InputError, OSError, ValueError) as err:  # one bad image is skipped, as in the cache
             log.warning("skipped %s", scrub_paths(str(err), item))
             skipped += 1
             continue

@@ -18,6 +18,7 @@ import torch
 from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
+from .data.cache import open_cache
 from .data.batch_views import BatchViewTransform
 from .data.shards import ShardIndex, ShardStream, is_shard_folder
 from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
@@ -30,6 +31,7 @@ log = logging.getLogger("ssl_rcc")
 ENCODER_FORMAT = "ssl-rcc-encoder/1"
 # options a resumed run must share with the run it continues
 _IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
+_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 
 def _patch3(patch):
@@ -39,9 +41,18 @@ def _patch3(patch):
     return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
 
 
+def _process_ranks():
+    """(local rank, node rank) of this process: set by Lightning's DDP launcher for the processes it
+    starts, or by SLURM when ``srun`` starts every process itself."""
+    env = os.environ
+    if "LOCAL_RANK" in env or "NODE_RANK" in env or int(env.get("SLURM_NTASKS", 1)) <= 1:
+        return int(env.get("LOCAL_RANK", 0)), int(env.get("NODE_RANK", 0))
+    return int(env.get("SLURM_LOCALID", 0)), int(env.get("SLURM_NODEID", 0))
+
+
 def _secondary_rank():
-    """True in the processes that Lightning's DDP launcher starts besides the first one."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+    """True in every process but the first of the first node: those do not prepare RUN."""
+    return any(r > 0 for r in _process_ranks())
 
 
 def export_encoder(module, run_dir: Path, config: dict):
@@ -55,15 +66,17 @@ def export_encoder(module, run_dir: Path, config: dict):
     os.replace(run_dir / ".encoder.json.tmp", run_dir / "encoder.json")
 
 
-def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=8, patch=64, resume=False,
-             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=1, lr=1e-3,
-             warmup_steps=None, checkpoint_every=50, seed=0, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50, augment="auto", progress=True):
-    """Pretrain an encoder with ``method`` on the images of ``data`` (folder or CSV); returns RUN.
+def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=64, resume=False,
+             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=1e-3,
+             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=1.5, cache=None, vit_patch=16,
+             probe=None, probe_every=50, augment="auto", hash_ids=False, progress=True):
+    """Pretrain an encoder with ``method`` on the images of ``data`` (folder, CSV or shards); returns RUN.
 
     See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
     without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with the same data
-    order, so the steps and the loss curve are those of an uninterrupted run.
+    order, so the steps and the loss curve are those of an uninterrupted run: ``batch_size``,
+    ``accumulate``, ``seed`` and ``max_steps`` left out (None) are then the run's own, and given ones
+    must equal them (defaults otherwise: 8, 1, 0).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -74,17 +87,41 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     method_cls = get_method(method)
     architecture = architecture or ("vit_tiny" if method == "mae" else "resnet18")
     patch = _patch3(patch)
-    batch_size = number(batch_size, "batch_size", integer=True, positive=True)
-    accumulate = number(accumulate, "accumulate", integer=True, positive=True)
+    run = Path(out)
+    run_file = run / "run.json"
+    try:
+        previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
+    except ValueError:
+        raise InputError(f"{run_file}: not valid JSON; the run cannot be resumed.") from None
+    batch_size = number(batch_size if batch_size is not None else previous.get("batch_size", 8), "batch_size",
+                        integer=True, positive=True)
+    accumulate = number(accumulate if accumulate is not None else previous.get("accumulate", 1), "accumulate",
+                        integer=True, positive=True)
+    seed = number(seed if seed is not None else previous.get("seed", 0), "seed", integer=True, low=0)
+    for name, value in (("batch_size", batch_size), ("accumulate", accumulate), ("seed", seed)):
+        if name in previous and previous[name] != value:
+            raise InputError(f"{run}: --{name.replace('_', '-')} {value} differs from the run's {previous[name]}; "
+                             f"a resumed run continues with its own (leave the option out).")
+    if batch_size < method_cls.min_batch_size:
+        raise InputError(f"batch_size: {batch_size} volume per device; {method} needs at least {method_cls.min_batch_size} "
+                         f"(its loss compares samples of the batch and its head normalises over it).")
     devices = number(devices, "devices", integer=True, positive=True)
     num_nodes = number(num_nodes, "num_nodes", integer=True, positive=True)
     checkpoint_every = number(checkpoint_every, "checkpoint_every", "steps", integer=True, positive=True)
     spacing = number(spacing, "spacing", "mm", positive=True)
     lr = number(lr, "lr", positive=True)
     workers = number(workers, "workers", integer=True, low=0)
+    vit_patch = number(vit_patch, "vit_patch", "voxels", integer=True, positive=True)
     if augment not in ("auto", "loader", "device"):
         raise InputError(f"augment: {augment!r} is not one of auto, loader, device.")
-    run = Path(out)
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
+    if precision is not None and str(precision) not in _PRECISIONS:
+        raise InputError(f"precision: {precision!r} is not one of {', '.join(_PRECISIONS)}.")
+    if previous and (previous.get("devices", devices) * previous.get("num_nodes", num_nodes) != devices * num_nodes
+                     or previous.get("workers", workers) != workers):
+        log.warning("resuming with another number of processes or loader workers: the samples from here on are "
+                    "not those an uninterrupted run would have drawn")
     last = run / "checkpoints" / "last.ckpt"
     secondary = _secondary_rank()
     if secondary:
@@ -109,24 +146,26 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
                                             for k, v in shards.meta["preprocessing"].items()})
     else:
         preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
-        archive = build_cache(data, Path(cache) if cache else run / "cache", config=preprocessing,
-                              progress=progress and not secondary, workers=1 if secondary else None,
-                              write_reports=not secondary)
+        cache_dir = Path(cache) if cache else run / "cache"
+        local_rank = _process_ranks()[0]
+        if local_rank > 0 and (cache_dir / "manifest.csv").is_file():  # the node's first process built it
+            archive = open_cache(cache_dir)
+        else:
+            archive = build_cache(data, cache_dir, config=preprocessing, progress=progress and not secondary,
+                                  write_reports=not secondary, hash_ids=bool(hash_ids))
         channels, n_images = int(str(archive.manifest["shape"].iloc[0]).split("x")[0]), len(archive)
         if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
             raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")
     encoder = {"architecture": architecture, "in_channels": channels, "patch": patch, "vit_patch": int(vit_patch)}
     identity = {"method": method, "architecture": architecture, "patch": patch, "vit_patch": int(vit_patch),
                 "channels": channels, "spacing_mm": spacing}
-    run_file = run / "run.json"
     if resume and not secondary:
-        before = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        differ = {k: (before.get(k), identity[k]) for k in _IDENTITY if before.get(k) != identity[k]}
+        differ = {k: (previous.get(k), identity[k]) for k in _IDENTITY if previous.get(k) != identity[k]}
         if differ:
             raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
     world = devices * num_nodes
-    if max_steps is None and resume and run_file.is_file():  # a resumed run keeps its length and schedule
-        max_steps = json.loads(run_file.read_text()).get("max_steps")
+    if max_steps is None and previous:  # a resumed run keeps its length and schedule
+        max_steps = previous.get("max_steps")
     if max_steps is None:
         n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
         max_steps = max(1, math.ceil(n_epochs * n_images / (batch_size * accumulate * world)))
@@ -158,8 +197,11 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     if probe is not None:
         from .probe import KnnProbe
 
-        callbacks.append(KnnProbe(probe, patch=patch, spacing_mm=spacing,
-                                  every_n_steps=number(probe_every, "probe_every", "steps", integer=True, positive=True)))
+        monitor = KnnProbe(probe, patch=patch, spacing_mm=spacing,
+                           every_n_steps=number(probe_every, "probe_every", "steps", integer=True, positive=True))
+        if monitor.crops.shape[1] != channels:  # checked here, on every rank, not inside training on rank 0
+            raise InputError(f"{probe}: the probe cases have {monitor.crops.shape[1]} channels, the images {channels}.")
+        callbacks.append(monitor)
     checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
                                   save_top_k=0, save_on_train_epoch_end=False)
     trainer = pl.Trainer(

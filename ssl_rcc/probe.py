@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ import torch
 
 from .data import PreprocessConfig, preprocess_volume, read_nifti
 from .data.crops import crop_start
+from .data.volume import read_mask
 from .errors import InputError
 
 __all__ = ["KnnProbe", "knn_balanced_accuracy"]
@@ -54,7 +54,7 @@ class KnnProbe(pl.Callback):
         crops, rng = [], np.random.default_rng(0)
         for _, row in table.iterrows():
             volume = read_nifti(path.parent / row["ct"], case_id=str(row.get("case_id", "")))
-            mask = np.asarray(nib.load(str(path.parent / row["tumor_mask"])).dataobj) > 0
+            mask = read_mask(path.parent / row["tumor_mask"], volume)
             data, _, mask = preprocess_volume(volume, config, mask)
             pad = [(0, 0)] + [(0, max(p - s, 0)) for s, p in zip(data.shape[1:], patch)]
             data, mask = np.pad(data, pad, mode="edge"), np.pad(mask, pad[1:])

@@ -54,13 +54,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
             tmp.unlink(missing_ok=True)
-            raise InputError(f"{path}: could not write the checkpoint ({err.strerror or err}); the previous one is kept.") from None
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise InputError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept.") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=True):
         # user paths are never unpickled beyond tensors and plain containers
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise InputError(f"{path}: not a readable checkpoint (truncated or another format: {type(err).__name__}).") from None
 
 
 class MetricsCSV(pl.Callback):
@@ -90,6 +94,10 @@ class MetricsCSV(pl.Callback):
             writer.writeheader()
             writer.writerows(rows)
         self._last_step = trainer.global_step
+        for cb in trainer.checkpoint_callbacks:
+            # ModelCheckpoint does not restore the step it last saved: after a resume at a checkpoint step it
+            # would save again after the first micro-batch, mid-accumulation. The restored step was saved.
+            cb._last_global_step_saved = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not trainer.is_global_zero or trainer.global_step == self._last_step:

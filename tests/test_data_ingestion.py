@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from ssl_rcc.data import PreprocessConfig, build_cache, preprocess_volume, read_dicom_series, read_nifti, scan_archive
+from ssl_rcc.data.cache import open_cache
 from ssl_rcc.data.crops import crop_start
 from ssl_rcc.errors import InputError
 
@@ -106,6 +107,8 @@ def test_cache_builds_skips_bad_files_and_is_reused(archive, tmp_path):
     data, mask = cached.load(0)
     assert data.dtype == np.float16 and data.ndim == 4 and mask is None
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npy")}
+    reopened = open_cache(tmp_path / "cache")  # what DDP's other processes on the node read
+    assert (reopened.manifest.astype(str).values == cached.manifest.astype(str).values).all()
     again = build_cache(archive, tmp_path / "cache", config=config, workers=1, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npy")} == stamps
     pd.testing.assert_frame_equal(again.manifest, cached.manifest)
@@ -154,3 +157,66 @@ def test_an_archive_with_nothing_usable_is_one_clear_error(tmp_path):
         build_cache(tmp_path / "junk", tmp_path / "cache", progress=False)
     with pytest.raises(InputError, match="no such folder"):
         scan_archive(tmp_path / "missing")
+
+
+def test_bad_voxels_masks_and_tags_are_skipped_or_mended_with_a_reason(abdomen, tmp_path):
+    import pydicom
+
+    ct = nib.load(str(abdomen / "example_ct_sm.nii.gz"))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    data = np.asarray(ct.dataobj, np.float32).copy()
+    data[:, :, :3] = np.nan  # outside a reconstruction's field of view
+    data[0, 0, 5] = np.inf
+    nib.save(nib.Nifti1Image(data, ct.affine), str(archive / "nan.nii.gz"))
+    seg = nib.load(str(abdomen / "example_seg.nii.gz"))
+    shifted = ct.affine.copy()
+    shifted[:3, 3] += 30.0  # a mask of another scan: same shape, 30 mm away
+    for name, mask in [("shifted", nib.Nifti1Image(np.asarray(seg.dataobj), shifted)), ("broken", None)]:
+        shutil.copy(abdomen / "example_ct_sm.nii.gz", archive / f"{name}.nii.gz")
+        if mask is None:
+            (archive / f"{name}_mask.nii.gz").write_bytes(b"not a mask")
+        else:
+            nib.save(mask, str(archive / f"{name}_mask.nii.gz"))
+    dicom = archive / "dicom"
+    dicom.mkdir()
+    for f in sorted((abdomen / "example_ct_dicom").iterdir()):
+        ds = pydicom.dcmread(str(f))
+        ds.RescaleSlope = "1"
+        ds.save_as(str(dicom / f.name))
+    ds.add_new((0x0028, 0x1053), "LO", "one")  # RescaleSlope that is not a number, on the last slice
+    ds.save_as(str(dicom / f.name))
+    rows = [{"image": str(archive / "nan.nii.gz")}] + [
+        {"image": str(archive / f"{n}.nii.gz"), "kidney_mask": str(archive / f"{n}_mask.nii.gz")} for n in ("shifted", "broken")]
+    pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
+    cached = build_cache(tmp_path / "list.csv", tmp_path / "cache", config=PreprocessConfig(spacing_mm=(4.0,) * 3),
+                         progress=False)
+    assert cached.manifest["case_id"].tolist() == ["nan"]
+    assert np.isfinite(np.asarray(cached.load(0)[0], np.float32)).all()
+    reasons = " ".join(pd.read_csv(tmp_path / "cache" / "skipped.csv")["reason"])
+    assert "the mask's affine differs from its image's" in reasons and "cannot read the mask as NIfTI" in reasons
+    with pytest.raises(InputError, match="cannot read as a DICOM image slice"):
+        read_dicom_series(sorted(dicom.iterdir()))
+
+
+def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen, tmp_path):
+    for folder in ("Doe^Jane", "Roe^Richard"):  # identifying folder names, the same file stem in each
+        (tmp_path / "archive" / folder).mkdir(parents=True)
+        shutil.copy(abdomen / "example_ct_sm.nii.gz", tmp_path / "archive" / folder / "ct.nii.gz")
+    shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "Doe^Jane" / "ct_kidney_mask.nii.gz")
+    (tmp_path / "archive" / "loose").mkdir()
+    shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "loose" / "mask.nii.gz")  # no image beside it
+    dicom = tmp_path / "archive" / "series"
+    shutil.copytree(abdomen / "example_ct_dicom", dicom)
+    (dicom / "README").write_text("exported by a PACS")  # a stray file in a series folder
+    items, rejected = scan_archive(tmp_path / "archive")
+    by_id = {item.case_id: item for item in items}
+    assert len(items) == 3 and "ct" in by_id and by_id["ct"].mask.endswith("ct_kidney_mask.nii.gz")
+    other = next(i for i in items if i.kind == "nifti" and i.case_id != "ct")
+    assert other.mask is None and "Roe" not in other.case_id and "Doe" not in other.case_id
+    reasons = [r for _, r in rejected]
+    assert "a mask file without one image to pair with in its folder" in reasons
+    pd.DataFrame({"image": ["series", "", "Doe^Jane/ct.nii.gz"]}).to_csv(tmp_path / "archive" / "list.csv", index=False)
+    items, rejected = scan_archive(tmp_path / "archive" / "list.csv")
+    assert [i.kind for i in items] == ["dicom", "nifti"] and not any("README" in f for f in items[0].files)
+    assert [r for _, r in rejected] == ["row 3 has no image path"]

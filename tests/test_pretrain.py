@@ -93,6 +93,20 @@ def test_ddp_with_two_cpu_processes(archive, tmp_path):
     assert metrics(run)["step"].tolist() == [1, 2] and (run / "encoder.pt").is_file()
 
 
+def test_process_ranks_from_the_launcher_or_slurm(monkeypatch):
+    from ssl_rcc.pretrain import _process_ranks, _secondary_rank
+
+    for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.delenv(name, raising=False)
+    assert _process_ranks() == (0, 0) and not _secondary_rank()
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert _process_ranks() == (3, 1) and _secondary_rank()
+    monkeypatch.setenv("LOCAL_RANK", "0")  # Lightning's own launcher wins where it has set its variables
+    assert _process_ranks() == (0, 0)
+
+
 def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     """Pretrain one step on the real single-channel scans, then embed the CT, the MR and the DICOM series."""
     import shutil
@@ -130,6 +144,9 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     (["--method", "simclr", "--augment", "gpu"], "augment: 'gpu' is not one of auto, loader, device"),
     (["--method", "simclr", "--workers", "-1"], "workers: -1"),
     (["--method", "simclr", "--lr", "0"], "lr: 0"),
+    (["--method", "simclr", "--batch-size", "1"], "simclr needs at least 2"),
+    (["--method", "simclr", "--precision", "16"], "precision: 16 is not one of"),
+    (["--method", "simclr", "--accelerator", "tpu"], "accelerator: 'tpu' is not one of"),
 ])
 def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):
     code = main(["pretrain", "--data", str(archive), "--out", str(tmp_path / "run"), "--max-steps", "1"] + SMALL + args)
@@ -148,6 +165,21 @@ def test_existing_run_resume_of_another_architecture_and_wrong_weights(archive, 
     code = main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(archive), "--out", str(tmp_path / "x.parquet")])
     assert code == 2 and "the weights do not fit a resnet34 encoder" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_resume_keeps_the_runs_options_and_refuses_other_ones(archive, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--patch", "24", "--spacing", "3",
+            "--workers", "0", "--checkpoint-every", "1"]
+    assert main(args + ["--max-steps", "1", "--batch-size", "3", "--seed", "5"]) == 0
+    assert main(args + ["--resume", "--batch-size", "2"]) == 2
+    assert "--batch-size 2 differs from the run's 3" in capsys.readouterr().err
+    assert main(args + ["--resume", "--max-steps", "2"]) == 0  # batch size and seed: the run's own
+    options = json.loads((run / "run.json").read_text())
+    assert (options["batch_size"], options["seed"], options["max_steps"]) == (3, 5, 2)
+    (run / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    assert main(args + ["--resume", "--max-steps", "3"]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(archive, tmp_path, monkeypatch):

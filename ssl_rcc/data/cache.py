@@ -11,21 +11,22 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from kinetics.options import available_cpus
 from ..errors import InputError
 from .preprocess import PreprocessConfig, preprocess_volume
 from .scan import ArchiveItem, load_item, scan_archive, scrub_paths
-from .volume import case_id_for
+from .volume import case_id_for, read_mask
 
-__all__ = ["build_cache", "content_key", "CachedArchive"]
+__all__ = ["build_cache", "open_cache", "content_key", "CachedArchive"]
 
 log = logging.getLogger("ssl_rcc")
 MIN_VOXELS_PER_AXIS = 8
@@ -52,9 +53,7 @@ def _process(args):
             data = np.load(path, mmap_mode="r")
         else:
             volume = load_item(item)
-            mask = None
-            if item.mask:
-                mask = np.asarray(nib.load(item.mask).dataobj) > 0
+            mask = read_mask(item.mask, volume) if item.mask else None
             data, _, mask = preprocess_volume(volume, config, mask)
             if min(data.shape[1:]) < MIN_VOXELS_PER_AXIS:
                 raise InputError(f"{item.files[0]}: {data.shape[1:]} voxels after resampling; too small to crop from.")
@@ -71,7 +70,8 @@ def _process(args):
 
 
 def _save_atomic(path: Path, array):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # host and pid: processes on several nodes may build the same entry in a shared cache at once
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, array)
     os.replace(tmp, path)
@@ -112,7 +112,7 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
     items, rejected = scan_archive(source, hash_ids=hash_ids)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    n_workers = min(max(len(items), 1), workers or len(os.sched_getaffinity(0)))
+    n_workers = min(max(len(items), 1), workers or available_cpus())
     jobs = [(item, str(cache_dir), config) for item in items]
     if n_workers > 1:
         with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
@@ -134,6 +134,17 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
         first = f"; the first: {skipped['reason'].iloc[0]}" if len(skipped) else ""
         raise InputError(f"{source}: no usable image among {len(items) + len(rejected)} files ({len(skipped)} skipped{first}).")
     return CachedArchive(cache_dir, ok)
+
+
+def open_cache(cache_dir) -> CachedArchive:
+    """The archive of a cache that :func:`build_cache` has written (its ``manifest.csv``)."""
+    cache_dir = Path(cache_dir)
+    try:
+        manifest = pd.read_csv(cache_dir / "manifest.csv", keep_default_na=False,
+                               dtype={"case_id": str, "key": str, "shape": str, "modality": str})
+    except (OSError, ValueError) as err:
+        raise InputError(f"{cache_dir}: cannot read the cache's manifest.csv ({type(err).__name__}).") from None
+    return CachedArchive(cache_dir, manifest)
 
 
 def _progress(iterator, total, enabled):

@@ -41,6 +41,28 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES)
 
 
+def _is_mask(path: Path) -> bool:
+    """NIfTI files named ``*mask`` (``ct_kidney_mask.nii.gz``, ``mask.nii.gz``) are masks, not images."""
+    return _is_nifti(path) and _stem(path).lower().endswith("mask")
+
+
+def _pair_masks(images, masks):
+    """{image: mask} for masks beside their image: the folder's only image, or the image whose stem
+    begins the mask's (``ct.nii.gz`` and ``ct_kidney_mask.nii.gz``); and the masks left unpaired."""
+    by_folder = defaultdict(list)
+    for p in images:
+        by_folder[p.parent].append(p)
+    pairs, unpaired = {}, []
+    for m in masks:
+        here = by_folder.get(m.parent, [])
+        match = here if len(here) == 1 else [p for p in here if _stem(m).lower().startswith(_stem(p).lower() + "_")]
+        if len(match) == 1 and match[0] not in pairs:
+            pairs[match[0]] = m
+        else:
+            unpaired.append((m, "a mask file without one image to pair with in its folder"))
+    return pairs, unpaired
+
+
 def _dicom_series(files):
     """Group candidate DICOM files into series by header; files that are not DICOM are returned apart."""
     import pydicom
@@ -73,15 +95,16 @@ def scan_archive(source, *, hash_ids=False):
     """
     source = Path(source)
     if source.is_file() and source.suffix == ".csv":
-        items = _scan_csv(source)
+        items, rejected = _scan_csv(source)
         if hash_ids:
             for item in items:
                 item.case_id = case_id_for(item.files[0])
-        return items, []
+        return items, rejected
     if not source.is_dir():
         raise InputError(f"{source}: no such folder or CSV file.")
     files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-    nifti = [p for p in files if _is_nifti(p)]
+    nifti = [p for p in files if _is_nifti(p) and not _is_mask(p)]
+    masks, unpaired = _pair_masks(nifti, [p for p in files if _is_mask(p)])
     others = [p for p in files if not _is_nifti(p) and p.suffix.lower() not in (".csv", ".json", ".txt", ".md", ".png")]
     items, seen = [], set()
     for p in nifti:
@@ -89,11 +112,13 @@ def scan_archive(source, *, hash_ids=False):
         if hash_ids:
             case_id = case_id_for(str(p.relative_to(source)))
         else:
-            # a repeated stem (case_1/ct.nii.gz, case_2/ct.nii.gz) is qualified by its folders
-            case_id = stem if stem not in seen else "_".join(p.relative_to(source).parent.parts + (stem,))
+            # a repeated stem (case_1/ct.nii.gz, case_2/ct.nii.gz) gets a hash of its path, not its folder
+            # names, which often carry a patient's name or record number
+            case_id = stem if stem not in seen else f"{stem}-{case_id_for(str(p.relative_to(source)), prefix='')[1:9]}"
         seen.add(case_id)
-        items.append(ArchiveItem("nifti", [str(p)], case_id))
+        items.append(ArchiveItem("nifti", [str(p)], case_id, str(masks[p]) if p in masks else None))
     groups, rejected = _dicom_series(others)
+    rejected += unpaired
     for (series_key, *_), group in sorted(groups.items(), key=lambda kv: str(kv[1][0])):
         # the id hashes the series UID (or folder): it names the series without identifying anyone
         items.append(ArchiveItem("dicom", [str(f) for f in sorted(group)], case_id_for(series_key, prefix="dicom")))
@@ -109,16 +134,25 @@ def _scan_csv(path: Path):
     if column is None:
         raise InputError(f"{path}: the CSV needs one of the columns {list(IMAGE_COLUMNS)}; it has {list(table.columns)}.")
     mask_column = next((c for c in MASK_COLUMNS if c in table.columns), None)
-    items = []
+    items, rejected = [], []
     for i, row in table.iterrows():
+        if not str(row[column]).strip():
+            rejected.append((path, f"row {i + 2} has no image path"))
+            continue
         image = (path.parent / str(row[column])).resolve()
         mask = str((path.parent / str(row[mask_column])).resolve()) if mask_column and row[mask_column] else None
         case_id = str(row["case_id"]) if "case_id" in table.columns and row["case_id"] else _stem(image)
         modality = str(row["modality"]) if "modality" in table.columns and row["modality"] else None
-        kind = "nifti" if _is_nifti(image) else "dicom"
-        files = [str(image)] if kind == "nifti" else [str(f) for f in sorted(image.iterdir())] if image.is_dir() else [str(image)]
+        if _is_nifti(image) or not image.is_dir():
+            kind, files = ("nifti" if _is_nifti(image) else "dicom"), [str(image)]
+        else:  # a folder holding one DICOM series (stray non-DICOM files in it are left out)
+            groups, _ = _dicom_series(sorted(f for f in image.iterdir() if f.is_file()))
+            if not groups:
+                rejected.append((image, "the folder holds no DICOM image slice"))
+                continue
+            kind, files = "dicom", [str(f) for f in sorted(max(groups.values(), key=len))]
         items.append(ArchiveItem(kind, files, case_id, mask, modality))
-    return items
+    return items, rejected
 
 
 def load_item(item: ArchiveItem) -> Volume:

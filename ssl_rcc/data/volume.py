@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Volume", "read_nifti", "read_dicom_series", "case_id_for", "MODALITIES"]
+__all__ = ["Volume", "read_nifti", "read_dicom_series", "read_mask", "case_id_for", "MODALITIES"]
 
 MODALITIES = ("CT", "MR")
 
@@ -78,12 +78,40 @@ def read_nifti(path, *, modality=None, case_id=None) -> Volume:
         data = np.moveaxis(data, -1, 0)
     else:
         raise InputError(f"{path}: the image is {data.ndim}D with shape {data.shape}; expected 3D or 4D.")
-    if data.size == 0 or not np.isfinite(data).any():
-        raise InputError(f"{path}: the image has no finite value.")
+    data = _finite(data, path)
     modality = modality or guess_modality(data)
     if modality not in MODALITIES:
         raise InputError(f"{path}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
     return Volume(np.ascontiguousarray(data), img.affine.astype(float), modality, case_id or _stem(path), str(path))
+
+
+def _finite(data, path):
+    """``data`` with NaN and infinite voxels (outside a reconstruction's field of view, say) set to the
+    lowest finite value of their channel, so that nothing non-finite reaches a cache or a network."""
+    finite = np.isfinite(data)
+    if data.size == 0 or not finite.any():
+        raise InputError(f"{path}: the image has no finite value.")
+    if finite.all():
+        return data
+    lowest = np.where(finite, data, np.inf).reshape(len(data), -1).min(axis=1)
+    return np.where(finite, data, lowest.reshape((-1,) + (1,) * (data.ndim - 1))).astype(np.float32)
+
+
+def read_mask(path, like: Volume) -> np.ndarray:
+    """A mask file as a boolean array on the grid of ``like``; InputError when it cannot be read or
+    lies on another grid (shape or affine), where its voxels would label the wrong anatomy."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        mask = np.asarray(img.dataobj)
+    except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ...
+        raise InputError(f"{path}: cannot read the mask as NIfTI ({type(err).__name__}).") from None
+    mask = mask.reshape(mask.shape[:3]) if mask.ndim == 4 and mask.shape[3] == 1 else mask
+    if mask.shape != like.data.shape[1:]:
+        raise InputError(f"{path}: the mask has shape {mask.shape}, its image {like.data.shape[1:]}.")
+    if not np.allclose(img.affine, like.affine, atol=1e-2):
+        raise InputError(f"{path}: the mask's affine differs from its image's (another grid or orientation).")
+    return mask > 0
 
 
 def read_dicom_series(files, *, case_id=None) -> Volume:
@@ -106,9 +134,9 @@ def read_dicom_series(files, *, case_id=None) -> Volume:
             position = np.array(ds.ImagePositionPatient, dtype=float)
             orientation = np.array(ds.ImageOrientationPatient, dtype=float)
             spacing = np.array(ds.PixelSpacing, dtype=float)
+            slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
         except Exception as err:  # pydicom raises many types for broken or non-image files
             raise InputError(f"{f}: cannot read as a DICOM image slice ({type(err).__name__}: {err}).") from None
-        slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
         slices.append((position, orientation, spacing, pixels * slope + intercept, str(getattr(ds, "Modality", ""))))
     orientation = slices[0][1]
     if any(not np.allclose(s[1], orientation, atol=1e-4) or s[3].shape != slices[0][3].shape for s in slices):
@@ -137,4 +165,5 @@ def read_dicom_series(files, *, case_id=None) -> Volume:
     lps[:3, 3] = positions[0]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM patient space is LPS+; NIfTI world is RAS+
     modality = slices[0][4] if slices[0][4] in MODALITIES else guess_modality(data)
-    return Volume(data[None].astype(np.float32), affine, modality, case_id or "dicom-series", str(files[0].parent))
+    data = _finite(data[None].astype(np.float32), files[0].parent)
+    return Volume(data, affine, modality, case_id or "dicom-series", str(files[0].parent))

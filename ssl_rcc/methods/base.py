@@ -30,6 +30,7 @@ class SSLMethod(pl.LightningModule):
 
     n_views = 2
     geometric_views = True  # rotations, scaling and blur in the views
+    min_batch_size = 2  # contrastive losses and BatchNorm heads need more than one sample per device
 
     def __init__(self, encoder: dict, *, lr=1e-3, weight_decay=0.05, warmup_steps=10, max_steps=100):
         super().__init__()

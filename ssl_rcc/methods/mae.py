@@ -34,6 +34,7 @@ class MAE(SSLMethod):
     """Masked autoencoder on a 3D ViT encoder (``vit_tiny`` or ``vit_small``); one view per sample."""
 
     n_views = 1
+    min_batch_size = 1
     geometric_views = False  # masking is the task; the views only flip and change intensity
 
     def __init__(self, encoder: dict, *, mask_ratio=0.75, decoder_dim=128, decoder_layers=2, **kwargs):

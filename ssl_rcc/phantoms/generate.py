@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -20,6 +19,7 @@ import pandas as pd
 from kinetics.aif import write_aif_csv
 from kinetics.io import output_directory, save_image
 
+from kinetics.options import available_cpus
 from .anatomy import Anatomy, build_anatomy
 from .labels import sample_labels
 from .render import DceSeries, render_ct, render_dce
@@ -127,7 +127,7 @@ def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, previe
     label_seed, *case_seeds = master.spawn(n + 1)
     labels = sample_labels(np.random.default_rng(label_seed), n, balanced=balanced)
     width = max(4, len(str(n - 1)))
-    n_workers = min(n, workers or len(os.sched_getaffinity(0)))
+    n_workers = min(n, workers or available_cpus())
     with output_directory(out, overwrite=overwrite) as tmp:
         jobs = [(s, lab, f"case_{i:0{width}d}", str(tmp), unlabeled, size) for i, (s, lab) in enumerate(zip(case_seeds, labels))]
         if n_workers > 1:
