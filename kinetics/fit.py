@@ -198,9 +198,15 @@ def _enhancing(t, c, cp, z):
     peak = np.argmax(np.atleast_2d(cp), axis=-1)[..., None]
     post = np.arange(t.size) >= peak
     n_post = np.maximum(post.sum(-1), 1)
-    mean_post = np.where(post, c, 0.0).sum(-1) / n_post
-    d2 = np.abs(c[:, 2:] - 2.0 * c[:, 1:-1] + c[:, :-2]).mean(-1)
-    sd = d2 / (np.sqrt(6.0) * np.sqrt(2.0 / np.pi))
+    if post.shape[0] == 1:  # one input for all voxels: a matrix-vector product
+        mean_post = c @ post[0].astype(float) / n_post
+    else:
+        mean_post = np.einsum("ij,ij->i", c, post) / n_post
+    d2 = c[:, 2:] - c[:, 1:-1]  # second difference, in place on one temporary
+    d2 -= c[:, 1:-1]
+    d2 += c[:, :-2]
+    np.abs(d2, out=d2)
+    sd = d2.mean(-1) / (np.sqrt(6.0) * np.sqrt(2.0 / np.pi))
     return mean_post > z * sd / np.sqrt(n_post)
 
 

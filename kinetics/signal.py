@@ -72,12 +72,30 @@ def r1_from_signal(signal, *, s0, tr_s, fa_deg):
 
     Signal at or above ``S0 sin(a)``, the limit for infinite R1, has no solution and gives NaN.
     """
+    return _r1_minus(signal, s0=s0, tr_s=tr_s, fa_deg=fa_deg, r10=0.0, scale=1.0)
+
+
+def _r1_minus(signal, *, s0, tr_s, fa_deg, r10, scale):
+    """``(R1 - r10) * scale`` from SPGR signal, in a few in-place passes over one float64 array.
+
+    With ``x = S / (S0 sin a)``, ``R1 = log((1 - x cos a) / (1 - x)) / TR``; for a flip angle in
+    (0, 90] degrees a real R1 exists exactly where ``x < 1`` (elsewhere NaN). Whole volumes go through
+    here, so temporaries are kept to two arrays of the signal's size.
+    """
     a = _check_flip_angle(fa_deg)
-    x = np.asarray(signal, dtype=float) / (np.asarray(s0, dtype=float) * np.sin(a))
+    x = np.array(signal, dtype=float)  # the one copy, in float64 for small concentrations' precision
+    x *= 1.0 / (np.asarray(s0, dtype=float) * np.sin(a))
+    ratio = x * -np.cos(a)
+    ratio += 1.0
+    np.subtract(1.0, x, out=x)
+    invalid = ~(x > 0)  # x >= 1, or NaN
     with np.errstate(divide="ignore", invalid="ignore"):
-        e1 = (1.0 - x) / (1.0 - x * np.cos(a))
-        r1 = -np.log(e1) / tr_s
-    return np.where((x < 1) & (e1 > 0), r1, np.nan)
+        ratio /= x
+        np.log(ratio, out=ratio)
+    ratio *= scale / tr_s
+    ratio -= np.asarray(r10, dtype=float) * scale
+    ratio[invalid] = np.nan
+    return ratio
 
 
 def _baseline_frames(baseline, n_frames):
@@ -106,10 +124,10 @@ def s0_from_baseline(signal, *, t10_s, tr_s, fa_deg, baseline):
     -------
     s0 : (...) ndarray
     """
-    signal = np.asarray(signal, dtype=float)
+    signal = np.asarray(signal)
     start, stop = _baseline_frames(baseline, signal.shape[-1])
     t10 = _check_positive(t10_s, "t10_s", "s")
-    mean_baseline = signal[..., start:stop].mean(axis=-1)
+    mean_baseline = signal[..., start:stop].mean(axis=-1, dtype=float)
     return mean_baseline / spgr_signal(1.0 / t10, s0=1.0, tr_s=tr_s, fa_deg=fa_deg)
 
 
@@ -139,8 +157,8 @@ def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, basel
     _check_positive(tr_s, "tr_s", "s")
     t10 = _check_positive(t10_s, "t10_s", "s")
     s0 = s0_from_baseline(signal, t10_s=t10, tr_s=tr_s, fa_deg=fa_deg, baseline=baseline)
-    r1 = r1_from_signal(signal, s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_deg))
-    return (r1 - 1.0 / _per_frame(t10)) / r1_per_mM_s
+    return _r1_minus(signal, s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_deg), r10=1.0 / _per_frame(t10),
+                     scale=1.0 / r1_per_mM_s)
 
 
 def signal_from_concentration(conc_mM, *, t10_s, tr_s, fa_deg, r1_per_mM_s, s0):
