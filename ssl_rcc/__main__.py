@@ -62,7 +62,7 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         devices: GPUs (or CPU processes) per node; more than one trains with DDP.
         num_nodes: machines, for multi-node DDP.
         accelerator: auto | cpu | gpu.
-        precision: Lightning precision (default 16-mixed on GPU, 32-true on CPU).
+        precision: 32-true | 16-mixed | bf16-mixed (default 16-mixed on GPU, 32-true on CPU).
         accumulate: gradient accumulation steps (default 1; a resumed run keeps its own).
         lr: peak learning rate (AdamW, warm-up then cosine decay).
         warmup_steps: linear warm-up steps (default a tenth of the run).

@@ -31,7 +31,8 @@ log = logging.getLogger("ssl_rcc")
 ENCODER_FORMAT = "ssl-rcc-encoder/1"
 # options a resumed run must share with the run it continues
 _IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
-_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+# whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
+_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 
 def _patch3(patch):
@@ -48,6 +49,15 @@ def _process_ranks():
     if "LOCAL_RANK" in env or "NODE_RANK" in env or int(env.get("SLURM_NTASKS", 1)) <= 1:
         return int(env.get("LOCAL_RANK", 0)), int(env.get("NODE_RANK", 0))
     return int(env.get("SLURM_LOCALID", 0)), int(env.get("SLURM_NODEID", 0))
+
+
+def _cache_built_for(cache_dir, preprocessing):
+    """Whether ``cache_dir`` holds a finished cache made with ``preprocessing`` (its config.json)."""
+    try:
+        return (json.loads((cache_dir / "config.json").read_text()) == preprocessing.to_dict()
+                and (cache_dir / "manifest.csv").is_file())
+    except (OSError, ValueError):
+        return False
 
 
 def _secondary_rank():
@@ -75,8 +85,9 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
     without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with the same data
     order, so the steps and the loss curve are those of an uninterrupted run: ``batch_size``,
-    ``accumulate``, ``seed`` and ``max_steps`` left out (None) are then the run's own, and given ones
-    must equal them (defaults otherwise: 8, 1, 0).
+    ``accumulate`` and ``seed`` left out (None) are then the run's own, and given ones must equal them
+    (defaults otherwise: 8, 1, 0); ``max_steps`` left out keeps the run's length, and given lengthens or
+    shortens it (the cosine schedule is then that of the new length).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -148,7 +159,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
         cache_dir = Path(cache) if cache else run / "cache"
         local_rank = _process_ranks()[0]
-        if local_rank > 0 and (cache_dir / "manifest.csv").is_file():  # the node's first process built it
+        if local_rank > 0 and _cache_built_for(cache_dir, preprocessing):  # the node's first process built it
             archive = open_cache(cache_dir)
         else:
             archive = build_cache(data, cache_dir, config=preprocessing, progress=progress and not secondary,
@@ -174,6 +185,9 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     precision = precision or ("16-mixed" if use_cuda else "32-true")
     on_device = augment == "device" or (augment == "auto" and use_cuda)
+    if previous.get("augment") not in (None, "device" if on_device else "loader"):
+        log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
+                    "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
     options = dict(identity, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup_steps=warmup,
                    devices=devices, num_nodes=num_nodes, precision=precision, seed=int(seed), data=str(data),
                    augment="device" if on_device else "loader",
@@ -219,6 +233,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
+        raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
     except RuntimeError as err:
         text = str(err)
         if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):

@@ -206,6 +206,7 @@ def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen
     shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "Doe^Jane" / "ct_kidney_mask.nii.gz")
     (tmp_path / "archive" / "loose").mkdir()
     shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "loose" / "mask.nii.gz")  # no image beside it
+    shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "Roe^Richard" / "tumor_mask.nii.gz")
     dicom = tmp_path / "archive" / "series"
     shutil.copytree(abdomen / "example_ct_dicom", dicom)
     (dicom / "README").write_text("exported by a PACS")  # a stray file in a series folder
@@ -216,6 +217,7 @@ def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen
     assert other.mask is None and "Roe" not in other.case_id and "Doe" not in other.case_id
     reasons = [r for _, r in rejected]
     assert "a mask file without one image to pair with in its folder" in reasons
+    assert "a mask that is not a kidney mask (name it *kidney_mask or IMAGE_mask)" in reasons
     pd.DataFrame({"image": ["series", "", "Doe^Jane/ct.nii.gz"]}).to_csv(tmp_path / "archive" / "list.csv", index=False)
     items, rejected = scan_archive(tmp_path / "archive" / "list.csv")
     assert [i.kind for i in items] == ["dicom", "nifti"] and not any("README" in f for f in items[0].files)

@@ -146,6 +146,7 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     (["--method", "simclr", "--lr", "0"], "lr: 0"),
     (["--method", "simclr", "--batch-size", "1"], "simclr needs at least 2"),
     (["--method", "simclr", "--precision", "16"], "precision: 16 is not one of"),
+    (["--method", "simclr", "--precision", "bf16-true"], "precision: 'bf16-true' is not one of 32-true, 16-mixed, bf16-mixed"),
     (["--method", "simclr", "--accelerator", "tpu"], "accelerator: 'tpu' is not one of"),
 ])
 def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):

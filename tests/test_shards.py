@@ -3,6 +3,7 @@ Skipped where TensorFlow is not installed."""
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -56,11 +57,11 @@ def batches(stream, workers, n):
     return [b for _, b in zip(range(n), loader)]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_stream_resumed_at_any_batch_gives_the_uninterrupted_batches(packed, workers):
+@pytest.mark.parametrize("workers, world", [(0, 1), (0, 2), (2, 2)])  # 3 shards: one lane, or records striped
+def test_a_stream_resumed_at_any_batch_gives_the_uninterrupted_batches(packed, workers, world):
     def stream(start=0, rank=0):
         return ShardStream(ShardIndex(packed), (16, 16, 16), batch_size=3, total_batches=9, start_batch=lambda: start,
-                           rank=rank, world=2, seed=4, buffer=3, turnover=2, device_views=True)
+                           rank=rank, world=world, seed=4, buffer=3, turnover=2, device_views=True)
 
     full = batches(stream(), workers, 9)
     assert len(full) == 9 and full[0][0].shape == (3, 4, 16, 16, 16)
@@ -68,8 +69,19 @@ def test_a_stream_resumed_at_any_batch_gives_the_uninterrupted_batches(packed, w
         resumed = batches(stream(start), workers, 9 - start)
         for a, b in zip(full[start:], resumed):
             assert all(torch.equal(x, y) for x, y in zip(a, b))
-    other_rank = batches(stream(rank=1), workers, 2)
-    assert not torch.equal(other_rank[0][0], full[0][0])
+    if world > 1:
+        other_rank = batches(stream(rank=1), workers, 2)
+        assert not torch.equal(other_rank[0][0], full[0][0])
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 4])
+def test_every_image_is_read_once_per_cycle_over_all_lanes(packed, lanes):
+    stream = ShardStream(ShardIndex(packed), (16, 16, 16), batch_size=1, total_batches=1)
+    seen = []
+    for lane in range(lanes):
+        walk = stream._walk(lane, lanes, 0)
+        seen += [hash(next(walk)[0].tobytes()) for _ in range(len(range(lane, 6, lanes)))]  # its share of 6
+    assert len(seen) == 6 and len(set(seen)) == 6
 
 
 def test_pretrain_streams_from_shards(packed, tmp_path):
@@ -110,6 +122,23 @@ def test_bad_shard_input(archive, packed, tmp_path, capsys):
     assert main(["pretrain", "--data", str(packed), "--method", "simclr", "--out", str(tmp_path / "r2"), "--max-steps", "1",
                  "--patch", "200"]) == 2
     assert "larger than every volume" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(packed, corrupt)
+    shard = sorted(corrupt.glob("shard-*"))[0]
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    for f in sorted(corrupt.glob("shard-*"))[1:]:
+        f.write_bytes(shard.read_bytes())  # every lane meets the bad record
+    assert main(["pretrain", "--data", str(corrupt), "--method", "simclr", "--out", str(tmp_path / "r3"), "--max-steps", "4",
+                 "--patch", "16", "--batch-size", "2", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable record (DataLossError" in err and "Traceback" not in err
+    index = json.loads((packed / "index.json").read_text())
+    del index["channels"]
+    (broken / "index.json").write_text(json.dumps(index))
+    assert main(["pretrain", "--data", str(broken), "--method", "simclr", "--out", str(tmp_path / "r4"), "--max-steps", "1"]) == 2
+    assert "index.json lacks or garbles an entry (KeyError: 'channels')" in capsys.readouterr().err
 
 
 def test_pack_without_tensorflow_is_one_clear_error(archive, tmp_path, capsys, monkeypatch):

@@ -45,7 +45,8 @@ def resample_affine(x: torch.Tensor, matrices: torch.Tensor, *, padding_mode="bo
     """
     sizes = torch.tensor(x.shape[2:], dtype=matrices.dtype, device=matrices.device)
     half = (sizes - 1) / 2  # voxel units per normalised unit (align_corners=True)
-    m = matrices * half[None, :, None] / half[None, None, :]  # conjugate into normalised coordinates
+    # normalised u = (p - centre) / half, so entry (i, j) of the voxel-unit matrix scales by half_j / half_i
+    m = matrices * half[None, None, :] / half[None, :, None]
     m = m.flip(-1).flip(-2)  # grid_sample orders coordinates (Z, Y, X) = (W, H, D)
     theta = torch.cat([m, torch.zeros_like(m[:, :, :1])], dim=-1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)

@@ -77,6 +77,12 @@ def _save_atomic(path: Path, array):
     os.replace(tmp, path)
 
 
+def _write_atomic(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class CachedArchive:
     """The usable entries of a cache: ``manifest`` (DataFrame) and ``load(i)`` -> (data float16 memmap
     (C, X, Y, Z), mask or None)."""
@@ -125,10 +131,10 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
     skipped = pd.concat([skipped, pd.DataFrame({"case_id": [case_id_for(str(p), prefix="file") for p, _ in rejected],
                                                 "reason": [r for _, r in rejected]})], ignore_index=True)
     ok = table[table["status"] == "ok"].drop(columns=["status", "reason"])
-    if write_reports:
-        ok.to_csv(cache_dir / "manifest.csv", index=False)
-        skipped.to_csv(cache_dir / "skipped.csv", index=False)
-        (cache_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if write_reports:  # each written whole (other processes may read them); config.json last marks them done
+        _write_atomic(cache_dir / "manifest.csv", ok.to_csv(index=False))
+        _write_atomic(cache_dir / "skipped.csv", skipped.to_csv(index=False))
+        _write_atomic(cache_dir / "config.json", json.dumps(config.to_dict(), indent=2))
     log.info("cache %s: %d usable images, %d skipped (see skipped.csv)", cache_dir, len(ok), len(skipped))
     if ok.empty:
         first = f"; the first: {skipped['reason'].iloc[0]}" if len(skipped) else ""

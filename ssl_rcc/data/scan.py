@@ -47,15 +47,20 @@ def _is_mask(path: Path) -> bool:
 
 
 def _pair_masks(images, masks):
-    """{image: mask} for masks beside their image: the folder's only image, or the image whose stem
-    begins the mask's (``ct.nii.gz`` and ``ct_kidney_mask.nii.gz``); and the masks left unpaired."""
+    """{image: kidney mask} for kidney masks beside their image (``ct_mask``, ``*kidney_mask`` or ``mask``):
+    the folder's only image, or the image whose stem begins the mask's (``ct.nii.gz`` and
+    ``ct_kidney_mask.nii.gz``); and the masks left unpaired, with the reason."""
     by_folder = defaultdict(list)
     for p in images:
         by_folder[p.parent].append(p)
     pairs, unpaired = {}, []
     for m in masks:
-        here = by_folder.get(m.parent, [])
-        match = here if len(here) == 1 else [p for p in here if _stem(m).lower().startswith(_stem(p).lower() + "_")]
+        here, name = by_folder.get(m.parent, []), _stem(m).lower()
+        named = [p for p in here if name == _stem(p).lower() + "_mask"]  # ct.nii.gz and ct_mask.nii.gz
+        if not (named or name.endswith("kidney_mask") or name == "mask"):  # a tumour mask must not steer crops
+            unpaired.append((m, "a mask that is not a kidney mask (name it *kidney_mask or IMAGE_mask)"))
+            continue
+        match = named or (here if len(here) == 1 else [p for p in here if name.startswith(_stem(p).lower() + "_")])
         if len(match) == 1 and match[0] not in pairs:
             pairs[match[0]] = m
         else:

@@ -14,7 +14,8 @@ Records carry a content-hash ``case_id``, never a name or path:
 
 :class:`ShardStream` reads the shards sequentially (TensorFlow's reader, CRC-checked, imported in the
 loader processes only and kept off the GPUs). Each loader worker owns a *lane*: batches ``b`` with
-``b % lanes == lane`` of this rank. A lane walks its shards in a seeded order, cycle after cycle, and
+``b % lanes == lane`` of this rank. A lane walks its own shards (when their number is a multiple of
+all processes' lanes) or every lanes-th record of all shards, in a seeded order, cycle after cycle, and
 keeps a buffer of ``buffer`` consecutive volumes of that walk, advancing one volume every ``turnover``
 samples; sample ``n`` of a lane crops a buffered volume chosen by ``(seed, lane, n)``. Every sample is
 therefore a function of the run seed and its position, and a resumed run skips to the volume its lane
@@ -81,8 +82,8 @@ def pack(data, out, *, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite
     """Preprocess ``data`` (folder or CSV) and write it to TFRecord shards in ``out``; returns ``out``.
 
     ``shards`` fixes the number of shards (default: enough for about ``shard_mb`` MiB each, at least
-    one); for multi-process training use at least devices x loader workers shards, so that every
-    loader lane reads its own files. ``cache`` keeps the preprocessing cache (default: a temporary one).
+    one); for multi-process training pack a multiple of devices x loader workers, so that every loader
+    lane reads its own files (otherwise every lane reads all of them and keeps its share of records). ``cache`` keeps the preprocessing cache (default: a temporary one).
     """
     from kinetics.options import number
 
@@ -167,19 +168,23 @@ class ShardIndex:
             meta = json.loads((self.folder / "index.json").read_text())
         except (OSError, ValueError) as err:
             raise InputError(f"{self.folder}: cannot read index.json ({err}).") from None
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise InputError(f"{self.folder}: index.json is not of format {FORMAT}.")
         self.meta = meta
-        self.files = [self.folder / s["file"] for s in meta["shards"]]
-        self.records = [int(s["records"]) for s in meta["shards"]]
+        try:
+            self.files = [self.folder / s["file"] for s in meta["shards"]]
+            self.records = [int(s["records"]) for s in meta["shards"]]
+            self.channels = int(meta["channels"])
+            self.spacing_mm = float(meta["preprocessing"]["spacing_mm"][0])
+            self.largest_shape = tuple(int(v) for v in meta["largest_shape"])
+            int(meta["n_images"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise InputError(f"{self.folder}: index.json lacks or garbles an entry ({type(err).__name__}: {err}); pack the archive again.") from None
         missing = [f.name for f in self.files if not f.is_file()]
         if missing:
             raise InputError(f"{self.folder}: shard {missing[0]} is missing ({len(missing)} of {len(self.files)}).")
-        if len(meta.get("channel_counts", [meta["channels"]])) > 1:
+        if len(meta.get("channel_counts", [self.channels])) > 1:
             raise InputError(f"{self.folder}: the images have different numbers of channels; pretrain on one kind at a time.")
-        self.channels = int(meta["channels"])
-        self.spacing_mm = float(meta["preprocessing"]["spacing_mm"][0])
-        self.largest_shape = tuple(int(v) for v in meta["largest_shape"])
 
     def __len__(self):
         return int(self.meta["n_images"])
@@ -220,9 +225,9 @@ class ShardStream(IterableDataset):
         """The lane's volumes from number ``skip`` on: (image, mask), cycle after cycle."""
         tf = _tensorflow()
         files = list(range(len(self.index.files)))
-        if len(files) >= lanes:  # each lane reads its own shards
+        if len(files) % lanes == 0:  # each lane reads its own shards (pack balances their record counts)
             own = [(f, None) for f in files if f % lanes == lane_id]
-        else:  # fewer shards than lanes: every lane reads all and keeps every lanes-th record
+        else:  # every lane reads all shards and keeps every lanes-th record, so each image weighs the same
             own = [(f, lanes) for f in files]
         per_cycle = sum(self.index.records[f] if stride is None else len(range(_first(self.index.records, f, lane_id, stride),
                         self.index.records[f], stride)) for f, stride in own)
@@ -241,9 +246,13 @@ class ShardStream(IterableDataset):
                 records = tf.data.TFRecordDataset(str(self.index.files[f]))
                 if stride is not None:
                     records = records.skip(first).shard(stride, 0)
-                for record in records.skip(skip).as_numpy_iterator():
-                    _, image, mask = decode_example(tf, record)
-                    yield image, mask
+                try:
+                    for record in records.skip(skip).as_numpy_iterator():
+                        _, image, mask = decode_example(tf, record)
+                        yield image, mask
+                except (tf.errors.OpError, KeyError, IndexError, ValueError) as err:  # corrupt or foreign records
+                    reason = str(getattr(err, "message", err)).splitlines()[0]
+                    raise InputError(f"{self.index.files[f]}: unreadable record ({type(err).__name__}: {reason}).") from None
                 skip = 0
             cycle += 1
 

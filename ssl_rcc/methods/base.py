@@ -57,8 +57,9 @@ class SSLMethod(pl.LightningModule):
         """The views of a batch ``(*views, seeds)``, augmented here if the loader left that to the device."""
         *views, seeds = batch
         if self.device_transform is not None:
+            dtype = next(self.parameters()).dtype  # bf16-true and 16-true runs hold their weights in half types
             with torch.autocast(device_type=views[0].device.type, enabled=False):  # resampling and blur in fp32
-                views = [self.device_transform(v, seeds[:, i]) for i, v in enumerate(views)]
+                views = [self.device_transform(v, seeds[:, i]).to(dtype) for i, v in enumerate(views)]
         return views, seeds
 
     def training_step(self, batch, batch_idx):
