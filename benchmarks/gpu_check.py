@@ -9,6 +9,7 @@
 3. views made on the GPU (BatchViewTransform) at batch 8 and 32, and input-pipeline volumes/s with
    0, 8 and 15 loader workers (MONAI views, or plain crops left to the GPU), against what it consumes.
    The pretraining run of part 1 uses the default ``--augment auto``: views on the GPU.
+4. (``bf16``) SimCLR and MAE pretraining runs with ``--precision bf16-mixed``: finite losses.
 
 Each part is recorded (or its error) in gpu_check.json as soon as it ends, so a part that fails or a
 run stopped at its time limit keeps what came before. The figures go into benchmarks/RESULTS.md.
@@ -132,10 +133,28 @@ def check_runs(archive, tmp):
     return result
 
 
+def check_bf16(archive, tmp):
+    """SimCLR and MAE runs of 30 steps with bf16 mixed precision and views on the GPU: finite losses."""
+    result = {}
+    for method, extra in (("simclr", []), ("mae", ["--architecture", "vit_tiny"])):
+        run = tmp / f"bf16_{method}"
+        args = [sys.executable, "-m", "ssl_rcc", "pretrain", "--data", str(archive), "--out", str(run), "--method", method,
+                "--max-steps", "30", "--batch-size", "8", "--patch", "64", "--precision", "bf16-mixed", "--augment", "device",
+                "--workers", "8", "--cache", str(tmp / "cache"), *extra]
+        start = time.perf_counter()
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout.decode()[-3000:])
+        losses = _metrics(run)["train_loss"]
+        result[method] = {"s": time.perf_counter() - start, "steps": len(losses), "all_finite": bool(losses.notna().all()),
+                          "first_loss": float(losses.iloc[0]), "last_loss": float(losses.iloc[-1])}
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--parts", default="throughput,views,runs,resume", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="throughput,views,runs,bf16,resume", help="comma-separated parts to run")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device is visible; run it on a GPU machine.")
@@ -159,7 +178,7 @@ def main(argv=None):
         record("throughput", check_throughput)
     if "views" in args.parts:
         record("views", check_views)
-    if "resume" not in args.parts and "runs" not in args.parts:
+    if not {"resume", "runs", "bf16"} & set(args.parts.split(",")):
         return
     from ssl_rcc.phantoms import generate_phantoms
 
@@ -167,6 +186,8 @@ def main(argv=None):
         archive = generate_phantoms(Path(tmp) / "archive", n=24, seed=0, unlabeled=True).parent
         if "runs" in args.parts:
             record("runs", check_runs, archive, Path(tmp))
+        if "bf16" in args.parts:
+            record("bf16", check_bf16, archive, Path(tmp))
         if "resume" in args.parts:
             record("resume_fp16_mixed", check_resume, archive, Path(tmp))
 
