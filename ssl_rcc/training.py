@@ -30,7 +30,8 @@ class PretrainData(pl.LightningDataModule):
         if isinstance(self.dataset, IterableDataset):  # a stream of shards: it knows its batches itself
             stream = self.dataset
             stream.total_batches = self.max_steps * self.accumulate
-            stream.start_batch = lambda: trainer.global_step * self.accumulate
+            # Lightning restores a resumed run's step before it asks for the loader
+            stream.start_batch = trainer.global_step * self.accumulate
             stream.rank, stream.world = trainer.global_rank, trainer.world_size
             return DataLoader(stream, batch_size=self.batch_size, num_workers=self.workers, persistent_workers=False,
                               pin_memory=torch.cuda.is_available())

@@ -3,7 +3,12 @@ Skipped where TensorFlow is not installed."""
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -60,7 +65,7 @@ def batches(stream, workers, n):
 @pytest.mark.parametrize("workers, world", [(0, 1), (0, 2), (2, 2)])  # 3 shards: one lane, or records striped
 def test_a_stream_resumed_at_any_batch_gives_the_uninterrupted_batches(packed, workers, world):
     def stream(start=0, rank=0):
-        return ShardStream(ShardIndex(packed), (16, 16, 16), batch_size=3, total_batches=9, start_batch=lambda: start,
+        return ShardStream(ShardIndex(packed), (16, 16, 16), batch_size=3, total_batches=9, start_batch=start,
                            rank=rank, world=world, seed=4, buffer=3, turnover=2, device_views=True)
 
     full = batches(stream(), workers, 9)
@@ -93,6 +98,27 @@ def test_pretrain_streams_from_shards(packed, tmp_path):
     rows = pd.read_csv(run / "metrics.csv")
     assert rows["step"].tolist() == [1, 2] and np.isfinite(rows["train_loss"]).all()
     assert not (run / "cache").exists()  # nothing decoded again
+
+
+def test_a_killed_shard_run_resumes_as_the_uninterrupted_one(packed, tmp_path):
+    args = [sys.executable, "-m", "ssl_rcc", "pretrain", "--data", str(packed), "--method", "mae", "--max-steps", "30",
+            "--patch", "32", "--vit-patch", "8", "--batch-size", "2", "--workers", "2", "--checkpoint-every", "2",
+            "--augment", "device", "--seed", "3"]
+    assert subprocess.run(args + ["--out", str(tmp_path / "reference")], capture_output=True).returncode == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file() and len(pd.read_csv(run / "metrics.csv")) >= 5:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(pd.read_csv(run / "metrics.csv")) < 30
+    assert subprocess.run(args + ["--out", str(run), "--resume"], capture_output=True).returncode == 0
+    resumed, expected = pd.read_csv(run / "metrics.csv"), pd.read_csv(tmp_path / "reference" / "metrics.csv")
+    assert resumed["step"].tolist() == list(range(1, 31))
+    np.testing.assert_allclose(resumed["train_loss"], expected["train_loss"], rtol=1e-4, atol=1e-6)
 
 
 def test_no_patient_identifier_in_shards(tmp_path, abdomen_dir):

@@ -201,15 +201,16 @@ class ShardStream(IterableDataset):
         Samples per batch (the loader's batch size).
     total_batches : int
         Batches of this rank in the whole run (steps x accumulation).
-    start_batch : callable () -> int
-        Batches already done (read when iteration starts: the restored step after a resume).
+    start_batch : int
+        Batches already done (after a resume, the restored step times the accumulation). A plain
+        number, so that the stream pickles into loader workers under any start method.
     rank, world : int
         This process and the number of processes.
     buffer, turnover : int
         Volumes held per lane, and samples between two new volumes.
     """
 
-    def __init__(self, index: ShardIndex, patch, *, batch_size, total_batches, start_batch=lambda: 0, rank=0, world=1,
+    def __init__(self, index: ShardIndex, patch, *, batch_size, total_batches, start_batch=0, rank=0, world=1,
                  n_views=2, seed=0, kidney_prob=0.8, transform=None, device_views=False, buffer=8, turnover=2):
         self.index, self.patch, self.batch_size = index, np.asarray(patch, int), int(batch_size)
         self.total_batches, self.start_batch, self.rank, self.world = int(total_batches), start_batch, int(rank), int(world)
@@ -259,7 +260,7 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         lanes, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        b0 = int(self.start_batch())
+        b0 = int(self.start_batch)
         first = b0 + worker  # the loader asks its workers in turn: this worker makes b0+worker, +lanes, ...
         if first >= self.total_batches:
             return
