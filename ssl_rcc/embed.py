@@ -17,7 +17,7 @@ import torch
 from kinetics.io import output_file
 
 from .data import PreprocessConfig, load_item, preprocess_volume, scan_archive
-from .data.scan import scrub_paths
+from .data.scan import IMAGE_COLUMNS, scrub_paths
 from .data.volume import read_mask
 from .errors import InputError
 from .models import Encoder
@@ -93,7 +93,7 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, has
     tumour_masks = {}  # by image path: case ids may be hashes
     if Path(data).suffix == ".csv":
         table = pd.read_csv(data, keep_default_na=False, dtype=str)
-        column = next((c for c in ("image", "ct", "path") if c in table.columns), None)
+        column = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
         if "tumor_mask" in table.columns and column:
             tumour_masks = {str((Path(data).parent / i).resolve()): str((Path(data).parent / m).resolve())
                             for i, m in zip(table[column], table["tumor_mask"]) if i and m}

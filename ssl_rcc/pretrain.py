@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from kinetics.io import output_file
 from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
@@ -68,12 +69,11 @@ def _secondary_rank():
 def export_encoder(module, run_dir: Path, config: dict):
     """Write RUN/encoder.pt (state_dict of the backbone) and RUN/encoder.json, each atomically."""
     state = {k: v.detach().cpu() for k, v in module.backbone.state_dict().items()}
-    tmp = run_dir / ".encoder.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / "encoder.pt")
+    with output_file(run_dir / "encoder.pt", overwrite=True) as tmp:
+        torch.save(state, tmp)
     meta = dict(module.backbone.config(), format=ENCODER_FORMAT, **config)
-    (run_dir / ".encoder.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(run_dir / ".encoder.json.tmp", run_dir / "encoder.json")
+    with output_file(run_dir / "encoder.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
 
 
 def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=64, resume=False,
@@ -164,9 +164,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         else:
             archive = build_cache(data, cache_dir, config=preprocessing, progress=progress and not secondary,
                                   write_reports=not secondary, hash_ids=bool(hash_ids))
-        channels, n_images = int(str(archive.manifest["shape"].iloc[0]).split("x")[0]), len(archive)
-        if archive.manifest["shape"].map(lambda s: int(str(s).split("x")[0])).nunique() > 1:
-            raise InputError(f"{data}: the images have different numbers of channels; pretrain on one kind at a time.")
+        channels, n_images = archive.channels, len(archive)
     encoder = {"architecture": architecture, "in_channels": channels, "patch": patch, "vit_patch": int(vit_patch)}
     identity = {"method": method, "architecture": architecture, "patch": patch, "vit_patch": int(vit_patch),
                 "channels": channels, "spacing_mm": spacing}

@@ -137,9 +137,16 @@ def test_no_patient_identifier_in_shards(tmp_path, abdomen_dir):
         assert b"Doe" not in blob and b"MRN12345" not in blob and b"19600101" not in blob, path.name
 
 
-def test_bad_shard_input(archive, packed, tmp_path, capsys):
+def test_bad_shard_input(archive, packed, tmp_path, capsys, abdomen_dir):
     assert main(["pack", "--data", str(archive), "--out", str(packed), "--spacing", "3"]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
+    mixed = tmp_path / "mixed"
+    shutil.copytree(archive / "case_0000", mixed / "case_0000")  # 4-channel phantom CT
+    shutil.copy(abdomen_dir / "example_ct_sm.nii.gz", mixed / "abdomen.nii.gz")  # 1-channel CT
+    assert main(["pack", "--data", str(mixed), "--out", str(tmp_path / "m"), "--spacing", "4", "--shards", "x"]) == 2
+    assert "shards: 'x' is not a number" in capsys.readouterr().err
+    assert main(["pack", "--data", str(mixed), "--out", str(tmp_path / "m"), "--spacing", "4"]) == 2
+    assert "different numbers of channels [1, 4]" in capsys.readouterr().err and not (tmp_path / "m").exists()
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "index.json").write_text((packed / "index.json").read_text())
@@ -147,7 +154,7 @@ def test_bad_shard_input(archive, packed, tmp_path, capsys):
     assert "is missing" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(packed), "--method", "simclr", "--out", str(tmp_path / "r2"), "--max-steps", "1",
                  "--patch", "200"]) == 2
-    assert "larger than every volume" in capsys.readouterr().err
+    assert "larger than every preprocessed volume" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt"
     shutil.copytree(packed, corrupt)
     shard = sorted(corrupt.glob("shard-*"))[0]

@@ -121,24 +121,24 @@ class BatchViewTransform:
                 x = torch.where(flip, x.flip(2 + axis), x)
         view = (-1, 1, 1, 1, 1)
         x = x * p["factor"].to(dev).view(view) + p["offset"].to(dev).view(view)
-        gamma = p["gamma"].to(dev).view(view)
-        low = x.amin(dim=(1, 2, 3, 4), keepdim=True)
-        span = x.amax(dim=(1, 2, 3, 4), keepdim=True) - low
-        adjusted = ((x - low) / (span + 1e-7)).pow(gamma) * span + low  # MONAI's RandAdjustContrast
-        x = torch.where(gamma != 1.0, adjusted, x)
+        if bool((p["gamma"] != 1.0).any()):
+            gamma = p["gamma"].to(dev).view(view)
+            low = x.amin(dim=(1, 2, 3, 4), keepdim=True)
+            span = x.amax(dim=(1, 2, 3, 4), keepdim=True) - low
+            adjusted = ((x - low) / (span + 1e-7)).pow(gamma) * span + low  # MONAI's RandAdjustContrast
+            x = torch.where(gamma != 1.0, adjusted, x)
         std = p["noise_std"]
         if bool((std > 0).any()):
-            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s + 1))
-                                 for s in seeds]) if dev.type == "cpu" else self._device_noise(x, seeds)
-            x = x + noise * std.to(dev).view(view)
+            x = x + _noise(x, seeds) * std.to(dev).view(view)
         if self.geometric and bool((p["sigma"] > 0).any()):
             x = gaussian_blur(x, p["sigma"], radius=int(math.ceil(3 * self.blur_sigma[1])))
         return x
 
-    @staticmethod
-    def _device_noise(x, seeds):
-        """Per-sample normal noise drawn on the device (a CPU draw and copy would cost more than the view)."""
-        out = torch.empty_like(x)
-        for i, s in enumerate(seeds):
-            out[i].normal_(generator=torch.Generator(device=x.device).manual_seed(s + 1))
-        return out
+
+def _noise(x, seeds):
+    """Standard normal noise shaped like ``x``, each sample's from its own generator (seed + 1), drawn
+    where ``x`` lives (a CPU draw and copy would cost more than the view)."""
+    out = torch.empty_like(x)
+    for i, s in enumerate(seeds):
+        out[i].normal_(generator=torch.Generator(device=x.device).manual_seed(s + 1))
+    return out

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from multiprocessing import get_context
@@ -20,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kinetics.io import output_file
 from kinetics.options import available_cpus
+
 from ..errors import InputError
 from .preprocess import PreprocessConfig, preprocess_volume
 from .scan import ArchiveItem, load_item, scan_archive, scrub_paths
@@ -59,9 +59,9 @@ def _process(args):
                 raise InputError(f"{item.files[0]}: {data.shape[1:]} voxels after resampling; too small to crop from.")
             if float(np.ptp(data)) == 0.0:
                 raise InputError(f"{item.files[0]}: the image is constant after normalisation.")
-            _save_atomic(path, data.astype(np.float16))
+            _save_npy(path, data.astype(np.float16))
             if mask is not None:
-                _save_atomic(mask_path, mask.astype(np.uint8))
+                _save_npy(mask_path, mask.astype(np.uint8))
         return {"case_id": item.case_id, "key": key, "shape": "x".join(map(str, data.shape)),
                 "modality": item.modality or "", "has_mask": mask_path is not None, "status": "ok", "reason": ""}
     except (InputError, OSError, ValueError) as err:
@@ -69,18 +69,15 @@ def _process(args):
                 "status": "skipped", "reason": scrub_paths(str(err), item)}
 
 
-def _save_atomic(path: Path, array):
-    # host and pid: processes on several nodes may build the same entry in a shared cache at once
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+def _save_npy(path: Path, array):
+    with output_file(path, overwrite=True) as tmp:  # unique temporary name: safe with several nodes at once
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
 
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _save_text(path: Path, text: str):
+    with output_file(path, overwrite=True) as tmp:
+        tmp.write_text(text)
 
 
 class CachedArchive:
@@ -93,6 +90,20 @@ class CachedArchive:
 
     def __len__(self):
         return len(self.manifest)
+
+    @property
+    def shapes(self):
+        """(C, X, Y, Z) of every entry, ints."""
+        return [tuple(int(v) for v in str(s).split("x")) for s in self.manifest["shape"]]
+
+    @property
+    def channels(self) -> int:
+        """The images' number of channels; InputError if they differ (one kind of image at a time)."""
+        counts = {shape[0] for shape in self.shapes}
+        if len(counts) > 1:
+            raise InputError(f"{self.cache_dir}: the images have different numbers of channels {sorted(counts)}; "
+                             f"pretrain on one kind at a time.")
+        return counts.pop()
 
     def load(self, i):
         row = self.manifest.iloc[int(i)]
@@ -132,9 +143,9 @@ def build_cache(source, cache_dir, *, config=PreprocessConfig(), workers=None, p
                                                 "reason": [r for _, r in rejected]})], ignore_index=True)
     ok = table[table["status"] == "ok"].drop(columns=["status", "reason"])
     if write_reports:  # each written whole (other processes may read them); config.json last marks them done
-        _write_atomic(cache_dir / "manifest.csv", ok.to_csv(index=False))
-        _write_atomic(cache_dir / "skipped.csv", skipped.to_csv(index=False))
-        _write_atomic(cache_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+        _save_text(cache_dir / "manifest.csv", ok.to_csv(index=False))
+        _save_text(cache_dir / "skipped.csv", skipped.to_csv(index=False))
+        _save_text(cache_dir / "config.json", json.dumps(config.to_dict(), indent=2))
     log.info("cache %s: %d usable images, %d skipped (see skipped.csv)", cache_dir, len(ok), len(skipped))
     if ok.empty:
         first = f"; the first: {skipped['reason'].iloc[0]}" if len(skipped) else ""

@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import InputError
 from .cache import build_cache
 from .preprocess import PreprocessConfig
-from .views import make_views
+from .views import check_patch_fits, make_views
 
 __all__ = ["pack", "ShardIndex", "ShardStream", "is_shard_folder", "FORMAT"]
 
@@ -83,13 +83,17 @@ def pack(data, out, *, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite
 
     ``shards`` fixes the number of shards (default: enough for about ``shard_mb`` MiB each, at least
     one); for multi-process training pack a multiple of devices x loader workers, so that every loader
-    lane reads its own files (otherwise every lane reads all of them and keeps its share of records). ``cache`` keeps the preprocessing cache (default: a temporary one).
+    lane reads its own files (otherwise every lane reads all of them and keeps its share of records).
+    ``cache`` keeps the preprocessing cache (default: a temporary one). The images must all have the
+    same number of channels.
     """
     from kinetics.options import number
 
     tf = _tensorflow()
     out = Path(out)
     spacing = number(spacing, "spacing", "mm", positive=True)
+    shard_mb = number(shard_mb, "shard_mb", "MiB", positive=True)
+    shards = None if shards is None else number(shards, "shards", integer=True, positive=True)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise InputError(f"{out}: exists; pass --overwrite to replace it.")
@@ -99,9 +103,9 @@ def pack(data, out, *, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite
     with tempfile.TemporaryDirectory(prefix="ssl-rcc-pack-") as tmp:
         archive = build_cache(data, Path(cache) if cache else Path(tmp) / "cache", config=config, workers=workers,
                               progress=progress, hash_ids=hash_ids)
-        sizes = archive.manifest["shape"].map(lambda s: 2 * int(np.prod([int(v) for v in str(s).split("x")])))
-        n_shards = int(shards) if shards is not None else max(1, int(np.ceil(sizes.sum() / (shard_mb * 2**20))))
-        n_shards = min(number(n_shards, "shards", integer=True, positive=True), len(archive))
+        shapes, channels = archive.shapes, archive.channels
+        float16_bytes = sum(2 * int(np.prod(shape)) for shape in shapes)
+        n_shards = min(shards or max(1, int(np.ceil(float16_bytes / (shard_mb * 2**20)))), len(archive))
         order = np.random.default_rng(int(seed)).permutation(len(archive))
         staging = Path(tempfile.mkdtemp(prefix=".pack-", dir=out.parent if out.parent.exists() else None))
         try:
@@ -116,10 +120,8 @@ def pack(data, out, *, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite
                 for w in writers:
                     w.close()
             shutil.copy(archive.cache_dir / "skipped.csv", staging / "skipped.csv")
-            channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
             index = {"format": FORMAT, "n_images": len(archive), "channels": channels,
-                     "largest_shape": [int(max(int(str(v).split("x")[a]) for v in archive.manifest["shape"])) for a in (1, 2, 3)],
-                     "channel_counts": sorted({int(str(s).split("x")[0]) for s in archive.manifest["shape"]}),
+                     "largest_shape": [int(v) for v in np.max([shape[1:] for shape in shapes], axis=0)],
                      "preprocessing": config.to_dict(), "seed": int(seed),
                      "shards": [{"file": n, "records": c} for n, c in zip(names, counts)]}
             (staging / "index.json").write_text(json.dumps(index, indent=2))  # last: marks the pack complete
@@ -183,8 +185,6 @@ class ShardIndex:
         missing = [f.name for f in self.files if not f.is_file()]
         if missing:
             raise InputError(f"{self.folder}: shard {missing[0]} is missing ({len(missing)} of {len(self.files)}).")
-        if len(meta.get("channel_counts", [self.channels])) > 1:
-            raise InputError(f"{self.folder}: the images have different numbers of channels; pretrain on one kind at a time.")
 
     def __len__(self):
         return int(self.meta["n_images"])
@@ -218,37 +218,36 @@ class ShardStream(IterableDataset):
         self.transform, self.device_views = transform, bool(device_views)
         self.buffer, self.turnover = int(buffer), int(turnover)
         self.channels = index.channels
-        if any(p > s for p, s in zip(self.patch, index.largest_shape)):
-            raise InputError(f"patch: a crop of {tuple(int(p) for p in self.patch)} voxels is larger than every volume "
-                             f"of {index.folder} (largest {index.largest_shape}); choose a smaller --patch.")
+        check_patch_fits(self.patch, index.largest_shape)
+
+    def _lane_parts(self, lane_id, lanes):
+        """(shard, first record, step) of each part of the shards that makes up the lane's cycle: its own
+        shards when their number is a multiple of the lanes, else every lanes-th record of all of them
+        (so each image weighs the same); all records when a lane would get none."""
+        records, n = self.index.records, len(self.index.files)
+        if n % lanes == 0:
+            parts = [(f, 0, 1) for f in range(n) if f % lanes == lane_id]
+        else:
+            starts = np.cumsum([0] + records[:-1])  # global number of each shard's first record
+            parts = [(f, int((lane_id - starts[f]) % lanes), lanes) for f in range(n)]
+        parts = [(f, first, step) for f, first, step in parts if first < records[f]]
+        return parts or [(f, 0, 1) for f in range(n)]
 
     def _walk(self, lane_id, lanes, skip):
         """The lane's volumes from number ``skip`` on: (image, mask), cycle after cycle."""
         tf = _tensorflow()
-        files = list(range(len(self.index.files)))
-        if len(files) % lanes == 0:  # each lane reads its own shards (pack balances their record counts)
-            own = [(f, None) for f in files if f % lanes == lane_id]
-        else:  # every lane reads all shards and keeps every lanes-th record, so each image weighs the same
-            own = [(f, lanes) for f in files]
-        per_cycle = sum(self.index.records[f] if stride is None else len(range(_first(self.index.records, f, lane_id, stride),
-                        self.index.records[f], stride)) for f, stride in own)
-        if per_cycle == 0:
-            own, per_cycle = [(f, None) for f in files], sum(self.index.records)  # a lane with no records shares all
-        cycle, skip = divmod(int(skip), per_cycle)
+        parts = self._lane_parts(lane_id, lanes)
+        sizes = [len(range(first, self.index.records[f], step)) for f, first, step in parts]
+        cycle, skip = divmod(int(skip), sum(sizes))
         while True:
-            order = np.random.default_rng([self.seed, lane_id, cycle]).permutation(len(own))
-            for k in order:
-                f, stride = own[k]
-                first = 0 if stride is None else _first(self.index.records, f, lane_id, stride)
-                kept = range(first, self.index.records[f], stride or 1)
-                if skip >= len(kept):
-                    skip -= len(kept)
+            for k in np.random.default_rng([self.seed, lane_id, cycle]).permutation(len(parts)):
+                if skip >= sizes[k]:  # resuming: whole parts before the lane's position are not read
+                    skip -= sizes[k]
                     continue
-                records = tf.data.TFRecordDataset(str(self.index.files[f]))
-                if stride is not None:
-                    records = records.skip(first).shard(stride, 0)
+                f, first, step = parts[k]
+                records = tf.data.TFRecordDataset(str(self.index.files[f])).skip(first).shard(step, 0).skip(skip)
                 try:
-                    for record in records.skip(skip).as_numpy_iterator():
+                    for record in records.as_numpy_iterator():
                         _, image, mask = decode_example(tf, record)
                         yield image, mask
                 except (tf.errors.OpError, KeyError, IndexError, ValueError) as err:  # corrupt or foreign records
@@ -282,9 +281,3 @@ class ShardStream(IterableDataset):
                 image, mask = held[int(rng.integers(self.buffer))]
                 yield make_views(image, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
                                  transform=None if self.device_views else self.transform)
-
-
-def _first(records, f, lane_id, stride):
-    """Index in shard ``f`` of the first record whose global number is ``lane_id`` modulo ``stride``."""
-    start = sum(records[:f])
-    return (lane_id - start) % stride

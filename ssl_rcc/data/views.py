@@ -15,7 +15,7 @@ from ..errors import InputError
 from .cache import CachedArchive
 from .crops import crop_start
 
-__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views"]
+__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits"]
 
 
 class ViewTransform:
@@ -103,14 +103,8 @@ class PretrainDataset(Dataset):
         self.device_views = bool(device_views)
         self.seed, self.kidney_prob = int(seed), float(kidney_prob)
         self.transform = transform or ViewTransform()
-        shapes = [tuple(int(s) for s in str(v).split("x")[1:]) for v in archive.manifest["shape"]]
-        fits = [all(s >= p for s, p in zip(shape, self.patch)) for shape in shapes]
-        if not any(fits):
-            raise InputError(
-                f"patch: a crop of {tuple(self.patch)} voxels is larger than every preprocessed volume "
-                f"(largest {max(shapes, key=np.prod)}); choose a smaller --patch."
-            )
-        self.channels = int(str(archive.manifest["shape"].iloc[0]).split("x")[0])
+        check_patch_fits(self.patch, np.max([shape[1:] for shape in archive.shapes], axis=0))
+        self.channels = archive.channels
 
     def __len__(self):
         return 2**62  # indexed by global sample number; the sampler decides how many
@@ -120,6 +114,14 @@ class PretrainDataset(Dataset):
         data, mask = self.archive.load(int(rng.integers(len(self.archive))))
         return make_views(data, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
                           transform=None if self.device_views else self.transform)
+
+
+def check_patch_fits(patch, largest):
+    """InputError unless the crop ``patch`` (3,) voxels fits the ``largest`` (3,) extent of the volumes
+    on every axis (smaller volumes are padded)."""
+    if any(int(p) > int(s) for p, s in zip(patch, largest)):
+        raise InputError(f"patch: a crop of {tuple(int(p) for p in patch)} voxels is larger than every preprocessed "
+                         f"volume (largest {tuple(int(s) for s in largest)}); choose a smaller --patch.")
 
 
 def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform):

@@ -20,7 +20,8 @@ def learning_rate_factor(step: int, *, warmup_steps: int, max_steps: int) -> flo
 
 class SSLMethod(pl.LightningModule):
     """Base of SimCLR, BYOL, DINO and MAE. Subclasses build heads in ``__init__`` and define
-    ``compute_loss(views) -> scalar``; ``views`` is a tuple of (B, C, X, Y, Z) tensors.
+    ``compute_loss(views, seeds=None) -> scalar``; ``views`` is a list of (B, C, X, Y, Z) tensors and
+    ``seeds`` the (B, n_views) int64 seeds of their samples.
 
     Hyperparameters are saved (``save_hyperparameters``) so a checkpoint rebuilds the module.
     A batch is ``(*views, seeds)``; when ``device_transform`` is set (a
@@ -31,6 +32,7 @@ class SSLMethod(pl.LightningModule):
     n_views = 2
     geometric_views = True  # rotations, scaling and blur in the views
     min_batch_size = 2  # contrastive losses and BatchNorm heads need more than one sample per device
+    device_transform = None  # a BatchViewTransform when the views are made on the training device
 
     def __init__(self, encoder: dict, *, lr=1e-3, weight_decay=0.05, warmup_steps=10, max_steps=100):
         super().__init__()
@@ -48,8 +50,6 @@ class SSLMethod(pl.LightningModule):
         for online, momentum in pairs:
             update_momentum(online, momentum, m=m)
 
-    device_transform = None
-
     def compute_loss(self, views, seeds=None):  # pragma: no cover - every method overrides it
         raise NotImplementedError
 
@@ -57,9 +57,8 @@ class SSLMethod(pl.LightningModule):
         """The views of a batch ``(*views, seeds)``, augmented here if the loader left that to the device."""
         *views, seeds = batch
         if self.device_transform is not None:
-            dtype = next(self.parameters()).dtype  # bf16-true and 16-true runs hold their weights in half types
             with torch.autocast(device_type=views[0].device.type, enabled=False):  # resampling and blur in fp32
-                views = [self.device_transform(v, seeds[:, i]).to(dtype) for i, v in enumerate(views)]
+                views = [self.device_transform(v, seeds[:, i]) for i, v in enumerate(views)]
         return views, seeds
 
     def training_step(self, batch, batch_idx):
