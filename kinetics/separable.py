@@ -25,40 +25,47 @@ __all__ = ["fit_tofts_separable", "SeparableFit"]
 
 
 class SeparableFit(NamedTuple):
-    """``ktrans`` (/min), ``ve``, ``vp`` (zeros without vp), each (n,); ``converged`` (n,) bool."""
+    """``ktrans`` (/min), ``ve``, ``vp`` (zeros without vp), each (n,); ``converged`` (n,) bool;
+    ``sse`` (n,) mM^2, the squared error of the model curve at these parameters."""
 
     ktrans: np.ndarray
     ve: np.ndarray
     vp: np.ndarray
     converged: np.ndarray
+    sse: np.ndarray
 
 
-def _rowdot(a, b):
-    if a.ndim == 1 and b.ndim == 1:
-        return a @ b
-    if a.ndim == 1:
-        return b @ a
-    if b.ndim == 1:
-        return a @ b
-    return np.einsum("ij,ij->i", a, b)
+def _dots(a, b):
+    """Per-voxel dot products over time of time-major arrays, each (n_times,) or (n_times, n)."""
+    if a.ndim == 2 and b.ndim == 2:
+        return np.einsum("tn,tn->n", a, b)
+    return a @ b if a.ndim == 1 else b @ a
+
+
+def _time_major(x, axis):
+    x = np.asarray(x, dtype=float)
+    return x if x.ndim == 1 or axis == 0 else np.ascontiguousarray(np.moveaxis(x, axis, 0))
 
 
 def _linear_part(f, cp, c_dot_cp, cp_dot_cp, c, with_vp):
-    """Closed-form Ktrans (per s) and vp for curves ``f`` (n, m) at the current kep."""
-    ff = _rowdot(f, f)
-    fc = _rowdot(f, c)
+    """Closed-form Ktrans (per s) and vp for curves ``f`` (n_times, n) at the current kep, with the
+    dot products f.f, f.c and f.cp they came from."""
+    ff = _dots(f, f)
+    fc = _dots(f, c)
     if not with_vp:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return fc / ff, np.zeros_like(ff), ff, None
-    fcp = _rowdot(f, cp)
+            return fc / ff, np.zeros_like(ff), ff, fc, None
+    fcp = _dots(f, cp)
     with np.errstate(divide="ignore", invalid="ignore"):
         det = ff * cp_dot_cp - fcp * fcp
         k = (cp_dot_cp * fc - fcp * c_dot_cp) / det
         vp = (ff * c_dot_cp - fcp * fc) / det
-    return k, vp, ff, fcp
+    return k, vp, ff, fc, fcp
 
 
-def fit_tofts_separable(t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40, ftol=1e-6, xtol=1e-5):
+def fit_tofts_separable(
+    t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40, ftol=1e-6, xtol=1e-5, axis=-1, c_dot_c=None
+):
     """Fit Tofts (``with_vp=False``) or extended Tofts by variable projection over kep.
 
     Parameters
@@ -68,43 +75,76 @@ def fit_tofts_separable(t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40
     cp_mM : (n_times,) or (n, n_times) ndarray, mM
     kep0_per_s : (n,) ndarray, /s
         Starting kep, for example from the linear fit; must be positive and finite.
+    axis : {-1, 0}
+        Time axis of ``conc_mM`` (and of a per-voxel ``cp_mM``); with 0 they are time-major,
+        (n_times, n), the layout the iteration runs in, and are used without a copy.
+    c_dot_c : (n,) ndarray or None
+        The curves' squared norms, where the caller already has them.
 
     Returns
     -------
     SeparableFit
         Unbounded estimates: the caller checks them against physical bounds.
+
+    Notes
+    -----
+    The squared error and the gradient come from dot products of the data, f, its derivative and
+    cp (``|c - k f - vp cp|^2`` expanded), so the residual is never built. Their rounding, about 1e-16
+    of ``|c|^2``, is far below any noise; a fit whose error falls below 1e-13 of ``|c|^2`` reproduces
+    the data to rounding and stops there.
+
+    kep is kept above ``1e-3 / (t_s[-1] - t_s[0])``: below it the curve differs from the Patlak
+    limit (kep = 0) by less than 0.1% over the acquisition, so the data cannot tell the two apart;
+    a voxel that keeps descending there stops (ve = Ktrans/kep is then far above any physical
+    bound, which the caller flags).
     """
-    c = np.asarray(conc_mM, dtype=float)
-    cp_all = np.asarray(cp_mM, dtype=float)
-    n = c.shape[0]
+    t_s = np.asarray(t_s, dtype=float)
+    c = _time_major(conc_mM, axis)
+    cp_all = _time_major(cp_mM, axis)
+    shared = cp_all.ndim == 1
+    n = c.shape[1]
+    floor = 1e-3 / (t_s[-1] - t_s[0])
     kep = np.array(kep0_per_s, dtype=float)
+    start = np.isfinite(kep) & (kep > 0)
+    kep = np.where(start, np.maximum(kep, floor), np.nan)
+    c_dot_cp_all = _dots(c, cp_all)
+    cp_dot_cp_all = _dots(cp_all, cp_all)
+    c_dot_c_all = _dots(c, c) if c_dot_c is None else np.asarray(c_dot_c, dtype=float)
     best_sse = np.full(n, np.inf)
     best_k, best_vp = np.full(n, np.nan), np.zeros(n)
     grad, curv = np.zeros(n), np.ones(n)
     lam = np.full(n, 1e-3)
     trial = kep.copy()
     converged = np.zeros(n, dtype=bool)
-    active = np.flatnonzero(np.isfinite(kep) & (kep > 0))
+    active = np.flatnonzero(start)
     for _ in range(max_iter):
         if active.size == 0:
             break
         rows = active
-        cv = c[rows]
-        cp = cp_all if cp_all.ndim == 1 else cp_all[rows]
-        cp_dot_cp = _rowdot(cp, cp)
-        c_dot_cp = _rowdot(cv, cp)
-        f, df = exp_conv_and_derivative(t_s, cp, trial[rows])
-        k, vp, ff, fcp = _linear_part(f, cp, c_dot_cp, cp_dot_cp, cv, with_vp)
-        r = cv - k[:, None] * f - (vp[:, None] * cp if with_vp else 0.0)
-        sse = np.einsum("ij,ij->i", r, r)
+        whole = rows.size == n  # no gather while every voxel is still iterating
+        cv = c if whole else c[:, rows]
+        cp = cp_all if shared or whole else cp_all[:, rows]
+        cp_dot_cp = cp_dot_cp_all if shared else cp_dot_cp_all[rows]
+        c_dot_cp, c_dot_c = c_dot_cp_all[rows], c_dot_c_all[rows]
+        f, df = exp_conv_and_derivative(t_s, cp, trial[rows], axis=0)
+        k, vp, ff, fc, fcp = _linear_part(f, cp, c_dot_cp, cp_dot_cp, cv, with_vp)
+        f_dot_df, df_dot_c = _dots(f, df), _dots(df, cv)
+        # |c - k f - vp cp|^2 and df.(c - k f - vp cp), expanded
+        sse = c_dot_c - 2.0 * k * fc + k * k * ff
+        df_dot_r = df_dot_c - k * f_dot_df
+        if with_vp:
+            df_dot_cp = _dots(df, cp)
+            sse += vp * (vp * cp_dot_cp - 2.0 * c_dot_cp + 2.0 * k * fcp)
+            df_dot_r -= vp * df_dot_cp
+        sse = np.maximum(sse, 0.0)
         better = np.isfinite(sse) & (sse <= best_sse[rows])
         # Kaufman: Jacobian of the model in kep at fixed linear parameters, projected off their span
-        j_dot_r = k * _rowdot(df, r)
-        j_dot_j = k * k * _rowdot(df, df)
-        f_dot_j = k * _rowdot(f, df)
+        j_dot_r = k * df_dot_r
+        j_dot_j = k * k * _dots(df, df)
+        f_dot_j = k * f_dot_df
         with np.errstate(divide="ignore", invalid="ignore"):
             if with_vp:
-                cp_dot_j = k * _rowdot(df, cp)
+                cp_dot_j = k * df_dot_cp
                 det = ff * cp_dot_cp - fcp * fcp
                 proj = (cp_dot_cp * f_dot_j**2 - 2 * fcp * f_dot_j * cp_dot_j + ff * cp_dot_j**2) / det
             else:
@@ -113,20 +153,32 @@ def fit_tofts_separable(t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40
         first = ~np.isfinite(best_sse[rows])
         gain = best_sse[rows] - sse
         acc = rows[better]
-        small_gain = better & ~first & (gain <= ftol * best_sse[rows])
+        # converged when a step, taken or not, changes the error or kep by less than the tolerances:
+        # near the minimum a rejected step differs from it by rounding alone, and waiting for the
+        # damping to grow past its limit would take a dozen more iterations
+        small_gain = ~first & (np.abs(gain) <= ftol * best_sse[rows])
+        exact = better & (sse <= 1e-13 * c_dot_c)
         step_size = np.abs(trial[rows] - kep[rows])
-        small_step = better & ~first & (step_size <= xtol * kep[rows])
+        small_step = ~first & (step_size <= xtol * kep[rows])
         kep[acc] = trial[acc]
         best_sse[acc], best_k[acc], best_vp[acc] = sse[better], k[better], vp[better]
         grad[acc], curv[acc] = j_dot_r[better], h[better]
         lam[rows] = np.where(better, np.maximum(lam[rows] / 10.0, 1e-9), lam[rows] * 10.0)
-        done = small_gain | small_step | (lam[rows] > 1e8)
-        converged[rows[done]] = True
-        active = rows[~done]
         # next trial from the best point: damped Gauss-Newton, at most a factor 3 in kep per step
-        delta = grad[active] / (curv[active] * (1.0 + lam[active]))
+        delta = grad[rows] / (curv[rows] * (1.0 + lam[rows]))
+        at_floor = better & (kep[rows] <= floor) & (delta < 0)
+        # Gauss-Newton's own error estimate: after an accepted step, a next step below xtol means kep
+        # is already that close to the minimum, so it need not be taken
+        small_next = better & (np.abs(delta) <= xtol * kep[rows])
+        done = small_gain | small_step | small_next | exact | (lam[rows] > 1e8) | at_floor
+        converged[rows[done]] = True
+        keep = ~done
+        active, delta = rows[keep], delta[keep]
         kep_a = kep[active]
-        trial[active] = np.clip(kep_a + delta, kep_a / 3.0, kep_a * 3.0)
+        trial[active] = np.maximum(np.clip(kep_a + delta, kep_a / 3.0, kep_a * 3.0), floor)
     with np.errstate(divide="ignore", invalid="ignore"):
         ve = best_k / kep
-    return SeparableFit(best_k * SECONDS_PER_MINUTE, ve, best_vp, converged & np.isfinite(best_sse))
+    finite = np.isfinite(best_sse)
+    return SeparableFit(
+        best_k * SECONDS_PER_MINUTE, ve, best_vp, converged & finite, np.where(finite, best_sse, np.nan)
+    )

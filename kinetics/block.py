@@ -1,0 +1,250 @@
+"""One block of voxels through the fitting engine, time-major.
+
+:func:`kinetics.fit.fit_curves` cuts the voxels into blocks and hands each one here as a
+(n_times, n_voxels) array: in that layout the running integrals and convolutions over time run as
+whole contiguous rows, and the dot products over time as matrix-vector products or one ``einsum``.
+The order of work is: screen the curves (non-finite, flat, not enhancing), linear fit (optionally
+over trial delays), nonlinear fit, quality (rmse, r2, fit_ok).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .convolution import delay_input, exp_conv
+from .models import SECONDS_PER_MINUTE
+from .optimize import levenberg_marquardt
+from .registry import ModelSpec
+from .separable import fit_tofts_separable
+
+__all__ = ["BlockOptions", "fit_block"]
+
+_SEPARABLE = {"tofts": False, "extended_tofts": True}  # model -> has vp
+_FLAT = 1e-6  # a curve whose standard deviation is below this fraction of its mean counts as flat
+
+
+class BlockOptions(NamedTuple):
+    """The options of :func:`kinetics.fit.fit_curves` that act inside a block."""
+
+    method: str
+    fit_delay: bool
+    delay_bounds_s: tuple
+    delay_step_s: float
+    max_iter: int
+    min_enhancement_z: float
+
+
+def _dots(a, b):
+    """Per-voxel dot products over time of time-major arrays, each (n_times,) or (n_times, n)."""
+    if a.ndim == 2 and b.ndim == 2:
+        return np.einsum("tn,tn->n", a, b)
+    return a @ b if a.ndim == 1 else b @ a
+
+
+def _columns(x, rows, n):
+    """Columns (voxels) of a time-major array; a shared (n_times,) input or all columns pass as they are."""
+    if x.ndim == 1 or rows.size == n:
+        return x
+    return x[:, rows]
+
+
+def _voxel_major(x):
+    return x if x.ndim == 1 else np.ascontiguousarray(x.T)
+
+
+def _enhancing(ct, cpt, cc, z):
+    """True where the mean concentration after the AIF peak is significantly above zero.
+
+    The noise standard deviation comes from the second differences over time, which a smooth curve
+    barely raises: ``E[d2^2] = 6 sigma^2`` for white noise. Their sum of squares is expanded into the
+    curve's lag-0, 1 and 2 products, so it costs two dot products instead of a (n_times - 2, n)
+    difference array; ``cc`` is the lag-0 product, already known.
+    """
+    n_times = ct.shape[0]
+    post = np.arange(n_times)[:, None] >= np.argmax(cpt, axis=0)
+    n_post = np.maximum(post.sum(0), 1)
+    if cpt.ndim == 1:  # one input for all voxels: a matrix-vector product
+        mean_post = post[:, 0].astype(float) @ ct / n_post
+    else:
+        mean_post = np.einsum("tn,tn->n", ct, post) / n_post
+    lag1 = _dots(ct[1:], ct[:-1])
+    lag2 = _dots(ct[2:], ct[:-2])
+    c0, c1, cm, cl = ct[0], ct[1], ct[-2], ct[-1]
+    d2_sq = 6.0 * cc - 8.0 * lag1 + 2.0 * lag2  # sum over i of (c[i+2] - 2 c[i+1] + c[i])^2, then its ends
+    d2_sq -= 5.0 * c0 * c0 + c1 * c1 - 4.0 * c0 * c1 + 5.0 * cl * cl + cm * cm - 4.0 * cm * cl
+    sd = np.sqrt(np.maximum(d2_sq, 0.0) / (6.0 * (n_times - 2)))
+    return mean_post > z * sd / np.sqrt(n_post)
+
+
+def _model_sse(spec, t, ct, cpt, params, cc):
+    """Squared error of the model curves at ``params`` (m, k) against time-major data ``ct`` (n_times, m).
+
+    ``cpt`` is (n_times,) or time-major (n_times, m); ``cc`` (m,) the data's own squared norms. For
+    the Tofts family, ``C = Ktrans f + vp cp``, the error is expanded into dot products of f, cp and
+    the data, which saves building the residual; its rounding (about 1e-16 of ``cc``) is far below
+    any noise. Other models go through their voxel-major forward function.
+    """
+    if spec.name not in _SEPARABLE:
+        resid = ct - spec.forward(t, _voxel_major(cpt), *params.T).T
+        return _dots(resid, resid)
+    ktrans = params[:, 0] / SECONDS_PER_MINUTE
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = exp_conv(t, cpt, ktrans / params[:, 1], axis=0)
+    sse = cc - 2.0 * ktrans * _dots(f, ct) + ktrans * ktrans * _dots(f, f)
+    if _SEPARABLE[spec.name]:
+        vp = params[:, 2]
+        sse += vp * (vp * _dots(cpt, cpt) - 2.0 * _dots(ct, cpt) + 2.0 * ktrans * _dots(f, cpt))
+    return np.maximum(sse, 0.0)
+
+
+def _linear_with_delay(spec, t, ct, cpt, cc, delays):
+    """Linear fit at each trial delay; per voxel, the parameters and delay that fit best.
+
+    "Best" is the least squared error of the model curve where the linear parameters are physical,
+    and of the linear regression for voxels where they are not at any delay.
+    """
+    n, k = ct.shape[1], len(spec.params)
+    best = np.full((n, k + 1), np.nan)
+    best_sse = np.full(n, np.inf)
+    fallback_delay = np.zeros(n)
+    fallback_sse = np.full(n, np.inf)
+    cp_vm = _voxel_major(cpt)
+    for d in delays:  # a few dozen trial delays, each fitted for all voxels at once
+        cpd = delay_input(t, cp_vm, d)
+        fit = spec.linear(t, ct, _voxel_major(cpd), axis=0)
+        lower = fit.sse < fallback_sse
+        fallback_delay[lower], fallback_sse[lower] = d, fit.sse[lower]
+        good = np.flatnonzero(np.all(np.isfinite(fit.params), axis=-1))
+        if good.size == 0:
+            continue
+        sse = _model_sse(spec, t, _columns(ct, good, n), _columns(_voxel_major(cpd), good, n), fit.params[good], cc[good])
+        better = good[sse < best_sse[good]]
+        best[better, :k] = fit.params[better]
+        best[better, k] = d
+        best_sse[better] = sse[sse < best_sse[good]]
+    never = ~np.isfinite(best_sse)
+    best[never, k] = fallback_delay[never]
+    return best
+
+
+def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
+    """Fit ``spec`` to every column of a time-major block.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    t : (n_times,) ndarray, s
+    ct : (n_times, n) float64 C-contiguous ndarray, mM
+    cpt : (n_times,) or (n_times, n) ndarray, mM
+    options : BlockOptions
+
+    Returns
+    -------
+    params : (n, k) ndarray, the model's parameters (then the delay, when fitted)
+    quality : (rmse, r2, ok), each (n,)
+    """
+    n_times, n = ct.shape
+    k = len(spec.params)
+    # screening: non-finite values make the sums non-finite; the variance comes from two sums
+    total = np.ones(n_times) @ ct
+    cc = _dots(ct, ct)
+    sst = cc - total * total / n_times
+    mean = total / n_times
+    valid = np.isfinite(sst) & (sst > n_times * (_FLAT * mean) ** 2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        valid &= _enhancing(ct, cpt, cc, options.min_enhancement_z)
+    lower = np.array(spec.lower + ((options.delay_bounds_s[0],) if options.fit_delay else ()))
+    upper = np.array(spec.upper + ((options.delay_bounds_s[1],) if options.fit_delay else ()))
+    p = np.full((n, len(lower)), np.nan)
+    sse = np.full(n, np.nan)  # of the final model curve, where a fit already computed it
+    rows = np.flatnonzero(valid)
+    cv, cpv = _columns(ct, rows, n), _columns(cpt, rows, n)
+    if options.fit_delay:
+        lo, hi = options.delay_bounds_s
+        step = options.delay_step_s
+        p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
+    else:
+        p[rows] = spec.linear(t, cv, cpv, axis=0).params
+    converged = np.zeros(n, dtype=bool)
+    if options.method == "llsq":
+        converged[rows] = np.all(np.isfinite(p[rows]), axis=-1)
+    elif rows.size:
+        seed = p[rows, :k]
+        seed = np.where(np.isfinite(seed), seed, np.array(spec.initial))
+        if options.fit_delay:  # the delay stays at its grid value; the input is shifted once per voxel
+            delay = np.where(np.isfinite(p[rows, -1]), p[rows, -1], 0.0)
+            cpv = _voxel_major(delay_input(t, _voxel_major(cpv), delay))
+        p[rows, :k], converged[rows], sse[rows] = _nonlinear(
+            spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter
+        )
+    # quality of the final parameters
+    rmse, r2 = np.full(n, np.nan), np.full(n, np.nan)
+    finite = converged & np.all(np.isfinite(p), axis=-1)
+    todo = np.flatnonzero(finite & ~np.isfinite(sse))
+    if todo.size:
+        cpf, q = _columns(cpt, todo, n), p[todo]
+        if options.fit_delay:
+            cpf, q = _voxel_major(delay_input(t, _voxel_major(cpf), q[:, -1])), q[:, :-1]
+        sse[todo] = _model_sse(spec, t, _columns(ct, todo, n), cpf, q, cc[todo])
+    fr = np.flatnonzero(finite)
+    rmse[fr] = np.sqrt(sse[fr] / n_times)
+    r2[fr] = 1.0 - sse[fr] / sst[fr]
+    at_upper = np.any(p >= upper - 1e-6 * (np.abs(upper) + 1.0), axis=-1)
+    below = np.any(p < lower - 1e-9 * (np.abs(lower) + 1.0), axis=-1)  # linear fits are unbounded
+    ok = finite & ~at_upper & ~below & np.isfinite(rmse)
+    return p, (rmse, r2, ok)
+
+
+def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
+    """Bounded nonlinear least squares from ``seed``: params (n, k), converged (n,), sse (n,).
+
+    The Tofts family goes through variable projection first (fast, exact for interior optima);
+    voxels it leaves outside the bounds or unconverged, and all other models, go through the
+    bounded Levenberg-Marquardt iteration. ``sse`` is NaN where the returned parameters are not
+    the ones it was computed for (clipped onto a bound).
+    """
+    n = ct.shape[1]
+    params = np.array(seed, dtype=float)
+    converged = np.zeros(n, dtype=bool)
+    sse = np.full(n, np.nan)
+    todo = np.arange(n)
+    if spec.name in _SEPARABLE:
+        kep0 = seed[:, 0] / seed[:, 1] / SECONDS_PER_MINUTE
+        with_vp = _SEPARABLE[spec.name]
+        sep = fit_tofts_separable(t, ct, cpt, kep0, with_vp=with_vp, max_iter=max_iter, axis=0, c_dot_c=cc)
+        estimate = np.stack([sep.ktrans, sep.ve, sep.vp][: len(spec.params)], axis=-1)
+        sep_sse = sep.sse
+        if with_vp:  # a negative vp puts the bounded optimum on vp = 0: the Tofts model there
+            on_zero = np.flatnonzero(sep.converged & (sep.vp < 0))
+            if on_zero.size:
+                kep_z = sep.ktrans[on_zero] / sep.ve[on_zero] / SECONDS_PER_MINUTE
+                kep_z = np.where(np.isfinite(kep_z) & (kep_z > 0), kep_z, kep0[on_zero])
+                z = fit_tofts_separable(
+                    t, ct[:, on_zero], _columns(cpt, on_zero, n), kep_z, with_vp=False, max_iter=max_iter, axis=0,
+                    c_dot_c=cc[on_zero],
+                )
+                estimate[on_zero] = np.stack([z.ktrans, z.ve, np.zeros(on_zero.size)], axis=-1)
+                sep.converged[on_zero] = z.converged
+                sep_sse[on_zero] = z.sse
+        inside = sep.converged & np.all((estimate >= lower) & (estimate <= upper), axis=-1)
+        # beyond an upper bound the bounded optimum lies on it, which flags the voxel (fit_ok = False)
+        # whatever the other parameters: no need to iterate further
+        beyond = sep.converged & ~inside & np.all(estimate >= lower, axis=-1)
+        done = inside | beyond
+        params[done] = np.clip(estimate[done], lower, upper)
+        converged[done] = True
+        sse[inside] = sep_sse[inside]
+        todo = np.flatnonzero(~done)
+    if todo.size:
+        evaluate = spec.jacobian or spec.forward
+        c_todo = np.ascontiguousarray(ct[:, todo].T)
+        cp_todo = _voxel_major(_columns(cpt, todo, n))
+
+        def curve(q, r):
+            return evaluate(t, cp_todo if cp_todo.ndim == 1 else cp_todo[r], *q.T)
+
+        res = levenberg_marquardt(curve, params[todo], c_todo, lower=lower, upper=upper, max_iter=max_iter)
+        params[todo], converged[todo], sse[todo] = res.params, res.converged, res.cost
+    return params, converged, sse
