@@ -9,17 +9,21 @@ over trial delays), nonlinear fit, quality (rmse, r2, fit_ok).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
 from .convolution import delay_input, exp_conv
+from .linear import dot_over_time
 from .models import SECONDS_PER_MINUTE
 from .optimize import levenberg_marquardt
 from .registry import ModelSpec
 from .separable import fit_tofts_separable
 
 __all__ = ["BlockOptions", "fit_block"]
+
+_dot = partial(dot_over_time, axis=0)  # per-voxel dot products over time of time-major arrays
 
 _SEPARABLE = {"tofts": False, "extended_tofts": True}  # model -> has vp
 _FLAT = 1e-6  # a curve whose standard deviation is below this fraction of its mean counts as flat
@@ -36,18 +40,17 @@ class BlockOptions(NamedTuple):
     min_enhancement_z: float
 
 
-def _dots(a, b):
-    """Per-voxel dot products over time of time-major arrays, each (n_times,) or (n_times, n)."""
-    if a.ndim == 2 and b.ndim == 2:
-        return np.einsum("tn,tn->n", a, b)
-    return a @ b if a.ndim == 1 else b @ a
-
-
 def _columns(x, rows, n):
     """Columns (voxels) of a time-major array; a shared (n_times,) input or all columns pass as they are."""
     if x.ndim == 1 or rows.size == n:
         return x
     return x[:, rows]
+
+
+def _dense(rows, n):
+    """Whether to compute on every column and keep ``rows`` rather than gather them first: the gather
+    is a pass over the block, which costs more than the wasted columns when most are kept."""
+    return 2 * rows.size >= n
 
 
 def _voxel_major(x):
@@ -69,8 +72,8 @@ def _enhancing(ct, cpt, cc, z):
         mean_post = post[:, 0].astype(float) @ ct / n_post
     else:
         mean_post = np.einsum("tn,tn->n", ct, post) / n_post
-    lag1 = _dots(ct[1:], ct[:-1])
-    lag2 = _dots(ct[2:], ct[:-2])
+    lag1 = _dot(ct[1:], ct[:-1])
+    lag2 = _dot(ct[2:], ct[:-2])
     c0, c1, cm, cl = ct[0], ct[1], ct[-2], ct[-1]
     d2_sq = 6.0 * cc - 8.0 * lag1 + 2.0 * lag2  # sum over i of (c[i+2] - 2 c[i+1] + c[i])^2, then its ends
     d2_sq -= 5.0 * c0 * c0 + c1 * c1 - 4.0 * c0 * c1 + 5.0 * cl * cl + cm * cm - 4.0 * cm * cl
@@ -88,14 +91,14 @@ def _model_sse(spec, t, ct, cpt, params, cc):
     """
     if spec.name not in _SEPARABLE:
         resid = ct - spec.forward(t, _voxel_major(cpt), *params.T).T
-        return _dots(resid, resid)
+        return _dot(resid, resid)
     ktrans = params[:, 0] / SECONDS_PER_MINUTE
     with np.errstate(divide="ignore", invalid="ignore"):
         f = exp_conv(t, cpt, ktrans / params[:, 1], axis=0)
-    sse = cc - 2.0 * ktrans * _dots(f, ct) + ktrans * ktrans * _dots(f, f)
+    sse = cc - 2.0 * ktrans * _dot(f, ct) + ktrans * ktrans * _dot(f, f)
     if _SEPARABLE[spec.name]:
         vp = params[:, 2]
-        sse += vp * (vp * _dots(cpt, cpt) - 2.0 * _dots(ct, cpt) + 2.0 * ktrans * _dots(f, cpt))
+        sse += vp * (vp * _dot(cpt, cpt) - 2.0 * _dot(ct, cpt) + 2.0 * ktrans * _dot(f, cpt))
     return np.maximum(sse, 0.0)
 
 
@@ -149,7 +152,7 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     k = len(spec.params)
     # screening: non-finite values make the sums non-finite; the variance comes from two sums
     total = np.ones(n_times) @ ct
-    cc = _dots(ct, ct)
+    cc = _dot(ct, ct)
     sst = cc - total * total / n_times
     mean = total / n_times
     valid = np.isfinite(sst) & (sst > n_times * (_FLAT * mean) ** 2)
@@ -165,6 +168,9 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         lo, hi = options.delay_bounds_s
         step = options.delay_step_s
         p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
+    elif _dense(rows, n):
+        with np.errstate(all="ignore"):  # the columns not kept may hold NaN or inf
+            p[rows] = spec.linear(t, ct, cpt, axis=0).params[rows]
     else:
         p[rows] = spec.linear(t, cv, cpv, axis=0).params
     converged = np.zeros(n, dtype=bool)
@@ -184,10 +190,13 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     finite = converged & np.all(np.isfinite(p), axis=-1)
     todo = np.flatnonzero(finite & ~np.isfinite(sse))
     if todo.size:
-        cpf, q = _columns(cpt, todo, n), p[todo]
+        cols = np.arange(n) if _dense(todo, n) else todo
+        cpf, q = _columns(cpt, cols, n), p[cols]
         if options.fit_delay:
             cpf, q = _voxel_major(delay_input(t, _voxel_major(cpf), q[:, -1])), q[:, :-1]
-        sse[todo] = _model_sse(spec, t, _columns(ct, todo, n), cpf, q, cc[todo])
+        with np.errstate(all="ignore"):  # the columns not kept may hold NaN
+            model_sse = _model_sse(spec, t, _columns(ct, cols, n), cpf, q, cc[cols])
+        sse[todo] = model_sse[todo] if cols.size == n else model_sse
     fr = np.flatnonzero(finite)
     rmse[fr] = np.sqrt(sse[fr] / n_times)
     r2[fr] = 1.0 - sse[fr] / sst[fr]

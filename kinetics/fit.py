@@ -8,7 +8,6 @@ memory stays bounded. Failures are data: they come back as NaN with ``fit_ok=Fal
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy as np
 from .block import BlockOptions, fit_block
 from .errors import KineticsInputError
 from .options import available_cpus
+from .pool import for_each_chunk, shared_empty, use_processes
 from .registry import get_model
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS"]
@@ -34,6 +34,8 @@ class CurveFit:
         Model parameters, then derived ones (``kep``, ...), then ``delay`` (s) when it was fitted.
     units : dict of str to str
     rmse : (n_voxels,) ndarray, mM
+        Of the model curve. For the Tofts family it comes from expanded sums, so on noise-free
+        data it bottoms out near 1e-8 of the curve's scale instead of at zero.
     r2 : (n_voxels,) ndarray
     fit_ok : (n_voxels,) bool ndarray
         False where the input was not finite, flat or not enhancing, or the fit did not converge,
@@ -129,13 +131,14 @@ def fit_curves(
         Voxels per chunk; working memory grows as ``workers * chunk_size * n_times``.
     min_enhancement_z : float
         A voxel counts as enhancing when its mean concentration after the AIF peak exceeds this
-        many standard errors (noise estimated from frame-to-frame differences). Others get NaN.
+        many standard errors (noise estimated from second differences over time). Others get NaN.
     failed : {"nan", "keep"}
         - ``"nan"``: parameters of voxels with ``fit_ok=False`` are set to NaN.
         - ``"keep"``: their last estimates are kept, for inspection; ``fit_ok`` still says False.
     workers : int or None
-        Threads fitting chunks at once; None uses every core available to the process. Results do
-        not depend on it.
+        Cores fitting chunks at once; None uses every core available to the process. On Linux,
+        from 50,000 voxels, they are forked processes (see :mod:`kinetics.pool`), else threads.
+        Results do not depend on it.
 
     Returns
     -------
@@ -153,28 +156,26 @@ def fit_curves(
     n = np.shape(conc_mM)[0]
     cp = _check_aif(cp_mM, n, t.size)
     names = spec.params + (("delay",) if fit_delay else ())
-    out = {name: np.full(n, np.nan) for name in names}
-    rmse, r2, ok = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
     size = max(int(chunk_size), 1)
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
-
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
+    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+    processes = use_processes(n_workers, n)
+    # one row per voxel: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker
+    table = (shared_empty if processes else np.empty)((n, len(names) + 3))
 
     def run(rows):  # each chunk as a time-major float64 block: one copy, transposed on the way
         ct = np.asarray(np.asarray(conc_mM[rows]).T, dtype=float, order="C")
         cpt = cp if cp.ndim == 1 else np.ascontiguousarray(cp[rows].T)
-        return fit_block(spec, t, ct, cpt, options)
+        p, quality = fit_block(spec, t, ct, cpt, options)
+        table[rows, : len(names)] = p
+        table[rows, len(names):] = np.stack(quality, axis=-1)
 
-    n_workers = min(len(chunks), available_cpus() if workers is None else max(int(workers), 1))
-    if n_workers > 1:  # numpy releases the GIL inside its loops, so chunks run in parallel threads
-        with ThreadPoolExecutor(n_workers) as pool:
-            results = list(pool.map(run, chunks))
-    else:
-        results = [run(rows) for rows in chunks]
-    for rows, (p, q) in zip(chunks, results):
-        for j, name in enumerate(names):
-            out[name][rows] = p[:, j]
-        rmse[rows], r2[rows], ok[rows] = q
+    for_each_chunk(run, chunks, n_workers, processes)
+    out = {name: table[:, j].copy() for j, name in enumerate(names)}
+    rmse, r2 = table[:, -3].copy(), table[:, -2].copy()
+    ok = table[:, -1] == 1.0
+    del table
     if failed == "nan":
         for name in names:
             out[name][~ok] = np.nan

@@ -22,6 +22,7 @@ from .models import SECONDS_PER_MINUTE
 
 __all__ = [
     "LinearFit",
+    "dot_over_time",
     "solve_linear",
     "llsq_tofts",
     "llsq_extended_tofts",
@@ -42,8 +43,8 @@ class LinearFit(NamedTuple):
     sse: np.ndarray
 
 
-def _dot(a, b, axis=-1):
-    """Per-voxel dot product over time of two columns, each (n_times,) or 2-D with time on ``axis``."""
+def dot_over_time(a, b, axis=-1):
+    """Per-voxel dot product over time of two arrays, each (n_times,) or 2-D with time on ``axis``."""
     if a.ndim == 1 and b.ndim == 1:
         return np.float64(a @ b)
     if a.ndim == 1 or b.ndim == 1:
@@ -72,47 +73,68 @@ def solve_linear(columns, y, *, axis=-1):
 
     Notes
     -----
-    The normal equations are built from dot products alone (shared columns by matrix-vector
-    products), never from an (n_voxels, n_times, k) design array, and are solved after scaling each
-    column to unit norm, because running integrals and concentrations differ by orders of magnitude.
+    The normal equations are built from dot products alone (the shared columns' products with each
+    per-voxel array by one matrix product), never from an (n_voxels, n_times, k) design array, and
+    are solved after scaling each column to unit norm, because running integrals and concentrations
+    differ by orders of magnitude. Their k x k entries are kept as separate (n_voxels,) arrays: numpy
+    is slow on (n_voxels, 3, 3) arrays, whose innermost loops are three long.
     """
     y = np.asarray(y, dtype=float)
     cols = [np.asarray(c, dtype=float) for c in columns]
-    n, k = y.shape[1 if axis == 0 else 0], len(cols)
-    gram = np.empty((n, k, k))
-    rhs = np.empty((n, k))
-    for i in range(k):
-        rhs[:, i] = _dot(cols[i], y, axis)
-        for j in range(i + 1):
-            gram[:, i, j] = gram[:, j, i] = _dot(cols[i], cols[j], axis)
-    norm = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
-    norm = np.where(norm > 0, norm, 1.0)
-    scaled = gram / (norm[:, :, None] * norm[:, None, :])
-    coef = _solve_spd(scaled, rhs / norm) / norm
-    sse = _dot(y, y, axis) - 2.0 * np.einsum("nk,nk->n", coef, rhs) + np.einsum("nk,nkl,nl->n", coef, gram, coef)
-    return coef, np.maximum(sse, 0.0)
+    k = len(cols)
+    shared = [i for i, c in enumerate(cols) if c.ndim == 1]
+    stacked = np.stack([cols[i] for i in shared]) if shared else None
+
+    def with_all(v):
+        """Dot products of every column with the 2-D array ``v``."""
+        out = [None] * k
+        if shared:
+            prod = stacked @ v if axis == 0 else v @ stacked.T
+            for j, i in enumerate(shared):
+                out[i] = prod[j] if axis == 0 else prod[:, j]
+        for i, c in enumerate(cols):
+            if out[i] is None:
+                out[i] = dot_over_time(c, v, axis)
+        return out
+
+    rhs = with_all(y)
+    gram = [[None] * k for _ in range(k)]
+    for j, c in enumerate(cols):
+        products = with_all(c) if c.ndim == 2 else [dot_over_time(ci, c, axis) if ci.ndim == 1 else None for ci in cols]
+        for i in range(k):
+            if products[i] is not None:
+                gram[i][j] = gram[j][i] = products[i]
+    norm = [np.sqrt(gram[i][i]) for i in range(k)]
+    norm = [np.where(v > 0, v, 1.0) for v in norm]
+    scaled = [[gram[i][j] / (norm[i] * norm[j]) for j in range(k)] for i in range(k)]
+    z = _solve_spd(scaled, [rhs[i] / norm[i] for i in range(k)])
+    coef = [z[i] / norm[i] for i in range(k)]
+    sse = dot_over_time(y, y, axis) - 2.0 * sum(coef[i] * rhs[i] for i in range(k))
+    sse = sse + sum(coef[i] * gram[i][j] * coef[j] for i in range(k) for j in range(k))
+    n = y.shape[1 if axis == 0 else 0]
+    return np.stack([np.broadcast_to(c, (n,)) for c in coef], axis=-1), np.maximum(sse, 0.0)
 
 
 def _solve_spd(a, b):
-    """Solve a[i] x = b[i] for small symmetric positive (semi)definite systems, vectorised over i.
+    """Solve ``a x = b`` for small symmetric positive (semi)definite systems, one per voxel.
 
-    Cholesky written out over the k x k entries (k <= 4 here), each step for all systems at once;
-    systems that are not numerically positive definite give NaN.
+    ``a`` is a k x k nested list and ``b`` a list of k entries, each an (n,) array or a scalar;
+    Cholesky is written out over the entries (k <= 4 here), each step for all voxels at once.
+    Systems that are not numerically positive definite give NaN.
     """
-    n, k = b.shape
-    lower = np.zeros_like(a)
+    k = len(b)
+    lower = [[None] * k for _ in range(k)]
     for j in range(k):
-        d = a[:, j, j] - np.einsum("nk,nk->n", lower[:, j, :j], lower[:, j, :j])
-        d = np.where(d > 1e-12, d, np.nan)
-        lower[:, j, j] = np.sqrt(d)
+        d = a[j][j] - sum(lower[j][m] * lower[j][m] for m in range(j))
+        lower[j][j] = np.sqrt(np.where(d > 1e-12, d, np.nan))
         for i in range(j + 1, k):
-            lower[:, i, j] = (a[:, i, j] - np.einsum("nk,nk->n", lower[:, i, :j], lower[:, j, :j])) / lower[:, j, j]
-    z = np.empty_like(b)
+            lower[i][j] = (a[i][j] - sum(lower[i][m] * lower[j][m] for m in range(j))) / lower[j][j]
+    z = [None] * k
     for i in range(k):
-        z[:, i] = (b[:, i] - np.einsum("nk,nk->n", lower[:, i, :i], z[:, :i])) / lower[:, i, i]
-    x = np.empty_like(b)
+        z[i] = (b[i] - sum(lower[i][m] * z[m] for m in range(i))) / lower[i][i]
+    x = [None] * k
     for i in reversed(range(k)):
-        x[:, i] = (z[:, i] - np.einsum("nk,nk->n", lower[:, i + 1 :, i], x[:, i + 1 :])) / lower[:, i, i]
+        x[i] = (z[i] - sum(lower[m][i] * x[m] for m in range(i + 1, k))) / lower[i][i]
     return x
 
 

@@ -14,14 +14,18 @@ Kaufman. BIT 1975;15:49. doi:10.1007/BF01932995
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
 from .convolution import exp_conv_and_derivative
+from .linear import dot_over_time
 from .models import SECONDS_PER_MINUTE
 
 __all__ = ["fit_tofts_separable", "SeparableFit"]
+
+_dot = partial(dot_over_time, axis=0)  # per-voxel dot products over time of time-major arrays
 
 
 class SeparableFit(NamedTuple):
@@ -35,13 +39,6 @@ class SeparableFit(NamedTuple):
     sse: np.ndarray
 
 
-def _dots(a, b):
-    """Per-voxel dot products over time of time-major arrays, each (n_times,) or (n_times, n)."""
-    if a.ndim == 2 and b.ndim == 2:
-        return np.einsum("tn,tn->n", a, b)
-    return a @ b if a.ndim == 1 else b @ a
-
-
 def _time_major(x, axis):
     x = np.asarray(x, dtype=float)
     return x if x.ndim == 1 or axis == 0 else np.ascontiguousarray(np.moveaxis(x, axis, 0))
@@ -50,12 +47,12 @@ def _time_major(x, axis):
 def _linear_part(f, cp, c_dot_cp, cp_dot_cp, c, with_vp):
     """Closed-form Ktrans (per s) and vp for curves ``f`` (n_times, n) at the current kep, with the
     dot products f.f, f.c and f.cp they came from."""
-    ff = _dots(f, f)
-    fc = _dots(f, c)
+    ff = _dot(f, f)
+    fc = _dot(f, c)
     if not with_vp:
         with np.errstate(divide="ignore", invalid="ignore"):
             return fc / ff, np.zeros_like(ff), ff, fc, None
-    fcp = _dots(f, cp)
+    fcp = _dot(f, cp)
     with np.errstate(divide="ignore", invalid="ignore"):
         det = ff * cp_dot_cp - fcp * fcp
         k = (cp_dot_cp * fc - fcp * c_dot_cp) / det
@@ -107,9 +104,9 @@ def fit_tofts_separable(
     kep = np.array(kep0_per_s, dtype=float)
     start = np.isfinite(kep) & (kep > 0)
     kep = np.where(start, np.maximum(kep, floor), np.nan)
-    c_dot_cp_all = _dots(c, cp_all)
-    cp_dot_cp_all = _dots(cp_all, cp_all)
-    c_dot_c_all = _dots(c, c) if c_dot_c is None else np.asarray(c_dot_c, dtype=float)
+    c_dot_cp_all = _dot(c, cp_all)
+    cp_dot_cp_all = _dot(cp_all, cp_all)
+    c_dot_c_all = _dot(c, c) if c_dot_c is None else np.asarray(c_dot_c, dtype=float)
     best_sse = np.full(n, np.inf)
     best_k, best_vp = np.full(n, np.nan), np.zeros(n)
     grad, curv = np.zeros(n), np.ones(n)
@@ -128,19 +125,19 @@ def fit_tofts_separable(
         c_dot_cp, c_dot_c = c_dot_cp_all[rows], c_dot_c_all[rows]
         f, df = exp_conv_and_derivative(t_s, cp, trial[rows], axis=0)
         k, vp, ff, fc, fcp = _linear_part(f, cp, c_dot_cp, cp_dot_cp, cv, with_vp)
-        f_dot_df, df_dot_c = _dots(f, df), _dots(df, cv)
+        f_dot_df, df_dot_c = _dot(f, df), _dot(df, cv)
         # |c - k f - vp cp|^2 and df.(c - k f - vp cp), expanded
         sse = c_dot_c - 2.0 * k * fc + k * k * ff
         df_dot_r = df_dot_c - k * f_dot_df
         if with_vp:
-            df_dot_cp = _dots(df, cp)
+            df_dot_cp = _dot(df, cp)
             sse += vp * (vp * cp_dot_cp - 2.0 * c_dot_cp + 2.0 * k * fcp)
             df_dot_r -= vp * df_dot_cp
         sse = np.maximum(sse, 0.0)
         better = np.isfinite(sse) & (sse <= best_sse[rows])
         # Kaufman: Jacobian of the model in kep at fixed linear parameters, projected off their span
         j_dot_r = k * df_dot_r
-        j_dot_j = k * k * _dots(df, df)
+        j_dot_j = k * k * _dot(df, df)
         f_dot_j = k * f_dot_df
         with np.errstate(divide="ignore", invalid="ignore"):
             if with_vp:

@@ -65,3 +65,21 @@ def test_delay_shifts_and_fills_with_the_first_value():
     np.testing.assert_allclose(per_voxel[0], shifted)
     np.testing.assert_allclose(per_voxel[1], x)
     np.testing.assert_allclose(delay_input(t, x, 1.0)[11], 0.5 * (x[10] + x[11]))
+
+
+@pytest.mark.parametrize("grid", ["uniform", "irregular"])
+def test_time_major_layout_gives_the_same_curves(grid):
+    """axis=0 takes and returns (n_times, n_voxels): the layout the fitting engine runs in."""
+    t = np.linspace(0, 300, 61) if grid == "uniform" else np.sort(np.r_[0.0, 300.0, np.random.default_rng(2).uniform(0, 300, 40)])
+    x = piecewise_linear_input(t)
+    per_voxel = np.stack([x, 2 * x, 0.5 * x])
+    k = np.array([1e-7, 0.01, 0.3])
+    np.testing.assert_allclose(exp_conv(t, x, k, axis=0), exp_conv(t, x, k).T, rtol=1e-13)
+    np.testing.assert_allclose(exp_conv(t, per_voxel.T, k, axis=0), exp_conv(t, per_voxel, k).T, rtol=1e-13)
+    y0, dy0 = exp_conv_and_derivative(t, x, k, axis=0)
+    y1, dy1 = exp_conv_and_derivative(t, x, k)
+    np.testing.assert_allclose(y0, y1.T, rtol=1e-13)
+    np.testing.assert_allclose(dy0, dy1.T, rtol=1e-13)
+    np.testing.assert_allclose(cumulative_integral(t, per_voxel.T, axis=0), cumulative_integral(t, per_voxel).T, rtol=1e-13)
+    trapezoid = np.array([np.trapezoid(x[: i + 1], t[: i + 1]) for i in range(t.size)])
+    np.testing.assert_allclose(cumulative_integral(t, per_voxel)[0], trapezoid, rtol=1e-12, atol=1e-12)

@@ -137,3 +137,63 @@ def test_bad_arguments_raise_one_clear_error(rng):
         fit_curves(conc[:, :-1], T, CP)
     with pytest.raises(KineticsInputError, match="policy"):
         fit_curves(conc, T, CP, failed="zero")
+
+
+def test_forked_workers_give_the_serial_result(rng, monkeypatch):
+    """Worker processes (forked, writing into a shared mapping) return exactly the serial maps."""
+    from kinetics import pool
+
+    if not pool._can_fork():
+        pytest.skip("no fork here (not Linux, or other threads are running)")
+    truth, conc = planted(rng, n=500)
+    conc[3, 5] = np.nan
+    serial = fit_curves(conc, T, CP, chunk_size=64, workers=1)
+    monkeypatch.setattr(pool, "MIN_VOXELS_FOR_PROCESSES", 0)
+    assert pool.use_processes(2, conc.shape[0])
+    forked = fit_curves(conc, T, CP, chunk_size=64, workers=2)
+    for name in serial.params:
+        np.testing.assert_array_equal(forked.params[name], serial.params[name])
+    np.testing.assert_array_equal(forked.rmse, serial.rmse)
+    np.testing.assert_array_equal(forked.fit_ok, serial.fit_ok)
+    assert not forked.fit_ok[3]
+
+
+def test_worker_errors_reach_the_caller(monkeypatch):
+    from kinetics import pool
+
+    if not pool._can_fork():
+        pytest.skip("no fork here")
+
+    def job(chunk):
+        if chunk == 5:
+            raise ValueError("chunk 5 is bad")
+
+    with pytest.raises(ValueError, match="chunk 5 is bad"):
+        pool.for_each_chunk(job, list(range(8)), 2, processes=True)
+
+
+def test_noise_estimate_from_lag_products_equals_second_differences(rng):
+    from kinetics.block import _enhancing
+
+    ct = np.ascontiguousarray(planted(rng, n=50, noise_mM=0.05)[1].T)
+    d2 = ct[2:] - 2 * ct[1:-1] + ct[:-2]
+    sd = np.sqrt((d2**2).mean(0) / 6.0)
+    post = np.arange(T.size) >= np.argmax(CP)
+    expected = ct[post].mean(0) > 3.0 * sd / np.sqrt(post.sum())
+    np.testing.assert_array_equal(_enhancing(ct, CP, np.einsum("tn,tn->n", ct, ct), 3.0), expected)
+    # white noise: the estimate is unbiased (E d2^2 = 6 sigma^2)
+    noise = rng.normal(0.0, 0.2, (T.size, 20000))
+    d2 = noise[2:] - 2 * noise[1:-1] + noise[:-2]
+    assert np.sqrt((d2**2).mean() / 6.0) == pytest.approx(0.2, rel=0.01)
+
+
+def test_a_voxel_without_washout_stops_at_the_kep_floor():
+    """Data with no washout (Patlak, kep = 0) drive kep down; the separable fit stops at its floor
+    within a few iterations, and the voxel is flagged (ve far above 1), not left iterating."""
+    from kinetics.separable import fit_tofts_separable
+
+    conc = patlak_model(T, CP, np.array([0.1]), np.array([0.03]))
+    fit = fit_tofts_separable(T, conc, CP, np.array([0.01]), with_vp=True, max_iter=12)
+    assert fit.converged[0] and fit.ve[0] > 10
+    res = fit_curves(conc, T, CP, model="extended_tofts")
+    assert not res.fit_ok[0]
