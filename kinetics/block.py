@@ -57,13 +57,12 @@ def _voxel_major(x):
     return x if x.ndim == 1 else np.ascontiguousarray(x.T)
 
 
-def _enhancing(ct, cpt, cc, z):
+def _enhancing(ct, cpt, z):
     """True where the mean concentration after the AIF peak is significantly above zero.
 
-    The noise standard deviation comes from the second differences over time, which a smooth curve
-    barely raises: ``E[d2^2] = 6 sigma^2`` for white noise. Their sum of squares is expanded into the
-    curve's lag-0, 1 and 2 products, so it costs two dot products instead of a (n_times - 2, n)
-    difference array; ``cc`` is the lag-0 product, already known.
+    The noise standard deviation comes from the mean absolute second difference over time
+    (``E|d2| = sqrt(6) sigma sqrt(2/pi)`` for white noise), which a smooth curve barely raises and
+    a single outlying frame (a motion spike) raises far less than a root-mean-square would.
     """
     n_times = ct.shape[0]
     post = np.arange(n_times)[:, None] >= np.argmax(cpt, axis=0)
@@ -72,12 +71,11 @@ def _enhancing(ct, cpt, cc, z):
         mean_post = post[:, 0].astype(float) @ ct / n_post
     else:
         mean_post = np.einsum("tn,tn->n", ct, post) / n_post
-    lag1 = _dot(ct[1:], ct[:-1])
-    lag2 = _dot(ct[2:], ct[:-2])
-    c0, c1, cm, cl = ct[0], ct[1], ct[-2], ct[-1]
-    d2_sq = 6.0 * cc - 8.0 * lag1 + 2.0 * lag2  # sum over i of (c[i+2] - 2 c[i+1] + c[i])^2, then its ends
-    d2_sq -= 5.0 * c0 * c0 + c1 * c1 - 4.0 * c0 * c1 + 5.0 * cl * cl + cm * cm - 4.0 * cm * cl
-    sd = np.sqrt(np.maximum(d2_sq, 0.0) / (6.0 * (n_times - 2)))
+    d2 = ct[2:] - ct[1:-1]  # second difference, in place on one temporary
+    d2 -= ct[1:-1]
+    d2 += ct[:-2]
+    np.abs(d2, out=d2)
+    sd = d2.sum(0) / ((n_times - 2) * np.sqrt(6.0) * np.sqrt(2.0 / np.pi))
     return mean_post > z * sd / np.sqrt(n_post)
 
 
@@ -157,22 +155,23 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     mean = total / n_times
     valid = np.isfinite(sst) & (sst > n_times * (_FLAT * mean) ** 2)
     with np.errstate(invalid="ignore", over="ignore"):
-        valid &= _enhancing(ct, cpt, cc, options.min_enhancement_z)
+        valid &= _enhancing(ct, cpt, options.min_enhancement_z)
     lower = np.array(spec.lower + ((options.delay_bounds_s[0],) if options.fit_delay else ()))
     upper = np.array(spec.upper + ((options.delay_bounds_s[1],) if options.fit_delay else ()))
     p = np.full((n, len(lower)), np.nan)
     sse = np.full(n, np.nan)  # of the final model curve, where a fit already computed it
     rows = np.flatnonzero(valid)
-    cv, cpv = _columns(ct, rows, n), _columns(cpt, rows, n)
-    if options.fit_delay:
-        lo, hi = options.delay_bounds_s
-        step = options.delay_step_s
-        p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
-    elif _dense(rows, n):
+    if options.method == "llsq" and not options.fit_delay and _dense(rows, n):
         with np.errstate(all="ignore"):  # the columns not kept may hold NaN or inf
             p[rows] = spec.linear(t, ct, cpt, axis=0).params[rows]
     else:
-        p[rows] = spec.linear(t, cv, cpv, axis=0).params
+        cv, cpv = _columns(ct, rows, n), _columns(cpt, rows, n)
+        if options.fit_delay:
+            lo, hi = options.delay_bounds_s
+            step = options.delay_step_s
+            p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
+        else:
+            p[rows] = spec.linear(t, cv, cpv, axis=0).params
     converged = np.zeros(n, dtype=bool)
     if options.method == "llsq":
         converged[rows] = np.all(np.isfinite(p[rows]), axis=-1)

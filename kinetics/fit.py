@@ -34,8 +34,8 @@ class CurveFit:
         Model parameters, then derived ones (``kep``, ...), then ``delay`` (s) when it was fitted.
     units : dict of str to str
     rmse : (n_voxels,) ndarray, mM
-        Of the model curve. For the Tofts family it comes from expanded sums, so on noise-free
-        data it bottoms out near 1e-8 of the curve's scale instead of at zero.
+        Of the model curve. For a linear fit of the Tofts family it comes from expanded sums, so
+        on noise-free data it bottoms out near 1e-8 of the curve's scale instead of at zero.
     r2 : (n_voxels,) ndarray
     fit_ok : (n_voxels,) bool ndarray
         False where the input was not finite, flat or not enhancing, or the fit did not converge,
@@ -136,8 +136,9 @@ def fit_curves(
         - ``"nan"``: parameters of voxels with ``fit_ok=False`` are set to NaN.
         - ``"keep"``: their last estimates are kept, for inspection; ``fit_ok`` still says False.
     workers : int or None
-        Cores fitting chunks at once; None uses every core available to the process. On Linux,
-        from 50,000 voxels, they are forked processes (see :mod:`kinetics.pool`), else threads.
+        Cores fitting chunks at once; None uses every core available to the process. They are
+        forked processes (see :mod:`kinetics.pool`) on Linux, from 50,000 voxels of a numpy array,
+        when no other Python thread is running (not in Jupyter, for one); threads otherwise.
         Results do not depend on it.
 
     Returns
@@ -160,7 +161,7 @@ def fit_curves(
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = available_cpus() if workers is None else max(int(workers), 1)
-    processes = use_processes(n_workers, n)
+    processes = use_processes(n_workers, n, conc_mM)
     # one row per voxel: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker
     table = (shared_empty if processes else np.empty)((n, len(names) + 3))
 

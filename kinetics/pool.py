@@ -14,7 +14,7 @@ import multiprocessing
 import sys
 import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,20 +22,29 @@ __all__ = ["use_processes", "shared_empty", "for_each_chunk", "MIN_VOXELS_FOR_PR
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
-_job = None  # the function a forked worker runs; set by its initializer, inherited from the parent
+def _take_chunks(job, chunks, counter, lock):
+    """Run ``job`` on chunks taken one at a time from the shared ``counter`` until none are left."""
+    while True:
+        with lock:
+            i = int(counter[0])
+            counter[0] = i + 1
+        if i >= len(chunks):
+            return
+        job(chunks[i])
 
 
-def _start_worker(job):
-    global _job
-    _job = job
+def _child(job, chunks, counter, lock, errors):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # the processes are the parallelism: one BLAS thread each, no oversubscription
-
-
-def _run_chunks(chunks):
-    for chunk in chunks:
-        _job(chunk)
+    try:
+        _take_chunks(job, chunks, counter, lock)
+    except BaseException as err:  # handed to the parent, which raises it
+        try:
+            errors.put(err)
+        except Exception:  # not picklable: its text then
+            errors.put(RuntimeError(f"{type(err).__name__}: {err}"))
+        sys.exit(1)  # quietly: the parent raises the error
 
 
 def _can_fork() -> bool:
@@ -49,9 +58,18 @@ def _can_fork() -> bool:
     )
 
 
-def use_processes(workers: int, n_voxels: int) -> bool:
-    """Whether :func:`for_each_chunk` should fork ``workers`` processes for ``n_voxels`` voxels."""
-    return workers > 1 and n_voxels >= MIN_VOXELS_FOR_PROCESSES and _can_fork()
+def use_processes(workers: int, n_voxels: int, data=None) -> bool:
+    """Whether :func:`for_each_chunk` should fork ``workers`` processes for ``n_voxels`` voxels of ``data``.
+
+    Only for numpy arrays (memory-mapped ones included): file handles such as HDF5's may not be
+    used across a fork.
+    """
+    return (
+        workers > 1
+        and n_voxels >= MIN_VOXELS_FOR_PROCESSES
+        and (data is None or isinstance(data, np.ndarray))
+        and _can_fork()
+    )
 
 
 def shared_empty(shape, dtype=float) -> np.ndarray:
@@ -65,8 +83,11 @@ def shared_empty(shape, dtype=float) -> np.ndarray:
 def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     """Call ``job(chunk)`` for every chunk on ``workers`` cores; ``job`` writes its own results.
 
-    With ``processes`` (see :func:`use_processes`) the workers are forked and inherit ``job``, a closure
-    included, without pickling; its results must go to arrays from :func:`shared_empty`.
+    With ``processes`` (see :func:`use_processes`) this process and ``workers - 1`` forked ones take
+    chunks one at a time from a shared counter. The forked ones inherit ``job``, a closure included,
+    without pickling; its results must go to arrays from :func:`shared_empty`. This process works
+    too, because a new process starts slowly (its first writes fault in fresh memory) while this
+    one is warm. An error in any worker stops the others after their current chunk and is raised here.
     """
     workers = min(int(workers), len(chunks))
     if workers <= 1:
@@ -77,13 +98,38 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(job, chunks))
         return
-    # a few tasks per worker, so that one slow task does not leave the other cores idle
-    bounds = np.linspace(0, len(chunks), min(len(chunks), 4 * workers) + 1).astype(int)
-    tasks = [chunks[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    from threadpoolctl import threadpool_limits
+
+    context = multiprocessing.get_context("fork")
+    counter = shared_empty((1,), np.int64)
+    counter[0] = 0
+    lock, errors = context.Lock(), context.SimpleQueue()
+    args = (job, chunks, counter, lock, errors)
+    children = [context.Process(target=_child, args=args, daemon=True) for _ in range(workers - 1)]
     with warnings.catch_warnings():
-        # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the workers
+        # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the children
         # run numpy alone, and _can_fork excluded other Python threads
         warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
-            list(pool.map(_run_chunks, tasks))
+        started = []
+        for child in children:
+            try:
+                child.start()
+            except OSError:  # no memory or process slots for another: this process does the work
+                break
+            started.append(child)
+    children = started
+    try:
+        with threadpool_limits(1):
+            _take_chunks(job, chunks, counter, lock)
+    except BaseException:
+        with lock:
+            counter[0] = len(chunks)  # the children stop after their current chunk
+        raise
+    finally:
+        for child in children:
+            child.join()
+    if not errors.empty():
+        raise errors.get()
+    failed = [child.exitcode for child in children if child.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"a worker process ended with exit code {failed[0]} before its chunks were done.")
