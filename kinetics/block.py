@@ -235,11 +235,14 @@ def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
                 )
                 estimate[on_zero] = np.stack([z.ktrans, z.ve, np.zeros(on_zero.size)], axis=-1)
                 sep.converged[on_zero] = z.converged
+                sep.no_washout[on_zero] = z.no_washout
                 sep_sse[on_zero] = z.sse
-        inside = sep.converged & np.all((estimate >= lower) & (estimate <= upper), axis=-1)
+        estimate[sep.no_washout, 1] = np.inf  # kep -> 0: ve beyond its bound
+        sep_converged = sep.converged | sep.no_washout
+        inside = sep_converged & np.all((estimate >= lower) & (estimate <= upper), axis=-1)
         # beyond an upper bound the bounded optimum lies on it, which flags the voxel (fit_ok = False)
         # whatever the other parameters: no need to iterate further
-        beyond = sep.converged & ~inside & np.all(estimate >= lower, axis=-1)
+        beyond = sep_converged & ~inside & np.all(estimate >= lower, axis=-1)
         done = inside | beyond
         params[done] = np.clip(estimate[done], lower, upper)
         converged[done] = True

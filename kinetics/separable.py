@@ -31,13 +31,15 @@ _dot = partial(dot_over_time, axis=0)  # per-voxel dot products over time of tim
 
 class SeparableFit(NamedTuple):
     """``ktrans`` (/min), ``ve``, ``vp`` (zeros without vp), each (n,); ``converged`` (n,) bool;
-    ``sse`` (n,) mM^2, the squared error of the model curve at these parameters."""
+    ``sse`` (n,) mM^2, the squared error of the model curve at these parameters; ``no_washout`` (n,)
+    bool, where the search stopped on the kep floor (the data favour kep = 0, ve without bound)."""
 
     ktrans: np.ndarray
     ve: np.ndarray
     vp: np.ndarray
     converged: np.ndarray
     sse: np.ndarray
+    no_washout: np.ndarray
 
 
 def _time_major(x, axis):
@@ -94,8 +96,8 @@ def fit_tofts_separable(
 
     kep is kept above ``1e-3 / (t_s[-1] - t_s[0])``: below it the curve differs from the Patlak
     limit (kep = 0) by less than 0.1% over the acquisition, so the data cannot tell the two apart.
-    A voxel that keeps descending there stops, not converged, and is left to the caller's bounded
-    fit (where ve ends on its upper bound).
+    A voxel that keeps descending there stops and is marked ``no_washout``: its optimum has ve
+    beyond any bound, whatever the ve computed at the floor.
     """
     t_s = np.asarray(t_s, dtype=float)
     n_times, n_linear = t_s.size, 2 if with_vp else 1
@@ -115,7 +117,7 @@ def fit_tofts_separable(
     grad, curv = np.zeros(n), np.ones(n)
     lam = np.full(n, 1e-3)
     trial = kep.copy()
-    converged = np.zeros(n, dtype=bool)
+    converged, no_washout = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     active = np.flatnonzero(start)
     for _ in range(max_iter):
         if active.size == 0:
@@ -174,7 +176,7 @@ def fit_tofts_separable(
         lam[rows] = np.where(better, np.maximum(lam[rows] / 10.0, 1e-9), lam[rows] * 10.0)
         # next trial from the best point: damped Gauss-Newton, at most a factor 3 in kep per step
         delta = grad[rows] / (curv[rows] * (1.0 + lam[rows]))
-        # stuck on the floor: stop, unconverged, so that the caller's bounded fit takes the voxel
+        # still descending on the floor: the search ends there, flagged
         at_floor = better & (kep[rows] <= floor) & (delta < 0)
         # Gauss-Newton's own error estimate: after an accepted step, a next step far below kep's
         # standard error (from the noise, sse / (n_times - n_params), and the curvature), or a
@@ -185,6 +187,7 @@ def fit_tofts_separable(
         small_next = better & (np.abs(delta) <= np.maximum(_STOP_BELOW_SD * sd_kep, 1e-3 * xtol * kep[rows]))
         done = small_gain | small_step | small_next | exact | (lam[rows] > 1e8)
         converged[rows[done]] = True
+        no_washout[rows[at_floor]] = True
         done |= at_floor
         keep = ~done
         active, delta = rows[keep], delta[keep]
@@ -194,5 +197,6 @@ def fit_tofts_separable(
         ve = best_k / kep
     finite = np.isfinite(best_sse)
     return SeparableFit(
-        best_k * SECONDS_PER_MINUTE, ve, best_vp, converged & finite, np.where(finite, best_sse, np.nan)
+        best_k * SECONDS_PER_MINUTE, ve, best_vp, converged & finite, np.where(finite, best_sse, np.nan),
+        no_washout & finite,
     )
