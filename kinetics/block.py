@@ -225,7 +225,7 @@ def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
         estimate = np.stack([sep.ktrans, sep.ve, sep.vp][: len(spec.params)], axis=-1)
         sep_sse = sep.sse
         if with_vp:  # a negative vp puts the bounded optimum on vp = 0: the Tofts model there
-            on_zero = np.flatnonzero(sep.converged & (sep.vp < 0))
+            on_zero = np.flatnonzero((sep.converged | sep.no_washout) & (sep.vp < 0))
             if on_zero.size:
                 kep_z = sep.ktrans[on_zero] / sep.ve[on_zero] / SECONDS_PER_MINUTE
                 kep_z = np.where(np.isfinite(kep_z) & (kep_z > 0), kep_z, kep0[on_zero])

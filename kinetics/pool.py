@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
+import pickle
 import sys
 import threading
 import warnings
@@ -22,15 +23,39 @@ __all__ = ["use_processes", "shared_empty", "for_each_chunk", "MIN_VOXELS_FOR_PR
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
+_LOCK_TIMEOUT_S = 60.0  # the counter is held for microseconds; this long means its holder died
+
+
 def _take_chunks(job, chunks, counter, lock):
     """Run ``job`` on chunks taken one at a time from the shared ``counter`` until none are left."""
     while True:
-        with lock:
-            i = int(counter[0])
-            counter[0] = i + 1
+        i = _next_index(counter, lock)
         if i >= len(chunks):
             return
         job(chunks[i])
+
+
+def _next_index(counter, lock, *, stop_at=None):
+    """The next chunk's index (and the counter moved on), or, with ``stop_at``, the counter set there."""
+    if not lock.acquire(timeout=_LOCK_TIMEOUT_S):
+        raise RuntimeError("a worker process stopped while it held the chunk counter.")
+    try:
+        i = int(counter[0])
+        counter[0] = i + 1 if stop_at is None else stop_at
+    finally:
+        lock.release()
+    return i
+
+
+def _portable_error(err, limit=16_384):
+    """``err`` if it pickles, unpickles and is small (a pipe holds 64 KiB), else a RuntimeError with its text."""
+    try:
+        if len(pickle.dumps(err)) <= limit:
+            pickle.loads(pickle.dumps(err))
+            return err
+    except Exception:
+        pass
+    return RuntimeError(f"{type(err).__name__}: {str(err)[:4000]}")
 
 
 def _child(job, chunks, counter, lock, errors):
@@ -39,11 +64,11 @@ def _child(job, chunks, counter, lock, errors):
     threadpool_limits(1)  # the processes are the parallelism: one BLAS thread each, no oversubscription
     try:
         _take_chunks(job, chunks, counter, lock)
-    except BaseException as err:  # handed to the parent, which raises it
+    except BaseException as err:  # the others stop after their current chunk; the parent raises it
         try:
-            errors.put(err)
-        except Exception:  # not picklable: its text then
-            errors.put(RuntimeError(f"{type(err).__name__}: {err}"))
+            _next_index(counter, lock, stop_at=len(chunks))
+        finally:
+            errors.put(_portable_error(err))
         sys.exit(1)  # quietly: the parent raises the error
 
 
@@ -105,25 +130,23 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     counter[0] = 0
     lock, errors = context.Lock(), context.SimpleQueue()
     args = (job, chunks, counter, lock, errors)
-    children = [context.Process(target=_child, args=args, daemon=True) for _ in range(workers - 1)]
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the children
-        # run numpy alone, and _can_fork excluded other Python threads
-        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        started = []
-        for child in children:
-            try:
-                child.start()
-            except OSError:  # no memory or process slots for another: this process does the work
-                break
-            started.append(child)
-    children = started
+    children = []
     try:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the
+            # children run numpy alone, and _can_fork excluded other Python threads
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            for _ in range(workers - 1):
+                child = context.Process(target=_child, args=args, daemon=True)
+                try:
+                    child.start()
+                except OSError:  # no memory or process slots for another: this process does the work
+                    break
+                children.append(child)
         with threadpool_limits(1):
             _take_chunks(job, chunks, counter, lock)
     except BaseException:
-        with lock:
-            counter[0] = len(chunks)  # the children stop after their current chunk
+        _next_index(counter, lock, stop_at=len(chunks))  # the children stop after their current chunk
         raise
     finally:
         for child in children:

@@ -183,8 +183,9 @@ def fit_tofts_separable(
         # thousand times below xtol, would not change the answer, so it need not be taken; on
         # noise-free data the standard error vanishes and the fit runs to full precision
         with np.errstate(divide="ignore", invalid="ignore"):
-            sd_kep = np.sqrt(best_sse[rows] / (n_times - n_linear - 1) / curv[rows])
-        small_next = better & (np.abs(delta) <= np.maximum(_STOP_BELOW_SD * sd_kep, 1e-3 * xtol * kep[rows]))
+            sd_kep = np.sqrt(best_sse[rows] / max(n_times - n_linear - 1, 1) / curv[rows])
+            newton = np.abs(grad[rows] / curv[rows])  # the undamped step: damping would hide a long one
+        small_next = better & (newton <= np.maximum(_STOP_BELOW_SD * sd_kep, 1e-3 * xtol * kep[rows]))
         done = small_gain | small_step | small_next | exact | (lam[rows] > 1e8)
         converged[rows[done]] = True
         no_washout[rows[at_floor]] = True

@@ -1,5 +1,8 @@
 """The fitting engine: planted truth, failure handling, chunking and argument errors."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -158,18 +161,26 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     assert not forked.fit_ok[3]
 
 
-def test_worker_errors_reach_the_caller(monkeypatch):
+def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
+    """An error in a forked child stops every worker after its current chunk, and reaches the caller
+    even when its message is far larger than a pipe's buffer."""
     from kinetics import pool
 
     if not pool._can_fork():
         pytest.skip("no fork here")
+    done = pool.shared_empty((200,), np.int64)
+    done[:] = 0
+    parent = os.getpid()
 
     def job(chunk):
-        if chunk == 5:
-            raise ValueError("chunk 5 is bad")
+        done[chunk] = 1
+        if os.getpid() != parent:
+            raise ValueError("chunk %d is bad " % chunk + "x" * 200_000)
+        time.sleep(0.01)
 
-    with pytest.raises(ValueError, match="chunk 5 is bad"):
-        pool.for_each_chunk(job, list(range(8)), 2, processes=True)
+    with pytest.raises((ValueError, RuntimeError), match="is bad"):
+        pool.for_each_chunk(job, list(range(200)), 2, processes=True)
+    assert done.sum() < 50  # the parent stopped soon after the child's error
 
 
 def test_enhancement_test_survives_an_outlying_frame(rng):
@@ -202,6 +213,18 @@ def test_a_voxel_without_washout_stops_at_the_kep_floor():
     res = fit_curves(conc, T, CP, model="extended_tofts", failed="keep")
     assert not res.fit_ok.any()
     np.testing.assert_allclose(res.params["ve"], 1.0)
+
+
+def test_no_washout_with_a_negative_vp_takes_the_tofts_refit_not_the_bounded_fit(monkeypatch):
+    from kinetics import block
+
+    def no_detour(*args, **kwargs):
+        raise AssertionError("Levenberg-Marquardt was called")
+
+    monkeypatch.setattr(block, "levenberg_marquardt", no_detour)
+    conc = patlak_model(T, CP, np.array([0.1]), np.array([0.0])) - 0.01 * CP
+    res = fit_curves(conc, T, CP, model="extended_tofts", failed="keep")
+    assert not res.fit_ok[0] and res.params["vp"][0] == 0.0
 
 
 def test_noiseless_extended_tofts_is_recovered_to_high_precision():
