@@ -2,9 +2,9 @@
 
 A block fit is a few hundred numpy calls, many of them short (a row of a running sum, a 3 x 3 solve
 per voxel). In threads each call takes the GIL back, and two threads fitting blocks run only about
-1.2x faster than one; two processes run 1.9x faster. Forked processes inherit the input without a
-copy, and write their results into a shared anonymous mapping that the parent reads: only the
-chunk bounds travel between processes.
+1.2x faster than one; two independent processes run 1.9x faster. Forked processes inherit the input
+without a copy and write their results into a shared anonymous mapping that the parent reads; all
+they share besides is a counter of the chunks taken.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def use_processes(workers: int, n_voxels: int, data=None) -> bool:
 
 
 def shared_empty(shape, dtype=float) -> np.ndarray:
-    """An uninitialised array in an anonymous shared mapping: what forked workers write there, the
+    """A zero-filled array in an anonymous shared mapping: what forked workers write there, the
     parent sees."""
     dtype = np.dtype(dtype)
     size = max(int(np.prod(shape)) * dtype.itemsize, 1)
