@@ -15,7 +15,7 @@ import numpy as np
 from .block import BlockOptions, fit_block
 from .errors import KineticsInputError
 from .options import available_cpus
-from .pool import for_each_chunk, shared_empty, use_processes
+from .pool import for_each_chunk, shared_zeros, use_processes
 from .registry import get_model
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS"]
@@ -163,7 +163,7 @@ def fit_curves(
     n_workers = available_cpus() if workers is None else max(int(workers), 1)
     processes = use_processes(n_workers, n, conc_mM)
     # one row per voxel: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker
-    table = (shared_empty if processes else np.empty)((n, len(names) + 3))
+    table = (shared_zeros if processes else np.empty)((n, len(names) + 3))
 
     def run(rows):  # each chunk as a time-major float64 block: one copy, transposed on the way
         ct = np.asarray(np.asarray(conc_mM[rows]).T, dtype=float, order="C")

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["use_processes", "shared_empty", "for_each_chunk", "MIN_VOXELS_FOR_PROCESSES"]
+__all__ = ["use_processes", "shared_zeros", "for_each_chunk", "MIN_VOXELS_FOR_PROCESSES"]
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
@@ -97,7 +97,7 @@ def use_processes(workers: int, n_voxels: int, data=None) -> bool:
     )
 
 
-def shared_empty(shape, dtype=float) -> np.ndarray:
+def shared_zeros(shape, dtype=float) -> np.ndarray:
     """A zero-filled array in an anonymous shared mapping: what forked workers write there, the
     parent sees."""
     dtype = np.dtype(dtype)
@@ -110,7 +110,7 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
 
     With ``processes`` (see :func:`use_processes`) this process and ``workers - 1`` forked ones take
     chunks one at a time from a shared counter. The forked ones inherit ``job``, a closure included,
-    without pickling; its results must go to arrays from :func:`shared_empty`. This process works
+    without pickling; its results must go to arrays from :func:`shared_zeros`. This process works
     too, because a new process starts slowly (its first writes fault in fresh memory) while this
     one is warm. An error in any worker stops the others after their current chunk and is raised here.
     """
@@ -126,7 +126,7 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     from threadpoolctl import threadpool_limits
 
     context = multiprocessing.get_context("fork")
-    counter = shared_empty((1,), np.int64)
+    counter = shared_zeros((1,), np.int64)
     counter[0] = 0
     lock, errors = context.Lock(), context.SimpleQueue()
     args = (job, chunks, counter, lock, errors)
