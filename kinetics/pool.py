@@ -127,7 +127,6 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
 
     context = multiprocessing.get_context("fork")
     counter = shared_zeros((1,), np.int64)
-    counter[0] = 0
     lock, errors = context.Lock(), context.SimpleQueue()
     args = (job, chunks, counter, lock, errors)
     children = []

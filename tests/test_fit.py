@@ -169,7 +169,6 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
     if not pool._can_fork():
         pytest.skip("no fork here")
     done = pool.shared_zeros((200,), np.int64)
-    done[:] = 0
     parent = os.getpid()
 
     def job(chunk):
