@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .convolution import delay_input, exp_conv
+from .convolution import delay_input, exp_conv, from_time_major, to_time_major
 from .linear import dot_over_time
 from .models import SECONDS_PER_MINUTE
 from .optimize import levenberg_marquardt
@@ -53,10 +53,6 @@ def _dense(rows, n):
     return 2 * rows.size >= n
 
 
-def _voxel_major(x):
-    return x if x.ndim == 1 else np.ascontiguousarray(x.T)
-
-
 def _enhancing(ct, cpt, z):
     """True where the mean concentration after the AIF peak is significantly above zero.
 
@@ -88,7 +84,7 @@ def _model_sse(spec, t, ct, cpt, params, cc):
     any noise. Other models go through their voxel-major forward function.
     """
     if spec.name not in _SEPARABLE:
-        resid = ct - spec.forward(t, _voxel_major(cpt), *params.T).T
+        resid = ct - spec.forward(t, from_time_major(cpt), *params.T).T
         return _dot(resid, resid)
     ktrans = params[:, 0] / SECONDS_PER_MINUTE
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -111,16 +107,16 @@ def _linear_with_delay(spec, t, ct, cpt, cc, delays):
     best_sse = np.full(n, np.inf)
     fallback_delay = np.zeros(n)
     fallback_sse = np.full(n, np.inf)
-    cp_vm = _voxel_major(cpt)
+    cp_vm = from_time_major(cpt)  # delay_input works voxel-major
     for d in delays:  # a few dozen trial delays, each fitted for all voxels at once
-        cpd = delay_input(t, cp_vm, d)
-        fit = spec.linear(t, ct, _voxel_major(cpd), axis=0)
+        cpd = to_time_major(delay_input(t, cp_vm, d))
+        fit = spec.linear(t, ct, cpd, axis=0)
         lower = fit.sse < fallback_sse
         fallback_delay[lower], fallback_sse[lower] = d, fit.sse[lower]
         good = np.flatnonzero(np.all(np.isfinite(fit.params), axis=-1))
         if good.size == 0:
             continue
-        sse = _model_sse(spec, t, _columns(ct, good, n), _columns(_voxel_major(cpd), good, n), fit.params[good], cc[good])
+        sse = _model_sse(spec, t, _columns(ct, good, n), _columns(cpd, good, n), fit.params[good], cc[good])
         better = good[sse < best_sse[good]]
         best[better, :k] = fit.params[better]
         best[better, k] = d
@@ -180,7 +176,7 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         seed = np.where(np.isfinite(seed), seed, np.array(spec.initial))
         if options.fit_delay:  # the delay stays at its grid value; the input is shifted once per voxel
             delay = np.where(np.isfinite(p[rows, -1]), p[rows, -1], 0.0)
-            cpv = _voxel_major(delay_input(t, _voxel_major(cpv), delay))
+            cpv = to_time_major(delay_input(t, from_time_major(cpv), delay))
         p[rows, :k], converged[rows], sse[rows] = _nonlinear(
             spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter
         )
@@ -192,7 +188,7 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         cols = np.arange(n) if _dense(todo, n) else todo
         cpf, q = _columns(cpt, cols, n), p[cols]
         if options.fit_delay:
-            cpf, q = _voxel_major(delay_input(t, _voxel_major(cpf), q[:, -1])), q[:, :-1]
+            cpf, q = to_time_major(delay_input(t, from_time_major(cpf), q[:, -1])), q[:, :-1]
         with np.errstate(all="ignore"):  # the columns not kept may hold NaN
             model_sse = _model_sse(spec, t, _columns(ct, cols, n), cpf, q, cc[cols])
         sse[todo] = model_sse[todo] if cols.size == n else model_sse
@@ -251,7 +247,7 @@ def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
     if todo.size:
         evaluate = spec.jacobian or spec.forward
         c_todo = np.ascontiguousarray(ct[:, todo].T)
-        cp_todo = _voxel_major(_columns(cpt, todo, n))
+        cp_todo = from_time_major(_columns(cpt, todo, n))
 
         def curve(q, r):
             return evaluate(t, cp_todo if cp_todo.ndim == 1 else cp_todo[r], *q.T)

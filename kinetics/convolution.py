@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["exp_conv", "exp_conv_and_derivative", "cumulative_integral", "delay_input"]
+__all__ = [
+    "exp_conv",
+    "exp_conv_and_derivative",
+    "cumulative_integral",
+    "delay_input",
+    "to_time_major",
+    "from_time_major",
+]
 
 _SMALL = 1e-4  # below this k*dt the closed forms lose digits and their Taylor series take over
 
@@ -41,13 +48,26 @@ def cumulative_integral(t_s, x, *, axis=-1):
     out[1:] *= half_dt.reshape((-1,) + (1,) * (x.ndim - 1))
     for i in range(1, out.shape[0] - 1):  # running sum over time, each step a contiguous row
         out[i + 1] += out[i]
-    return _time_on(out, axis)
+    return from_time_major(out, axis)
 
 
-def _time_on(y, axis):
-    """A time-major result with its time axis moved to ``axis``, contiguous in that layout.
+def to_time_major(x, axis=-1):
+    """``x`` with its time axis (``axis``) first and contiguous: (n, n_times) -> (n_times, n).
 
-    The dot products over time that follow are several times faster on contiguous rows.
+    A 1-D curve, or a float64 array whose time axis is already first, comes back as it is (no copy);
+    otherwise the cast to float64 and the transpose are one copy.
+    """
+    x = np.asarray(x)
+    if x.ndim == 1 or axis in (0, -x.ndim):
+        return np.asarray(x, dtype=float)
+    return np.asarray(np.moveaxis(x, axis, 0), dtype=float, order="C")
+
+
+def from_time_major(y, axis=-1):
+    """A time-major array with its time axis moved to ``axis``, contiguous: (n_times, n) -> (n, n_times).
+
+    The inverse of :func:`to_time_major`. The dot products over time that follow are several times
+    faster on contiguous rows.
     """
     if y.ndim == 1 or axis in (0, -y.ndim):
         return y
@@ -88,7 +108,7 @@ def _input_terms(xt, u, v):
     return x1 * u - dx * v
 
 
-def _time_major(x, rate_per_s, axis):
+def _input_time_major(x, rate_per_s, axis):
     """Input with time first; a single curve gets trailing axes to broadcast against the rates."""
     x = np.asarray(x, dtype=float)
     if x.ndim == 1:
@@ -123,7 +143,7 @@ def exp_conv(t_s, x, rate_per_s, *, axis=-1):
     """
     t_s = np.asarray(t_s, dtype=float)
     e, c1, c2 = _interval_terms(t_s, rate_per_s)[:3]
-    xt = _time_major(x, rate_per_s, axis)
+    xt = _input_time_major(x, rate_per_s, axis)
     b = _input_terms(xt, c1, c2)
     e, b = np.broadcast_arrays(e, b)  # e may have an interval axis of length 1 (uniform grid)
     y = np.empty((t_s.size,) + b.shape[1:])
@@ -133,7 +153,7 @@ def exp_conv(t_s, x, rate_per_s, *, axis=-1):
     for i in range(b2.shape[0]):  # recurrence over time; each step is vectorised over voxels
         np.multiply(e2[i], rows[i], out=rows[i + 1])
         rows[i + 1] += b2[i]
-    return _time_on(y, axis)
+    return from_time_major(y, axis)
 
 
 def exp_conv_and_derivative(t_s, x, rate_per_s, *, axis=-1):
@@ -158,7 +178,7 @@ def exp_conv_and_derivative(t_s, x, rate_per_s, *, axis=-1):
     # h'(a) = (e^-a - 2 h(a))/a; on a uniform grid these are per-voxel arrays, broadcast for free
     dh = np.where(small, -1.0 / 3.0 + a / 4.0 - a * a / 10.0, (np.exp(-a_safe) - 2.0 * h) / a_safe)
     step2 = step * step
-    xt = _time_major(x, rate_per_s, axis)
+    xt = _input_time_major(x, rate_per_s, axis)
     b = _input_terms(xt, c1, c2)
     db = _input_terms(xt, -h * step2, dh * step2)
     e, b, db = np.broadcast_arrays(e, b, db)
@@ -177,7 +197,7 @@ def exp_conv_and_derivative(t_s, x, rate_per_s, *, axis=-1):
         rdy[i + 1] += db2[i]
         np.multiply(e2[i], ry[i], out=ry[i + 1])
         ry[i + 1] += b2[i]
-    return _time_on(y, axis), _time_on(dy, axis)
+    return from_time_major(y, axis), from_time_major(dy, axis)
 
 
 def delay_input(t_s, x, delay_s):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .block import BlockOptions, fit_block
+from .convolution import to_time_major
 from .errors import KineticsInputError
 from .options import available_cpus
 from .pool import for_each_chunk, shared_zeros, use_processes
@@ -166,8 +167,8 @@ def fit_curves(
     table = (shared_zeros if processes else np.empty)((n, len(names) + 3))
 
     def run(rows):  # each chunk as a time-major float64 block: one copy, transposed on the way
-        ct = np.asarray(np.asarray(conc_mM[rows]).T, dtype=float, order="C")
-        cpt = cp if cp.ndim == 1 else np.ascontiguousarray(cp[rows].T)
+        ct = to_time_major(conc_mM[rows])
+        cpt = cp if cp.ndim == 1 else to_time_major(cp[rows])
         p, quality = fit_block(spec, t, ct, cpt, options)
         table[rows, : len(names)] = p
         table[rows, len(names):] = np.stack(quality, axis=-1)

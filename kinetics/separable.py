@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .convolution import exp_conv_and_derivative
+from .convolution import exp_conv_and_derivative, to_time_major
 from .linear import dot_over_time
 from .models import SECONDS_PER_MINUTE
 
@@ -40,11 +40,6 @@ class SeparableFit(NamedTuple):
     converged: np.ndarray
     sse: np.ndarray
     no_washout: np.ndarray
-
-
-def _time_major(x, axis):
-    x = np.asarray(x, dtype=float)
-    return x if x.ndim == 1 or axis == 0 else np.ascontiguousarray(np.moveaxis(x, axis, 0))
 
 
 def _linear_part(f, cp, c_dot_cp, cp_dot_cp, c, with_vp):
@@ -101,8 +96,8 @@ def fit_tofts_separable(
     """
     t_s = np.asarray(t_s, dtype=float)
     n_times, n_linear = t_s.size, 2 if with_vp else 1
-    c = _time_major(conc_mM, axis)
-    cp_all = _time_major(cp_mM, axis)
+    c = to_time_major(conc_mM, axis)
+    cp_all = to_time_major(cp_mM, axis)
     shared = cp_all.ndim == 1
     n = c.shape[1]
     floor = 1e-3 / (t_s[-1] - t_s[0])
