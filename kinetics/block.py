@@ -47,6 +47,24 @@ def _columns(x, rows, n):
     return x[:, rows]
 
 
+def _all_finite(p):
+    """``np.all(np.isfinite(p), axis=-1)`` for (n, k) ``p``, a column at a time: numpy reduces over a
+    short last axis several times slower."""
+    out = np.isfinite(p[:, 0])
+    for j in range(1, p.shape[1]):
+        out &= np.isfinite(p[:, j])
+    return out
+
+
+def _any_beyond(p, lower, upper):
+    """Rows of ``p`` (n, k) with any entry at or above ``upper`` or below ``lower``, a column at a time."""
+    out = np.zeros(p.shape[0], dtype=bool)
+    for j in range(p.shape[1]):
+        out |= p[:, j] >= upper[j]
+        out |= p[:, j] < lower[j]
+    return out
+
+
 def _dense(rows, n):
     """Whether to compute on every column and keep ``rows`` rather than gather them first: the gather
     is a pass over the block, which costs more than the wasted columns when most are kept."""
@@ -67,9 +85,9 @@ def _enhancing(ct, cpt, z):
         mean_post = post[:, 0].astype(float) @ ct / n_post
     else:
         mean_post = np.einsum("tn,tn->n", ct, post) / n_post
-    d2 = ct[2:] - ct[1:-1]  # second difference, in place on one temporary
-    d2 -= ct[1:-1]
-    d2 += ct[:-2]
+    d1 = ct[1:] - ct[:-1]
+    d2 = np.subtract(d1[1:], d1[:-1])  # second difference: two passes over the block
+    del d1
     np.abs(d2, out=d2)
     sd = d2.sum(0) / ((n_times - 2) * np.sqrt(6.0) * np.sqrt(2.0 / np.pi))
     return mean_post > z * sd / np.sqrt(n_post)
@@ -110,7 +128,7 @@ def _linear_with_delay(spec, t, ct, cpt, cc, delays):
     cp_vm = from_time_major(cpt)  # delay_input works voxel-major
     for d in delays:  # a few dozen trial delays, each fitted for all voxels at once
         cpd = to_time_major(delay_input(t, cp_vm, d))
-        fit = spec.linear(t, ct, cpd, axis=0)
+        fit = spec.linear(t, ct, cpd, axis=0, c_dot_c=cc)
         lower = fit.sse < fallback_sse
         fallback_delay[lower], fallback_sse[lower] = d, fit.sse[lower]
         good = np.flatnonzero(np.all(np.isfinite(fit.params), axis=-1))
@@ -154,24 +172,23 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         valid &= _enhancing(ct, cpt, options.min_enhancement_z)
     lower = np.array(spec.lower + ((options.delay_bounds_s[0],) if options.fit_delay else ()))
     upper = np.array(spec.upper + ((options.delay_bounds_s[1],) if options.fit_delay else ()))
-    p = np.full((n, len(lower)), np.nan)
     sse = np.full(n, np.nan)  # of the final model curve, where a fit already computed it
     rows = np.flatnonzero(valid)
     if options.method == "llsq" and not options.fit_delay and _dense(rows, n):
         with np.errstate(all="ignore"):  # the columns not kept may hold NaN or inf
-            p[rows] = spec.linear(t, ct, cpt, axis=0).params[rows]
+            p = spec.linear(t, ct, cpt, axis=0, c_dot_c=cc).params
+        np.copyto(p, np.nan, where=~valid[:, None])
     else:
+        p = np.full((n, len(lower)), np.nan)
         cv, cpv = _columns(ct, rows, n), _columns(cpt, rows, n)
         if options.fit_delay:
             lo, hi = options.delay_bounds_s
             step = options.delay_step_s
             p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
         else:
-            p[rows] = spec.linear(t, cv, cpv, axis=0).params
-    converged = np.zeros(n, dtype=bool)
-    if options.method == "llsq":
-        converged[rows] = np.all(np.isfinite(p[rows]), axis=-1)
-    elif rows.size:
+            p[rows] = spec.linear(t, cv, cpv, axis=0, c_dot_c=cc[rows]).params
+    converged = valid.copy() if options.method == "llsq" else np.zeros(n, dtype=bool)
+    if options.method == "nlls" and rows.size:
         seed = p[rows, :k]
         seed = np.where(np.isfinite(seed), seed, np.array(spec.initial))
         if options.fit_delay:  # the delay stays at its grid value; the input is shifted once per voxel
@@ -181,23 +198,22 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
             spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter
         )
     # quality of the final parameters
-    rmse, r2 = np.full(n, np.nan), np.full(n, np.nan)
-    finite = converged & np.all(np.isfinite(p), axis=-1)
+    finite = converged & _all_finite(p)
     todo = np.flatnonzero(finite & ~np.isfinite(sse))
     if todo.size:
-        cols = np.arange(n) if _dense(todo, n) else todo
-        cpf, q = _columns(cpt, cols, n), p[cols]
+        every = _dense(todo, n)  # compute on every column and keep those to do
+        cv, cpf, q, ccv = (ct, cpt, p, cc) if every else (ct[:, todo], _columns(cpt, todo, n), p[todo], cc[todo])
         if options.fit_delay:
             cpf, q = to_time_major(delay_input(t, from_time_major(cpf), q[:, -1])), q[:, :-1]
         with np.errstate(all="ignore"):  # the columns not kept may hold NaN
-            model_sse = _model_sse(spec, t, _columns(ct, cols, n), cpf, q, cc[cols])
-        sse[todo] = model_sse[todo] if cols.size == n else model_sse
-    fr = np.flatnonzero(finite)
-    rmse[fr] = np.sqrt(sse[fr] / n_times)
-    r2[fr] = 1.0 - sse[fr] / sst[fr]
-    at_upper = np.any(p >= upper - 1e-6 * (np.abs(upper) + 1.0), axis=-1)
-    below = np.any(p < lower - 1e-9 * (np.abs(lower) + 1.0), axis=-1)  # linear fits are unbounded
-    ok = finite & ~at_upper & ~below & np.isfinite(rmse)
+            model_sse = _model_sse(spec, t, cv, cpf, q, ccv)
+        sse[todo] = model_sse[todo] if every else model_sse
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse = np.where(finite, np.sqrt(sse / n_times), np.nan)
+        r2 = np.where(finite, 1.0 - sse / sst, np.nan)
+    # on an upper bound, or below a lower one (linear fits are unbounded)
+    beyond = _any_beyond(p, lower - 1e-9 * (np.abs(lower) + 1.0), upper - 1e-6 * (np.abs(upper) + 1.0))
+    ok = finite & ~beyond & np.isfinite(rmse)
     return p, (rmse, r2, ok)
 
 

@@ -45,7 +45,10 @@ def cumulative_integral(t_s, x, *, axis=-1):
     out = np.empty(xt.shape)
     out[0] = 0.0
     np.add(xt[1:], xt[:-1], out=out[1:])
-    out[1:] *= half_dt.reshape((-1,) + (1,) * (x.ndim - 1))
+    if np.all(half_dt == half_dt[0]):  # a uniform grid: a scalar, cheaper than a broadcast column
+        out[1:] *= half_dt[0]
+    else:
+        out[1:] *= half_dt.reshape((-1,) + (1,) * (x.ndim - 1))
     for i in range(1, out.shape[0] - 1):  # running sum over time, each step a contiguous row
         out[i + 1] += out[i]
     return from_time_major(out, axis)
@@ -96,16 +99,18 @@ def _interval_terms(t_s, rate_per_s):
     return e, c1, h * step, a, small, step, h
 
 
-def _input_terms(xt, u, v):
-    """``x[i] u - (x[i] - x[i-1]) v`` over the intervals, time-major.
+def _input_terms(xt, u, v, out=None):
+    """``x[i] u - (x[i] - x[i-1]) v`` over the intervals, time-major, into ``out`` if given.
 
     For one input shared by all voxels on a uniform grid (``xt`` (n_times, 1), ``u`` and ``v``
     (1, n)) this is a rank-2 outer product, written by one matrix product instead of four passes.
     """
     x1, dx = xt[1:], xt[1:] - xt[:-1]
     if xt.ndim == 2 and xt.shape[1] == 1 and np.ndim(u) == 2 and np.shape(u)[0] == 1:
-        return np.concatenate([x1, -dx], axis=1) @ np.concatenate([u, v])
-    return x1 * u - dx * v
+        return np.matmul(np.concatenate([x1, -dx], axis=1), np.concatenate([u, v]), out=out)
+    out = np.multiply(x1, u, out=out)
+    out -= dx * v
+    return out
 
 
 def _input_time_major(x, rate_per_s, axis):
@@ -144,15 +149,15 @@ def exp_conv(t_s, x, rate_per_s, *, axis=-1):
     t_s = np.asarray(t_s, dtype=float)
     e, c1, c2 = _interval_terms(t_s, rate_per_s)[:3]
     xt = _input_time_major(x, rate_per_s, axis)
-    b = _input_terms(xt, c1, c2)
-    e, b = np.broadcast_arrays(e, b)  # e may have an interval axis of length 1 (uniform grid)
-    y = np.empty((t_s.size,) + b.shape[1:])
+    y = np.empty((t_s.size,) + np.broadcast_shapes(xt.shape[1:], c1.shape[1:]))
     y[0] = 0.0
+    _input_terms(xt, c1, c2, out=y[1:])  # each interval's own term; the recurrence adds the past
     rows = y.reshape(t_s.size, -1)  # 2-D view, so that each row is an array even for one curve
-    e2, b2 = e.reshape(rows.shape[0] - 1, -1), b.reshape(rows.shape[0] - 1, -1)
-    for i in range(b2.shape[0]):  # recurrence over time; each step is vectorised over voxels
-        np.multiply(e2[i], rows[i], out=rows[i + 1])
-        rows[i + 1] += b2[i]
+    e2 = np.broadcast_to(e, y[1:].shape).reshape(t_s.size - 1, -1)  # e may be one row (uniform grid)
+    decayed = np.empty(rows.shape[1])
+    for i in range(1, t_s.size - 1):  # recurrence over time; each step is vectorised over voxels
+        np.multiply(e2[i], rows[i], out=decayed)
+        rows[i + 1] += decayed
     return from_time_major(y, axis)
 
 

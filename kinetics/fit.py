@@ -163,24 +163,24 @@ def fit_curves(
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = available_cpus() if workers is None else max(int(workers), 1)
     processes = use_processes(n_workers, n, conc_mM)
-    # one row per voxel: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker
-    table = (shared_zeros if processes else np.empty)((n, len(names) + 3))
+    # one row per output: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker.
+    # The maps returned are its rows: no copy, as fresh memory is slow to touch on virtual machines
+    table = (shared_zeros if processes else np.empty)((len(names) + 3, n))
 
     def run(rows):  # each chunk as a time-major float64 block: one copy, transposed on the way
         ct = to_time_major(conc_mM[rows])
         cpt = cp if cp.ndim == 1 else to_time_major(cp[rows])
         p, quality = fit_block(spec, t, ct, cpt, options)
-        table[rows, : len(names)] = p
-        table[rows, len(names):] = np.stack(quality, axis=-1)
+        table[: len(names), rows] = p.T
+        table[len(names):, rows] = quality
 
     for_each_chunk(run, chunks, n_workers, processes)
-    out = {name: table[:, j].copy() for j, name in enumerate(names)}
-    rmse, r2 = table[:, -3].copy(), table[:, -2].copy()
-    ok = table[:, -1] == 1.0
-    del table
+    out = dict(zip(names, table))
+    rmse, r2 = table[-3], table[-2]
+    ok = table[-1] == 1.0
     if failed == "nan":
         for name in names:
-            out[name][~ok] = np.nan
+            np.copyto(out[name], np.nan, where=~ok)
     params = {name: out[name] for name in spec.params}
     params.update(spec.derived(params))
     units = dict(zip(spec.params, spec.units)) | spec.derived_units

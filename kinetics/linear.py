@@ -6,7 +6,8 @@ in closed form. These fits are fast, need no starting values, and seed the nonli
 Each function takes ``t_s`` (n_times,) in s, ``conc_mM`` (n_voxels, n_times) and ``cp_mM`` (n_times,)
 or (n_voxels, n_times), and returns a :class:`LinearFit` whose params are in the units of :mod:`kinetics.models`;
 coefficients that no parameter set can produce give NaN parameters. With ``axis=0`` the curves are
-time-major instead, (n_times, n_voxels), the layout in which running integrals are cheapest.
+time-major instead, (n_times, n_voxels), the layout in which running integrals are cheapest;
+``c_dot_c`` (n_voxels,), the curves' own squared norms, saves a pass where the caller has them.
 Running integrals of C enter the models with a minus sign; they are regressed as they are and the sign
 is taken off their coefficients, which saves a negated copy of each.
 """
@@ -53,7 +54,7 @@ def dot_over_time(a, b, axis=-1):
     return np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", a, b)
 
 
-def solve_linear(columns, y, *, axis=-1):
+def solve_linear(columns, y, *, axis=-1, y_dot_y=None):
     """Least-squares coefficients for ``y ~ sum_j b_j columns[j]``, per voxel.
 
     Parameters
@@ -63,56 +64,87 @@ def solve_linear(columns, y, *, axis=-1):
     y : (n_voxels, n_times) ndarray
     axis : {-1, 0}
         The time axis of ``y`` and of 2-D columns; 0 for time-major (n_times, n_voxels) arrays.
+    y_dot_y : (n_voxels,) ndarray, optional
+        ``y``'s own squared norms, where the caller has them already.
 
     Returns
     -------
     coef : (n_voxels, k) ndarray
-        NaN where the normal equations are singular.
+        NaN where the columns are linearly dependent (numerically).
     sse : (n_voxels,) ndarray
         Squared error of the fit.
 
     Notes
     -----
-    The normal equations are built from dot products alone (the shared columns' products with each
-    per-voxel array by one matrix product), never from an (n_voxels, n_times, k) design array, and
-    are solved after scaling each column to unit norm, because running integrals and concentrations
-    differ by orders of magnitude. Their k x k entries are kept as separate (n_voxels,) arrays: numpy
-    is slow on (n_voxels, 3, 3) arrays, whose innermost loops are three long.
+    The shared columns are projected out first (Frisch-Waugh): one QR decomposition of them, for all
+    voxels, leaves per voxel only a system as large as its own columns (one or two for the kinetic
+    models), which is solved after scaling to unit diagonal, as running integrals and concentrations
+    differ by orders of magnitude. Everything per voxel comes from dot products over time (the
+    projections by one matrix product), never from an (n_voxels, n_times, k) design array, and is
+    kept as separate (n_voxels,) arrays: numpy is slow on (n_voxels, k, k) arrays, whose innermost
+    loops are k long.
     """
     y = np.asarray(y, dtype=float)
     cols = [np.asarray(c, dtype=float) for c in columns]
-    k = len(cols)
-    shared = [i for i, c in enumerate(cols) if c.ndim == 1]
-    stacked = np.stack([cols[i] for i in shared]) if shared else None
-
-    def with_all(v):
-        """Dot products of every column with the 2-D array ``v``."""
-        out = [None] * k
-        if shared:
-            prod = stacked @ v if axis == 0 else v @ stacked.T
-            for j, i in enumerate(shared):
-                out[i] = prod[j] if axis == 0 else prod[:, j]
-        for i, c in enumerate(cols):
-            if out[i] is None:
-                out[i] = dot_over_time(c, v, axis)
-        return out
-
-    rhs = with_all(y)
-    gram = [[None] * k for _ in range(k)]
-    for j, c in enumerate(cols):
-        products = with_all(c) if c.ndim == 2 else [dot_over_time(ci, c, axis) if ci.ndim == 1 else None for ci in cols]
-        for i in range(k):
-            if products[i] is not None:
-                gram[i][j] = gram[j][i] = products[i]
-    norm = [np.sqrt(gram[i][i]) for i in range(k)]
-    norm = [np.where(v > 0, v, 1.0) for v in norm]
-    scaled = [[gram[i][j] / (norm[i] * norm[j]) for j in range(k)] for i in range(k)]
-    z = _solve_spd(scaled, [rhs[i] / norm[i] for i in range(k)])
-    coef = [z[i] / norm[i] for i in range(k)]
-    sse = dot_over_time(y, y, axis) - 2.0 * sum(coef[i] * rhs[i] for i in range(k))
-    sse = sse + sum(coef[i] * gram[i][j] * coef[j] for i in range(k) for j in range(k))
     n = y.shape[1 if axis == 0 else 0]
+    shared = [i for i, c in enumerate(cols) if c.ndim == 1]
+    own = [cols[i] for i, c in enumerate(cols) if c.ndim != 1]
+    yy = dot_over_time(y, y, axis) if y_dot_y is None else y_dot_y
+    vy = [dot_over_time(v, y, axis) for v in own]
+    vv = [[dot_over_time(v, w, axis) for w in own] for v in own]
+    own_norm2 = [vv[m][m] for m in range(len(own))]
+    if shared:
+        basis, r = _orthonormal_basis([cols[i] for i in shared])
+
+        def project(v):  # coordinates of every curve in the orthonormal basis, as s (n,) arrays
+            return list(basis @ v if axis == 0 else (v @ basis.T).T)
+
+        u = project(y)
+        w = [project(v) for v in own]  # w[m][j]: own column m on basis vector j
+        yy = yy - sum(uj * uj for uj in u)
+        vy = [vy[m] - sum(wj * uj for wj, uj in zip(w[m], u)) for m in range(len(own))]
+        vv = [[vv[m][l] - sum(a * b for a, b in zip(w[m], w[l])) for l in range(len(own))] for m in range(len(own))]
+    b_own, sse = [], yy
+    if own:  # residual system, scaled to unit diagonal
+        # a column (nearly) inside the span of the shared ones leaves (almost) nothing: dependent
+        norm = [np.sqrt(np.where(vv[m][m] > 1e-12 * own_norm2[m], vv[m][m], np.nan)) for m in range(len(own))]
+        scaled = [[vv[m][l] / (norm[m] * norm[l]) for l in range(len(own))] for m in range(len(own))]
+        z = _solve_spd(scaled, [vy[m] / norm[m] for m in range(len(own))])
+        b_own = [z[m] / norm[m] for m in range(len(own))]
+        sse = sse - sum(b * v for b, v in zip(b_own, vy))
+    coef = [None] * len(cols)
+    for m, i in enumerate(i for i, c in enumerate(cols) if c.ndim != 1):
+        coef[i] = b_own[m]
+    if shared:  # back to the shared columns' own coefficients: r b = u - sum_m w[m] b_m
+        rhs = [u[j] - sum(w[m][j] * b_own[m] for m in range(len(own))) for j in range(len(shared))]
+        for j in reversed(range(len(shared))):
+            coef[shared[j]] = (rhs[j] - sum(r[j, q] * coef[shared[q]] for q in range(j + 1, len(shared)))) / r[j, j]
+        # as for the own columns: a shared column (nearly) inside the span of those before it
+        if not all(r[j, j] > 1e-6 * np.linalg.norm(cols[i]) for j, i in enumerate(shared)):
+            coef, sse = [np.full(n, np.nan)] * len(cols), np.full(n, np.nan)
     return np.stack([np.broadcast_to(c, (n,)) for c in coef], axis=-1), np.maximum(sse, 0.0)
+
+
+def _orthonormal_basis(columns):
+    """``q`` (s, n_times), orthonormal rows, and upper-triangular ``r`` (s, s) with ``columns = q.T r``.
+
+    Gram-Schmidt, each vector orthogonalised twice ("twice is enough"), for a handful of curves: far
+    cheaper than ``numpy.linalg.qr``'s set-up for so small a matrix, which a block of voxels would
+    otherwise pay every time.
+    """
+    s = len(columns)
+    q, r = np.zeros((s, columns[0].size)), np.zeros((s, s))
+    for j, column in enumerate(columns):
+        v = column.copy()
+        for _ in range(2):
+            for i in range(j):
+                coefficient = q[i] @ v
+                r[i, j] += coefficient
+                v -= coefficient * q[i]
+        r[j, j] = np.sqrt(v @ v)
+        if r[j, j] > 0:
+            q[j] = v / r[j, j]
+    return q, r
 
 
 def _solve_spd(a, b):
@@ -138,7 +170,7 @@ def _solve_spd(a, b):
     return x
 
 
-def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """Tofts by Murase's linear form ``C = Ktrans int(cp) - kep int(C)``: columns ktrans (/min), ve.
 
     References
@@ -146,7 +178,9 @@ def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
     Murase. Magn Reson Med 2004;51:858. doi:10.1002/mrm.20022
     """
     int_cp = cumulative_integral(t_s, cp_mM, axis=axis)
-    b, sse = solve_linear([int_cp, cumulative_integral(t_s, conc_mM, axis=axis)], conc_mM, axis=axis)
+    b, sse = solve_linear(
+        [int_cp, cumulative_integral(t_s, conc_mM, axis=axis)], conc_mM, axis=axis, y_dot_y=c_dot_c
+    )
     ktrans, kep = b[:, 0], -b[:, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         ve = ktrans / kep
@@ -154,7 +188,7 @@ def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
     return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve)
 
 
-def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """Extended Tofts by Murase's form ``C = (Ktrans + kep vp) int(cp) - kep int(C) + vp cp``.
 
     Returns columns ktrans (/min), ve, vp.
@@ -162,7 +196,7 @@ def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
     cp = np.asarray(cp_mM, dtype=float)
     b, sse = solve_linear(
         [cumulative_integral(t_s, cp, axis=axis), cumulative_integral(t_s, conc_mM, axis=axis), cp],
-        conc_mM, axis=axis,
+        conc_mM, axis=axis, y_dot_y=c_dot_c,
     )
     kep, vp = -b[:, 1], b[:, 2]
     ktrans = b[:, 0] - kep * vp
@@ -172,10 +206,10 @@ def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1):
     return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve, vp)
 
 
-def llsq_patlak(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_patlak(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """Patlak ``C = Ktrans int(cp) + vp cp``: columns ktrans (/min), vp. Always defined (may be negative)."""
     cp = np.asarray(cp_mM, dtype=float)
-    b, sse = solve_linear([cumulative_integral(t_s, cp, axis=axis), cp], conc_mM, axis=axis)
+    b, sse = solve_linear([cumulative_integral(t_s, cp, axis=axis), cp], conc_mM, axis=axis, y_dot_y=c_dot_c)
     return LinearFit(np.stack([b[:, 0] * SECONDS_PER_MINUTE, b[:, 1]], axis=-1), sse)
 
 
@@ -185,7 +219,7 @@ def _double_integrals(t_s, conc_mM, cp_mM, axis):
     return int_cp, cumulative_integral(t_s, int_cp, axis=axis), int_c, cumulative_integral(t_s, int_c, axis=axis)
 
 
-def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """2CXM by linear inversion: columns fp (mL/100mL/min), ps (/min), ve, vp.
 
     Integrating the model's equations twice gives
@@ -195,7 +229,7 @@ def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1):
     ----------
     Flouri, Lesnic, Sourbron. Magn Reson Med 2016;76:998. doi:10.1002/mrm.25991
     """
-    b, sse = solve_linear(_double_integrals(t_s, conc_mM, cp_mM, axis), conc_mM, axis=axis)
+    b, sse = solve_linear(_double_integrals(t_s, conc_mM, cp_mM, axis), conc_mM, axis=axis, y_dot_y=c_dot_c)
     fp, gamma, alpha, beta = b[:, 0], b[:, 1] / b[:, 0], -b[:, 2], -b[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         fp_over_vp = alpha - gamma
@@ -207,13 +241,13 @@ def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1):
     return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, ve, vp)
 
 
-def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """2CUM by linear inversion: columns fp (mL/100mL/min), ps (/min), vp.
 
     ``C = Fp int(cp) + (Fp PS/vp) iint(cp) - ((Fp + PS)/vp) int(C)``.
     """
     int_cp, iint_cp, int_c, _ = _double_integrals(t_s, conc_mM, cp_mM, axis)
-    b, sse = solve_linear([int_cp, iint_cp, int_c], conc_mM, axis=axis)
+    b, sse = solve_linear([int_cp, iint_cp, int_c], conc_mM, axis=axis, y_dot_y=c_dot_c)
     fp = b[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         ps_over_vp = b[:, 1] / fp
@@ -223,14 +257,14 @@ def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM, *, axis=-1):
     return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, vp)
 
 
-def llsq_two_compartment_filtration(t_s, conc_mM, cp_mM, *, axis=-1):
+def llsq_two_compartment_filtration(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     """2CFM by linear inversion: columns fp (mL/100mL/min), vp, ft (mL/100mL/min), tt (s).
 
     ``C = Fp int(cp) + (Fp/vp)(FT + vp/Tt) iint(cp) - (1/Tt + Fp/vp) int(C) - Fp/(vp Tt) iint(C)``.
     ``1/Tt`` and ``Fp/vp`` are the two roots of ``x^2 - a x + b``; the faster one is taken as the
     plasma rate, as the plasma transit (seconds) is shorter than the tubular one (minutes).
     """
-    b, sse = solve_linear(_double_integrals(t_s, conc_mM, cp_mM, axis), conc_mM, axis=axis)
+    b, sse = solve_linear(_double_integrals(t_s, conc_mM, cp_mM, axis), conc_mM, axis=axis, y_dot_y=c_dot_c)
     fp, alpha, beta = b[:, 0], -b[:, 2], -b[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         disc = np.sqrt(alpha * alpha - 4.0 * beta)
@@ -244,6 +278,9 @@ def llsq_two_compartment_filtration(t_s, conc_mM, cp_mM, *, axis=-1):
 
 
 def _nan_unless(ok, sse, *columns):
+    keep = ok.copy()
+    for c in columns:  # a column at a time: numpy reduces over a short last axis several times slower
+        keep &= np.isfinite(c)
     out = np.stack(columns, axis=-1)
-    out[~(ok & np.all(np.isfinite(out), axis=-1))] = np.nan
+    np.copyto(out, np.nan, where=~keep[:, None])
     return LinearFit(out, sse)

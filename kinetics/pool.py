@@ -5,10 +5,15 @@ per voxel). In threads each call takes the GIL back, and two threads fitting blo
 1.2x faster than one; two independent processes run 1.9x faster. Forked processes inherit the input
 without a copy and write their results into a shared anonymous mapping that the parent reads; all
 they share besides is a counter of the chunks taken.
+
+The forked workers keep the memory they free for their next block (see :func:`_keep_freed_memory`):
+with glibc's defaults a block's few 2 MB temporaries were returned to the system and faulted back in,
+about a thousand page faults per block, which on a virtual machine cost a third of the block's time.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import multiprocessing
 import pickle
@@ -24,6 +29,7 @@ __all__ = ["use_processes", "shared_zeros", "for_each_chunk", "MIN_VOXELS_FOR_PR
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
 _LOCK_TIMEOUT_S = 60.0  # the counter is held for microseconds; this long means its holder died
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def _take_chunks(job, chunks, counter, lock):
@@ -58,10 +64,20 @@ def _portable_error(err, limit=16_384):
     return RuntimeError(f"{type(err).__name__}: {str(err)[:4000]}")
 
 
-def _child(job, chunks, counter, lock, errors):
-    from threadpoolctl import threadpool_limits
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed memory in this process (a worker that exits when done) instead
+    of returning it to the system: arrays below 32 MiB come from the heap and the heap is not trimmed.
+    A no-op where the C library has no ``mallopt`` (it is a hint, not a requirement)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest allowed value
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
-    threadpool_limits(1)  # the processes are the parallelism: one BLAS thread each, no oversubscription
+
+def _child(job, chunks, counter, lock, errors):
+    _keep_freed_memory()
     try:
         _take_chunks(job, chunks, counter, lock)
     except BaseException as err:  # the others stop after their current chunk; the parent raises it
@@ -108,11 +124,13 @@ def shared_zeros(shape, dtype=float) -> np.ndarray:
 def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     """Call ``job(chunk)`` for every chunk on ``workers`` cores; ``job`` writes its own results.
 
-    With ``processes`` (see :func:`use_processes`) this process and ``workers - 1`` forked ones take
-    chunks one at a time from a shared counter. The forked ones inherit ``job``, a closure included,
-    without pickling; its results must go to arrays from :func:`shared_zeros`. This process works
-    too, because a new process starts slowly (its first writes fault in fresh memory) while this
-    one is warm. An error in any worker stops the others after their current chunk and is raised here.
+    With ``processes`` (see :func:`use_processes`) ``workers`` forked processes take chunks one at a
+    time from a shared counter while this one waits. They inherit ``job``, a closure included, without
+    pickling; its results must go to arrays from :func:`shared_zeros`. This process does not fit, so
+    that its memory allocator keeps its settings (the workers change theirs); it would not start
+    faster anyway, as after the fork its writes copy pages as the workers' do. Where no process can
+    be forked, this one does the work. An error in any worker stops the others after their current
+    chunk and is raised here.
     """
     workers = min(int(workers), len(chunks))
     if workers <= 1:
@@ -130,26 +148,33 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     lock, errors = context.Lock(), context.SimpleQueue()
     args = (job, chunks, counter, lock, errors)
     children = []
+    # the processes are the parallelism: they inherit one BLAS thread each (set here, before the fork,
+    # once rather than in each child), so as not to oversubscribe the cores; and this process keeps
+    # one until they are done, because OpenBLAS's idle threads spin for about 0.1 s after a change
+    limits = threadpool_limits(1)
     try:
         with warnings.catch_warnings():
             # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the
             # children run numpy alone, and _can_fork excluded other Python threads
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            for _ in range(workers - 1):
+            for _ in range(workers):
                 child = context.Process(target=_child, args=args, daemon=True)
                 try:
                     child.start()
-                except OSError:  # no memory or process slots for another: this process does the work
+                except OSError:  # no memory or process slots for another: fewer workers
                     break
                 children.append(child)
-        with threadpool_limits(1):
+        if not children:
             _take_chunks(job, chunks, counter, lock)
+        for child in children:
+            child.join()
     except BaseException:
         _next_index(counter, lock, stop_at=len(chunks))  # the children stop after their current chunk
         raise
     finally:
         for child in children:
             child.join()
+        limits.restore_original_limits()
     if not errors.empty():
         raise errors.get()
     failed = [child.exitcode for child in children if child.exitcode != 0]

@@ -18,7 +18,7 @@ class ModelSpec:
     """One kinetic model as the fitting engine sees it.
 
     ``forward(t_s, cp_mM, *params) -> (n_voxels, n_times)`` with params in ``units``;
-    ``linear(t_s, conc_mM, cp_mM) -> LinearFit``; ``derived(params) -> dict`` of extra maps;
+    ``linear(t_s, conc_mM, cp_mM, *, axis, c_dot_c) -> LinearFit``; ``derived(params) -> dict`` of extra maps;
     ``jacobian(t_s, cp_mM, *params) -> (curve, (n_voxels, n_times, n_params))``, exact, where a model
     has one (others get forward differences).
     """
