@@ -19,9 +19,12 @@ from .options import available_cpus
 from .pool import for_each_chunk, shared_zeros, use_processes
 from .registry import get_model
 
-__all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS"]
+__all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS", "CHUNK_SIZE"]
 
 METHODS = ("llsq", "nlls")
+# voxels per chunk by method: the linear fit is fastest on blocks that stay in cache; the nonlinear
+# one iterates on shrinking subsets, whose fixed cost per iteration larger blocks share out
+CHUNK_SIZE = {"llsq": 4096, "nlls": 16384}
 
 
 @dataclass
@@ -100,7 +103,7 @@ def fit_curves(
     delay_bounds_s: tuple[float, float] = (-10.0, 10.0),
     delay_step_s: float = 0.5,
     max_iter: int = 100,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     min_enhancement_z: float = 3.0,
     failed: str = "nan",
     workers: int | None = None,
@@ -128,8 +131,10 @@ def fit_curves(
         the interpolated input that are no closer to the truth (seen on the OSIPI 2CXM data).
     max_iter : int
         Levenberg-Marquardt iterations.
-    chunk_size : int
-        Voxels per chunk; working memory grows as ``workers * chunk_size * n_times``.
+    chunk_size : int or None
+        Voxels per chunk; working memory grows as ``workers * chunk_size * n_times``. None takes
+        :data:`CHUNK_SIZE` of the method (4096 for llsq, 16384 for nlls: the fastest on a 2-core
+        machine with 60 frames).
     min_enhancement_z : float
         A voxel counts as enhancing when its mean concentration after the AIF peak exceeds this
         many standard errors (noise estimated from second differences over time). Others get NaN.
@@ -158,7 +163,7 @@ def fit_curves(
     n = np.shape(conc_mM)[0]
     cp = _check_aif(cp_mM, n, t.size)
     names = spec.params + (("delay",) if fit_delay else ())
-    size = max(int(chunk_size), 1)
+    size = max(int(CHUNK_SIZE[method] if chunk_size is None else chunk_size), 1)
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = available_cpus() if workers is None else max(int(workers), 1)

@@ -138,7 +138,7 @@ def fit_dce(
     motion_correct=False,
     denoise=False,
     overwrite=False,
-    chunk_size=4096,
+    chunk_size=None,
 ):
     """Fit a DCE-MRI series file and write the maps to ``out``; returns the output directory.
 

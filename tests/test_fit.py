@@ -179,7 +179,46 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
 
     with pytest.raises((ValueError, RuntimeError), match="is bad"):
         pool.for_each_chunk(job, list(range(200)), 2, processes=True)
-    assert done.sum() < 50  # the parent stopped soon after the child's error
+    assert done.sum() < 50  # the other worker stopped soon after the first error
+
+
+def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
+    """With processes, every chunk runs in a child (whose allocator settings die with it), and this
+    process's BLAS thread count is back to what it was afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from kinetics import pool
+
+    if not pool._can_fork():
+        pytest.skip("no fork here")
+    where = pool.shared_zeros((40,), np.int64)
+    before = [lib["num_threads"] for lib in threadpool_info()]
+
+    def job(chunk):
+        where[chunk] = os.getpid()
+
+    pool.for_each_chunk(job, list(range(40)), 2, processes=True)
+    assert np.all(where > 0) and not np.any(where == os.getpid())
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
+
+
+def test_enhancement_shortcut_gives_the_full_answer(rng):
+    """Given the sums of squares, the second differences are skipped where a bound already decides;
+    on strong, weak, spiked, drifting and pure-noise curves the answer is the full test's."""
+    from kinetics.block import _enhancing
+
+    n = 3000
+    ktrans = np.concatenate([rng.uniform(0.05, 0.5, n), rng.uniform(0.0, 0.01, n), np.zeros(n)])
+    curves = np.ascontiguousarray(extended_tofts(T, CP, ktrans, np.full(3 * n, 0.3), np.zeros(3 * n)).T)
+    curves += rng.normal(0.0, 0.02, curves.shape)
+    curves[45, ::7] += 0.6  # spikes
+    curves[:, ::11] += np.linspace(-0.1, 0.1, T.size)[:, None]  # drifts
+    sst = np.sum((curves - curves.mean(0)) ** 2, axis=0)
+    full = _enhancing(curves, CP, 3.0)
+    assert 0.2 < full.mean() < 0.9  # both answers occur
+    np.testing.assert_array_equal(_enhancing(curves, CP, 3.0, sst), full)
+    m = 3 * n // 2  # mostly strong curves: the shortcut decides most, the rest is gathered
+    np.testing.assert_array_equal(_enhancing(curves[:, :m].copy(), CP, 3.0, sst[:m]), full[:m])
 
 
 def test_enhancement_test_survives_an_outlying_frame(rng):

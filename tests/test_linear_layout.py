@@ -25,9 +25,29 @@ def test_solve_linear_equals_lstsq_for_shared_and_per_voxel_columns(rng):
     np.testing.assert_allclose(sse_t, sse, rtol=1e-12)
 
 
-def test_singular_systems_give_nan_not_an_error():
+def test_solve_linear_equals_lstsq_with_two_per_voxel_columns_and_given_norms(rng):
+    """The 2CXM layout: two shared and two per-voxel columns; y's norms given or not, the same answer."""
+    y = rng.normal(size=(4, T.size)) + CP
+    own = [rng.normal(size=(4, T.size)), rng.normal(size=(4, T.size))]
+    shared = [CP, np.cumsum(CP)]
+    coef, sse = linear.solve_linear([shared[0], own[0], shared[1], own[1]], y)
+    given, sse_given = linear.solve_linear([shared[0], own[0], shared[1], own[1]], y, y_dot_y=np.sum(y * y, axis=1))
+    for i in range(4):
+        design = np.stack([shared[0], own[0][i], shared[1], own[1][i]], axis=1)
+        expected, residual, *_ = np.linalg.lstsq(design, y[i], rcond=None)
+        np.testing.assert_allclose(coef[i], expected, rtol=1e-8)
+        np.testing.assert_allclose(sse[i], residual[0], rtol=1e-8)
+    np.testing.assert_array_equal(given, coef)
+    np.testing.assert_allclose(sse_given, sse, rtol=1e-12)
+
+
+def test_singular_systems_give_nan_not_an_error(rng):
     coef, _ = linear.solve_linear([CP, 2 * CP], np.stack([CP, CP]))
     assert np.all(np.isnan(coef))
+    # a voxel's own column inside the span of the shared ones: that voxel alone gets NaN
+    own = np.stack([3 * CP - np.ones(T.size), rng.normal(size=T.size)])
+    coef, _ = linear.solve_linear([CP, np.ones(T.size), own], np.stack([CP, CP]) + rng.normal(size=(2, T.size)))
+    assert np.all(np.isnan(coef[0])) and np.all(np.isfinite(coef[1]))
 
 
 @pytest.mark.parametrize("name", ["llsq_tofts", "llsq_extended_tofts", "llsq_patlak", "llsq_two_compartment_exchange",
