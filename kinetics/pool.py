@@ -6,9 +6,14 @@ per voxel). In threads each call takes the GIL back, and two threads fitting blo
 without a copy and write their results into a shared anonymous mapping that the parent reads; all
 they share besides is a counter of the chunks taken.
 
-The forked workers keep the memory they free for their next block (see :func:`_keep_freed_memory`):
-with glibc's defaults a block's few 2 MB temporaries were returned to the system and faulted back in,
-about a thousand page faults per block, which on a virtual machine cost a third of the block's time.
+Two things cost the workers a third of their speed on a virtual machine, and are avoided here:
+
+- with glibc's defaults a block's few 2 MB temporaries went back to the system and were faulted in
+  again, about a thousand page faults per block: the workers keep the memory they free
+  (:func:`_keep_freed_memory`), and this process, whose allocator is the user's, does not fit;
+- OpenBLAS's threads spin for about 0.1 s after they start or work (and a fork restarts them), taking
+  a core from the workers: this process holds one BLAS thread, which the workers inherit, until
+  they end.
 """
 
 from __future__ import annotations
