@@ -78,7 +78,7 @@ def _enhancing(ct, cpt, z, sst=None):
     (``E|d2| = sqrt(6) sigma sqrt(2/pi)`` for white noise), which a smooth curve barely raises and
     a single outlying frame (a motion spike) raises far less than a root-mean-square would.
 
-    With ``sst`` (n,), the curves' sums of squares about their means, the second differences are
+    With ``sst`` (n,), the curves' sums of squares about their means, and ``z >= 0``, the second differences are
     computed only where they can change the answer: each |d2| is at most 4 values' distances from
     the mean, so ``mean |d2| <= 4 n_times / (n_times - 2) sqrt(sst / n_times)``, and a curve whose
     mean after the peak clears the test with that bound clears it with its own noise (most
@@ -92,7 +92,7 @@ def _enhancing(ct, cpt, z, sst=None):
     else:
         mean_post = np.einsum("tn,tn->n", ct, post) / n_post
     threshold = z / (np.sqrt(n_post) * (n_times - 2) * np.sqrt(6.0) * np.sqrt(2.0 / np.pi))  # per unit sum |d2|
-    if sst is None:
+    if sst is None or z < 0:  # (a negative z turns the bound around)
         return mean_post > threshold * _sum_abs_second_difference(ct)
     out = mean_post > threshold * 4.0 * n_times * np.sqrt(sst / n_times)
     rest = np.flatnonzero(~out)

@@ -89,40 +89,44 @@ def solve_linear(columns, y, *, axis=-1, y_dot_y=None):
     n = y.shape[1 if axis == 0 else 0]
     shared = [i for i, c in enumerate(cols) if c.ndim == 1]
     own = [cols[i] for i, c in enumerate(cols) if c.ndim != 1]
-    yy = dot_over_time(y, y, axis) if y_dot_y is None else y_dot_y
-    vy = [dot_over_time(v, y, axis) for v in own]
-    vv = [[dot_over_time(v, w, axis) for w in own] for v in own]
-    own_norm2 = [vv[m][m] for m in range(len(own))]
-    if shared:
-        basis, r = _orthonormal_basis([cols[i] for i in shared])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN or inf curves give NaN
+        yy = dot_over_time(y, y, axis) if y_dot_y is None else y_dot_y
+        finite_y = np.isfinite(yy)  # curves with NaN or inf: NaN coefficients
+        vy = [dot_over_time(v, y, axis) for v in own]
+        vv = [[dot_over_time(v, w, axis) for w in own] for v in own]
+        own_norm2 = [vv[m][m] for m in range(len(own))]
+        if shared:
+            basis, r = _orthonormal_basis([cols[i] for i in shared])
 
-        def project(v):  # coordinates of every curve in the orthonormal basis, as s (n,) arrays
-            return list(basis @ v if axis == 0 else (v @ basis.T).T)
+            def project(v):  # coordinates of every curve in the orthonormal basis, as s (n,) arrays
+                return list(basis @ v if axis == 0 else (v @ basis.T).T)
 
-        u = project(y)
-        w = [project(v) for v in own]  # w[m][j]: own column m on basis vector j
-        yy = yy - sum(uj * uj for uj in u)
-        vy = [vy[m] - sum(wj * uj for wj, uj in zip(w[m], u)) for m in range(len(own))]
-        vv = [[vv[m][l] - sum(a * b for a, b in zip(w[m], w[l])) for l in range(len(own))] for m in range(len(own))]
-    b_own, sse = [], yy
-    if own:  # residual system, scaled to unit diagonal
-        # a column (nearly) inside the span of the shared ones leaves (almost) nothing: dependent
-        norm = [np.sqrt(np.where(vv[m][m] > 1e-12 * own_norm2[m], vv[m][m], np.nan)) for m in range(len(own))]
-        scaled = [[vv[m][l] / (norm[m] * norm[l]) for l in range(len(own))] for m in range(len(own))]
-        z = _solve_spd(scaled, [vy[m] / norm[m] for m in range(len(own))])
-        b_own = [z[m] / norm[m] for m in range(len(own))]
-        sse = sse - sum(b * v for b, v in zip(b_own, vy))
-    coef = [None] * len(cols)
-    for m, i in enumerate(i for i, c in enumerate(cols) if c.ndim != 1):
-        coef[i] = b_own[m]
-    if shared:  # back to the shared columns' own coefficients: r b = u - sum_m w[m] b_m
-        rhs = [u[j] - sum(w[m][j] * b_own[m] for m in range(len(own))) for j in range(len(shared))]
-        for j in reversed(range(len(shared))):
-            coef[shared[j]] = (rhs[j] - sum(r[j, q] * coef[shared[q]] for q in range(j + 1, len(shared)))) / r[j, j]
-        # as for the own columns: a shared column (nearly) inside the span of those before it
-        if not all(r[j, j] > 1e-6 * np.linalg.norm(cols[i]) for j, i in enumerate(shared)):
-            coef, sse = [np.full(n, np.nan)] * len(cols), np.full(n, np.nan)
-    return np.stack([np.broadcast_to(c, (n,)) for c in coef], axis=-1), np.maximum(sse, 0.0)
+            u = project(y)
+            w = [project(v) for v in own]  # w[m][j]: own column m on basis vector j
+            yy = yy - sum(uj * uj for uj in u)
+            vy = [vy[m] - sum(wj * uj for wj, uj in zip(w[m], u)) for m in range(len(own))]
+            vv = [[vv[m][l] - sum(a * b for a, b in zip(w[m], w[l])) for l in range(len(own))] for m in range(len(own))]
+        b_own, sse = [], yy
+        if own:  # residual system, scaled to unit diagonal
+            # a column (nearly) inside the span of the shared ones leaves (almost) nothing: dependent
+            norm = [np.sqrt(np.where(vv[m][m] > 1e-12 * own_norm2[m], vv[m][m], np.nan)) for m in range(len(own))]
+            scaled = [[vv[m][l] / (norm[m] * norm[l]) for l in range(len(own))] for m in range(len(own))]
+            z = _solve_spd(scaled, [vy[m] / norm[m] for m in range(len(own))])
+            b_own = [z[m] / norm[m] for m in range(len(own))]
+            sse = sse - sum(b * v for b, v in zip(b_own, vy))
+        coef = [None] * len(cols)
+        for m, i in enumerate(i for i, c in enumerate(cols) if c.ndim != 1):
+            coef[i] = b_own[m]
+        if shared:  # back to the shared columns' own coefficients: r b = u - sum_m w[m] b_m
+            rhs = [u[j] - sum(w[m][j] * b_own[m] for m in range(len(own))) for j in range(len(shared))]
+            for j in reversed(range(len(shared))):
+                coef[shared[j]] = (rhs[j] - sum(r[j, q] * coef[shared[q]] for q in range(j + 1, len(shared)))) / r[j, j]
+            # as for the own columns: a shared column (nearly) inside the span of those before it
+            if not all(r[j, j] > 1e-6 * np.linalg.norm(cols[i]) for j, i in enumerate(shared)):
+                coef, sse = [np.full(n, np.nan)] * len(cols), np.full(n, np.nan)
+        if not np.all(finite_y):
+            coef, sse = [np.where(finite_y, c, np.nan) for c in coef], np.where(finite_y, sse, np.nan)
+        return np.stack([np.broadcast_to(c, (n,)) for c in coef], axis=-1), np.maximum(sse, 0.0)
 
 
 def _orthonormal_basis(columns):

@@ -69,6 +69,25 @@ def _portable_error(err, limit=16_384):
     return RuntimeError(f"{type(err).__name__}: {str(err)[:4000]}")
 
 
+def _drain(errors) -> list:
+    """Every error the workers have reported so far."""
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    return found
+
+
+def _join(children, errors) -> list:
+    """Wait for the children, reading their errors meanwhile: a child blocks on a full pipe (64 KiB,
+    a few large errors) until someone reads it."""
+    found = []
+    while any(child.is_alive() for child in children):
+        found += _drain(errors)
+        for child in children:
+            child.join(timeout=0.05)
+    return found
+
+
 def _keep_freed_memory() -> None:
     """Have glibc's malloc keep freed memory in this process (a worker that exits when done) instead
     of returning it to the system: arrays below 32 MiB come from the heap and the heap is not trimmed.
@@ -171,17 +190,19 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
                 children.append(child)
         if not children:
             _take_chunks(job, chunks, counter, lock)
-        for child in children:
-            child.join()
+        reported = _join(children, errors)
     except BaseException:
         _next_index(counter, lock, stop_at=len(chunks))  # the children stop after their current chunk
         raise
     finally:
-        for child in children:
-            child.join()
-        limits.restore_original_limits()
-    if not errors.empty():
-        raise errors.get()
+        try:
+            for child in children:
+                child.join()
+        finally:
+            limits.restore_original_limits()
+    reported += _drain(errors)
+    if reported:
+        raise reported[0]
     failed = [child.exitcode for child in children if child.exitcode != 0]
     if failed:
         raise RuntimeError(f"a worker process ended with exit code {failed[0]} before its chunks were done.")

@@ -1,7 +1,10 @@
 """The fitting engine: planted truth, failure handling, chunking and argument errors."""
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from kinetics import KineticsInputError
 from kinetics.aif import plasma_aif
 from kinetics.fit import fit_curves, fit_image
 from kinetics.models import extended_tofts, patlak as patlak_model, two_compartment_exchange, two_compartment_filtration
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T = np.arange(60) * 5.0
 CP = plasma_aif("parker", T, delay_s=25.0)
@@ -182,6 +187,28 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
     assert done.sum() < 50  # the other worker stopped soon after the first error
 
 
+def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
+    """Each failing child writes its error (up to 16 KiB) into one pipe of 64 KiB; the parent reads
+    while it waits, so eight of them at once still end with the error raised, not a hang."""
+    from kinetics import pool
+
+    if not pool._can_fork():
+        pytest.skip("no fork here")
+    script = (
+        "import time\n"
+        "from kinetics import pool\n"
+        "def job(chunk):\n"
+        "    time.sleep(0.05)\n"
+        "    raise ValueError('is bad ' + 'x' * 15000)\n"
+        "try:\n"
+        "    pool.for_each_chunk(job, list(range(100)), 8, processes=True)\n"
+        "except ValueError as err:\n"
+        "    print('raised', str(err)[:6])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "raised is bad" in done.stdout, done.stderr
+
+
 def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
     """With processes, every chunk runs in a child (whose allocator settings die with it), and this
     process's BLAS thread count is back to what it was afterwards."""
@@ -219,6 +246,8 @@ def test_enhancement_shortcut_gives_the_full_answer(rng):
     np.testing.assert_array_equal(_enhancing(curves, CP, 3.0, sst), full)
     m = 3 * n // 2  # mostly strong curves: the shortcut decides most, the rest is gathered
     np.testing.assert_array_equal(_enhancing(curves[:, :m].copy(), CP, 3.0, sst[:m]), full[:m])
+    # a negative z (accept below zero) turns the bound around: the full test runs
+    np.testing.assert_array_equal(_enhancing(curves, CP, -1.0, sst), _enhancing(curves, CP, -1.0))
 
 
 def test_enhancement_test_survives_an_outlying_frame(rng):

@@ -48,6 +48,11 @@ def test_singular_systems_give_nan_not_an_error(rng):
     own = np.stack([3 * CP - np.ones(T.size), rng.normal(size=T.size)])
     coef, _ = linear.solve_linear([CP, np.ones(T.size), own], np.stack([CP, CP]) + rng.normal(size=(2, T.size)))
     assert np.all(np.isnan(coef[0])) and np.all(np.isfinite(coef[1]))
+    # a curve with inf or NaN, with shared columns only (Patlak): NaN, not inf
+    y = np.stack([CP, CP, CP])
+    y[1, 5], y[2, 7] = np.inf, np.nan
+    coef, sse = linear.solve_linear([CP, np.ones(T.size)], y)
+    assert np.all(np.isfinite(coef[0])) and np.all(np.isnan(coef[1:])) and np.all(np.isnan(sse[1:]))
 
 
 @pytest.mark.parametrize("name", ["llsq_tofts", "llsq_extended_tofts", "llsq_patlak", "llsq_two_compartment_exchange",
