@@ -11,6 +11,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import KineticsInputError
+from .options import available_cpus
+from .pool import for_each_chunk, shared_zeros, use_processes
+
+_CONVERSION_BLOCK = 8192  # voxels converted at a time by each worker process
 
 __all__ = [
     "spgr_signal",
@@ -131,7 +135,9 @@ def s0_from_baseline(signal, *, t10_s, tr_s, fa_deg, baseline):
     return mean_baseline / spgr_signal(1.0 / t10, s0=1.0, tr_s=tr_s, fa_deg=fa_deg)
 
 
-def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, baseline):
+def concentration_from_signal(
+    signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, baseline, dtype=float, workers: int | None = None
+):
     """Contrast agent concentration (mM) from an SPGR signal series.
 
     S0 comes from the baseline frames and T10; R1(t) from the exact SPGR inversion;
@@ -148,6 +154,11 @@ def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, basel
         Longitudinal relaxivity of the agent.
     baseline : int or (int, int)
         Number of pre-contrast frames, or their (start, stop) range.
+    dtype : numpy dtype
+        Of the result; the arithmetic is float64 either way (float32 halves a volume's memory).
+    workers : int or None
+        Cores converting blocks of voxels at once, as in :func:`kinetics.fit.fit_curves`; None uses
+        every core available. The result does not depend on it.
 
     Returns
     -------
@@ -156,9 +167,35 @@ def concentration_from_signal(signal, *, t10_s, tr_s, fa_deg, r1_per_mM_s, basel
     _check_positive(r1_per_mM_s, "r1", "/s/mM")
     _check_positive(tr_s, "tr_s", "s")
     t10 = _check_positive(t10_s, "t10_s", "s")
-    s0 = s0_from_baseline(signal, t10_s=t10, tr_s=tr_s, fa_deg=fa_deg, baseline=baseline)
-    return _r1_minus(signal, s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_deg), r10=1.0 / _per_frame(t10),
-                     scale=1.0 / r1_per_mM_s)
+    _check_flip_angle(fa_deg)
+    signal = np.asarray(signal)
+    frames = _baseline_frames(baseline, signal.shape[-1])
+    voxels = signal.shape[:-1]
+    n = int(np.prod(voxels))
+    rows = signal.reshape(n, signal.shape[-1])
+    t10_rows = np.broadcast_to(np.asarray(t10, dtype=float), voxels).reshape(n)
+    fa_rows = np.broadcast_to(np.asarray(fa_deg, dtype=float), voxels).reshape(n)
+    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+
+    def convert(block):
+        s0 = s0_from_baseline(rows[block], t10_s=t10_rows[block], tr_s=tr_s, fa_deg=fa_rows[block], baseline=frames)
+        return _r1_minus(
+            rows[block], s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_rows[block]),
+            r10=1.0 / _per_frame(t10_rows[block]), scale=1.0 / r1_per_mM_s,
+        )
+
+    if not use_processes(n_workers, n, signal):
+        # one pass over everything: in blocks, this process (whose allocator keeps glibc's defaults)
+        # would fault each block's temporaries in afresh, which costs more than it saves
+        return convert(slice(None)).astype(dtype, copy=False).reshape(signal.shape)
+    out = shared_zeros(rows.shape, dtype)  # forked workers (which inherit the caller's numpy settings)
+
+    def convert_into_output(block):
+        out[block] = convert(block)
+
+    blocks = [slice(start, min(start + _CONVERSION_BLOCK, n)) for start in range(0, n, _CONVERSION_BLOCK)]
+    for_each_chunk(convert_into_output, blocks, n_workers, processes=True)
+    return out.reshape(signal.shape)
 
 
 def signal_from_concentration(conc_mM, *, t10_s, tr_s, fa_deg, r1_per_mM_s, s0):

@@ -182,8 +182,8 @@ def fit_dce(
     if input == "signal":
         with np.errstate(invalid="ignore", divide="ignore"):
             conc = concentration_from_signal(
-                series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline
-            ).astype(np.float32)
+                series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline, dtype=np.float32
+            )
         del series
     else:
         conc = series

@@ -17,6 +17,30 @@ def test_signal_concentration_round_trip(rng):
     np.testing.assert_allclose(back, conc, atol=1e-9)
 
 
+def test_conversion_in_forked_blocks_equals_one_process(rng, monkeypatch):
+    """A volume with T10 and flip-angle maps, converted by forked workers block by block, gives the
+    one-process result exactly, and the planted concentration; float32 output is its rounding."""
+    from kinetics import pool
+
+    if not pool._can_fork():
+        pytest.skip("no fork here (not Linux, or other threads are running)")
+    shape = (20, 30, 30)  # 18,000 voxels: three blocks
+    conc = np.abs(rng.normal(0.5, 0.5, shape + (30,)))
+    conc[..., :5] = 0.0
+    t10, fa = rng.uniform(0.8, 1.6, shape), rng.uniform(12.0, 18.0, shape)
+    s0 = rng.uniform(500.0, 1500.0, shape)
+    signal = signal_from_concentration(conc, t10_s=t10, tr_s=0.004, fa_deg=fa, r1_per_mM_s=4.5, s0=s0)
+    options = dict(t10_s=t10, tr_s=0.004, fa_deg=fa, r1_per_mM_s=4.5, baseline=5)
+    serial = concentration_from_signal(signal, **options, workers=1)
+    monkeypatch.setattr(pool, "MIN_VOXELS_FOR_PROCESSES", 0)
+    forked = concentration_from_signal(signal, **options, workers=2)
+    np.testing.assert_array_equal(forked, serial)
+    np.testing.assert_allclose(serial, conc, atol=1e-9)
+    single = concentration_from_signal(signal, **options, dtype=np.float32, workers=2)
+    assert single.dtype == np.float32
+    np.testing.assert_array_equal(single, serial.astype(np.float32))
+
+
 def test_baseline_range_excludes_non_steady_state_frames():
     conc = np.r_[np.zeros(6), np.ones(10)]
     signal = signal_from_concentration(conc, t10_s=1.0, tr_s=0.005, fa_deg=20.0, r1_per_mM_s=4.0, s0=1.0)
