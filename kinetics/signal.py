@@ -14,7 +14,7 @@ from .errors import KineticsInputError
 from .options import available_cpus
 from .pool import for_each_chunk, shared_zeros, use_processes
 
-_CONVERSION_BLOCK = 8192  # voxels converted at a time by each worker process
+_CONVERSION_BLOCK = 8192  # voxels converted at a time by a worker process
 
 __all__ = [
     "spgr_signal",
@@ -154,11 +154,12 @@ def concentration_from_signal(
         Longitudinal relaxivity of the agent.
     baseline : int or (int, int)
         Number of pre-contrast frames, or their (start, stop) range.
-    dtype : numpy dtype
-        Of the result; the arithmetic is float64 either way (float32 halves a volume's memory).
+    dtype : floating-point numpy dtype
+        Of the result; the arithmetic is float64 either way (float32 halves the result's memory).
     workers : int or None
-        Cores converting blocks of voxels at once, as in :func:`kinetics.fit.fit_curves`; None uses
-        every core available. The result does not depend on it.
+        Cores converting slabs of voxels at once, as in :func:`kinetics.fit.fit_curves` (forked
+        processes for large series, whose floating-point warnings the caller does not see); None
+        uses every core available. It changes the result by rounding at most.
 
     Returns
     -------
@@ -168,34 +169,50 @@ def concentration_from_signal(
     _check_positive(tr_s, "tr_s", "s")
     t10 = _check_positive(t10_s, "t10_s", "s")
     _check_flip_angle(fa_deg)
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise KineticsInputError(f"dtype: {np.dtype(dtype)} cannot hold NaN; give a floating-point type.")
     signal = np.asarray(signal)
     frames = _baseline_frames(baseline, signal.shape[-1])
     voxels = signal.shape[:-1]
-    n = int(np.prod(voxels))
-    rows = signal.reshape(n, signal.shape[-1])
-    t10_rows = np.broadcast_to(np.asarray(t10, dtype=float), voxels).reshape(n)
-    fa_rows = np.broadcast_to(np.asarray(fa_deg, dtype=float), voxels).reshape(n)
-    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+    for name, value in (("t10_s", t10), ("fa_deg", fa_deg)):
+        if np.ndim(value) and _broadcast_shape(np.shape(value), voxels) != voxels:
+            raise KineticsInputError(
+                f"{name}: shape {np.shape(value)} does not match the signal's voxels {voxels}; "
+                "give one value, or one per voxel."
+            )
 
-    def convert(block):
-        s0 = s0_from_baseline(rows[block], t10_s=t10_rows[block], tr_s=tr_s, fa_deg=fa_rows[block], baseline=frames)
+    def convert(part):  # the voxels signal[part], where t10 and fa are (broadcast to) the voxels' shape
+        t10_part = np.broadcast_to(np.asarray(t10, dtype=float), voxels)[part]
+        fa_part = np.broadcast_to(np.asarray(fa_deg, dtype=float), voxels)[part]
+        s0 = s0_from_baseline(signal[part], t10_s=t10_part, tr_s=tr_s, fa_deg=fa_part, baseline=frames)
         return _r1_minus(
-            rows[block], s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_rows[block]),
-            r10=1.0 / _per_frame(t10_rows[block]), scale=1.0 / r1_per_mM_s,
+            signal[part], s0=_per_frame(s0), tr_s=tr_s, fa_deg=_per_frame(fa_part), r10=1.0 / _per_frame(t10_part),
+            scale=1.0 / r1_per_mM_s,
         )
 
-    if not use_processes(n_workers, n, signal):
+    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+    if signal.ndim < 2 or not use_processes(n_workers, int(np.prod(voxels)), signal):
         # one pass over everything: in blocks, this process (whose allocator keeps glibc's defaults)
         # would fault each block's temporaries in afresh, which costs more than it saves
-        return convert(slice(None)).astype(dtype, copy=False).reshape(signal.shape)
-    out = shared_zeros(rows.shape, dtype)  # forked workers (which inherit the caller's numpy settings)
+        return convert(...).astype(dtype, copy=False)
+    # slabs along the first axis, of about _CONVERSION_BLOCK voxels each: views, whatever the
+    # memory order (NIfTI series are Fortran-ordered), so the series is never copied whole
+    step = max(_CONVERSION_BLOCK * voxels[0] // max(int(np.prod(voxels)), 1), 1)
+    out = shared_zeros(signal.shape, dtype)  # forked workers (which inherit the caller's numpy settings)
 
-    def convert_into_output(block):
-        out[block] = convert(block)
+    def convert_into_output(part):
+        out[part] = convert(part)
 
-    blocks = [slice(start, min(start + _CONVERSION_BLOCK, n)) for start in range(0, n, _CONVERSION_BLOCK)]
-    for_each_chunk(convert_into_output, blocks, n_workers, processes=True)
-    return out.reshape(signal.shape)
+    slabs = [slice(start, min(start + step, voxels[0])) for start in range(0, voxels[0], step)]
+    for_each_chunk(convert_into_output, slabs, n_workers, processes=True)
+    return out
+
+
+def _broadcast_shape(*shapes):
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        return None
 
 
 def signal_from_concentration(conc_mM, *, t10_s, tr_s, fa_deg, r1_per_mM_s, s0):
