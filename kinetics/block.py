@@ -78,11 +78,11 @@ def _enhancing(ct, cpt, z, sst=None):
     (``E|d2| = sqrt(6) sigma sqrt(2/pi)`` for white noise), which a smooth curve barely raises and
     a single outlying frame (a motion spike) raises far less than a root-mean-square would.
 
-    With ``sst`` (n,), the curves' sums of squares about their means, and ``z >= 0``, the second differences are
-    computed only where they can change the answer: each |d2| is at most 4 values' distances from
-    the mean, so ``mean |d2| <= 4 n_times / (n_times - 2) sqrt(sst / n_times)``, and a curve whose
-    mean after the peak clears the test with that bound clears it with its own noise (most
-    enhancing curves). The answer is the same either way.
+    With ``sst`` (n,), the curves' sums of squares about their means, and ``z >= 0``, the second
+    differences are computed only where they can change the answer: each |d2| is at most 4 values'
+    distances from the mean, so ``mean |d2| <= 4 n_times / (n_times - 2) sqrt(sst / n_times)``, and a
+    curve whose mean after the peak clears the test with that bound clears it with its own noise
+    (most enhancing curves). The answer is the same either way.
     """
     n_times = ct.shape[0]
     post = np.arange(n_times)[:, None] >= np.argmax(cpt, axis=0)
