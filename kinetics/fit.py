@@ -150,6 +150,8 @@ def fit_curves(
     Returns
     -------
     CurveFit
+        Its fitted parameters, ``rmse`` and ``r2`` are rows of one (k + 3, n_voxels) array, so
+        keeping one of them keeps that array's memory.
     """
     spec = get_model(model)
     check_method(method)
