@@ -151,7 +151,7 @@ def _linear_with_delay(spec, t, ct, cpt, cc, delays):
         fit = spec.linear(t, ct, cpd, axis=0, c_dot_c=cc)
         lower = fit.sse < fallback_sse
         fallback_delay[lower], fallback_sse[lower] = d, fit.sse[lower]
-        good = np.flatnonzero(np.all(np.isfinite(fit.params), axis=-1))
+        good = np.flatnonzero(_all_finite(fit.params))
         if good.size == 0:
             continue
         sse = _model_sse(spec, t, _columns(ct, good, n), _columns(cpd, good, n), fit.params[good], cc[good])

@@ -15,7 +15,7 @@ import numpy as np
 from .block import BlockOptions, fit_block
 from .convolution import to_time_major
 from .errors import KineticsInputError
-from .options import available_cpus
+from .options import worker_count
 from .pool import for_each_chunk, shared_zeros, use_processes
 from .registry import get_model
 
@@ -168,7 +168,7 @@ def fit_curves(
     size = max(int(CHUNK_SIZE[method] if chunk_size is None else chunk_size), 1)
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
-    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+    n_workers = worker_count(workers)
     processes = use_processes(n_workers, n, conc_mM)
     # one row per output: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker.
     # The maps returned are its rows: no copy, as fresh memory is slow to touch on virtual machines

@@ -88,7 +88,8 @@ def solve_linear(columns, y, *, axis=-1, y_dot_y=None):
     cols = [np.asarray(c, dtype=float) for c in columns]
     n = y.shape[1 if axis == 0 else 0]
     shared = [i for i, c in enumerate(cols) if c.ndim == 1]
-    own = [cols[i] for i, c in enumerate(cols) if c.ndim != 1]
+    own_index = [i for i, c in enumerate(cols) if c.ndim != 1]
+    own = [cols[i] for i in own_index]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN or inf curves give NaN
         yy = dot_over_time(y, y, axis) if y_dot_y is None else y_dot_y
         finite_y = np.isfinite(yy)  # curves with NaN or inf: NaN coefficients
@@ -115,8 +116,8 @@ def solve_linear(columns, y, *, axis=-1, y_dot_y=None):
             b_own = [z[m] / norm[m] for m in range(len(own))]
             sse = sse - sum(b * v for b, v in zip(b_own, vy))
         coef = [None] * len(cols)
-        for m, i in enumerate(i for i, c in enumerate(cols) if c.ndim != 1):
-            coef[i] = b_own[m]
+        for i, b in zip(own_index, b_own):
+            coef[i] = b
         if shared:  # back to the shared columns' own coefficients: r b = u - sum_m w[m] b_m
             rhs = [u[j] - sum(w[m][j] * b_own[m] for m in range(len(own))) for j in range(len(shared))]
             for j in reversed(range(len(shared))):

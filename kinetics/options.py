@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import KineticsInputError
 
-__all__ = ["available_cpus", "number", "haematocrit", "flip_angles"]
+__all__ = ["available_cpus", "worker_count", "number", "haematocrit", "flip_angles"]
 
 
 def available_cpus() -> int:
@@ -17,6 +17,11 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def worker_count(workers: int | None) -> int:
+    """Cores to use for a ``workers`` option: None means every CPU available, else at least 1."""
+    return available_cpus() if workers is None else max(int(workers), 1)
 
 
 def number(value, name, unit="", *, integer=False, positive=False, low=None, high=None):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import KineticsInputError
-from .options import available_cpus
+from .options import worker_count
 from .pool import for_each_chunk, shared_zeros, use_processes
 
 _CONVERSION_BLOCK = 8192  # voxels converted at a time by a worker process
@@ -190,7 +190,7 @@ def concentration_from_signal(
             scale=1.0 / r1_per_mM_s,
         )
 
-    n_workers = available_cpus() if workers is None else max(int(workers), 1)
+    n_workers = worker_count(workers)
     if signal.ndim < 2 or not use_processes(n_workers, int(np.prod(voxels)), signal):
         # one pass over everything: in blocks, this process (whose allocator keeps glibc's defaults)
         # would fault each block's temporaries in afresh, which costs more than it saves
