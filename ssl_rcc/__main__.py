@@ -1,4 +1,4 @@
-"""Command line: ``python -m ssl_rcc demo`` (more commands arrive with pretraining and fine-tuning)."""
+"""Command line of ``ssl_rcc``: demo, phantoms, pretrain, embed, pack, finetune, predict, evaluate."""
 
 from __future__ import annotations
 
@@ -127,7 +127,71 @@ def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=Fa
                    cache=cache, workers=workers, hash_ids=hash_ids))
 
 
-COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": embed, "pack": pack}
+def finetune(cases, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20, test_site=None,
+             seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5, n_boot=200, overwrite=False):
+    """Few-label head for a task, evaluated on repeated draws against each feature block alone.
+
+    Args:
+        cases: case table (CSV): one row a lesion, labels, image, masks, DCE or kinetic maps.
+        task: subtype | malignant | grade | invasion.
+        out: output directory: metrics.json, predictions.csv, model/, roc.png, reliability.png,
+            confusion.png (label_curve.png for several shots), report.md.
+        encoder: RUN/encoder.pt for the image block, or none for an untrained encoder of --architecture.
+        features: feature blocks, any of image,kinetic,radiomic (fused early, each standardised).
+        protocol: probe (logistic regression, C and blocks by inner cross-validation) | knn (cosine).
+        shots: labelled training cases per class: K, all, or a list such as 5,10,20,all.
+        repeats: draws of the training cases (the same for every feature set: paired comparisons).
+        test_site: train on the other sites and test on this one (external validation).
+        seed: seed of the draws, bootstrap and untrained encoder.
+        cache: feature cache directory (default ~/.cache/ssl-rcc/features).
+        workers: processes for the radiomic and kinetic features (default: all cores).
+        architecture: encoder architecture of --encoder none.
+        patch: crop size (voxels) of --encoder none.
+        spacing: voxel size (mm) of --encoder none.
+        n_boot: bootstrap resamples of each draw's test cases.
+        overwrite: replace an existing output directory.
+    """
+    from .finetune import run_finetune
+
+    return str(run_finetune(cases, task=task, out=out, encoder=encoder, features=features, protocol=protocol, shots=shots,
+                            repeats=repeats, test_site=test_site, seed=seed, cache=cache, workers=workers,
+                            architecture=architecture, patch=patch, spacing=spacing, n_boot=n_boot, overwrite=overwrite))
+
+
+def predict(model, cases, out, cache=None, workers=None, overwrite=False):
+    """Class probabilities for new cases with a saved model (finetune's DIR/model).
+
+    Args:
+        model: the model directory.
+        cases: case table of the new cases (the columns the model's features need; no labels).
+        out: output CSV: case_id, site, p_<class>..., predicted, threshold, task.
+        cache: feature cache directory (default ~/.cache/ssl-rcc/features).
+        workers: processes for the radiomic and kinetic features.
+        overwrite: replace an existing output file.
+    """
+    from .finetune import predict_cases
+
+    return str(predict_cases(model, cases, out=out, cache=cache, workers=workers, overwrite=overwrite))
+
+
+def evaluate(predictions, cases, out, n_boot=1000, seed=0, overwrite=False):
+    """Metrics with bootstrap intervals of saved predictions against a labelled case table (another site).
+
+    Args:
+        predictions: predict's CSV.
+        cases: case table with the labels of the predicted cases.
+        out: output directory: metrics.json, roc.png, reliability.png, confusion.png, report.md.
+        n_boot: bootstrap resamples.
+        seed: seed of the bootstrap.
+        overwrite: replace an existing output directory.
+    """
+    from .finetune import evaluate_predictions
+
+    return str(evaluate_predictions(predictions, cases, out=out, n_boot=n_boot, seed=seed, overwrite=overwrite))
+
+
+COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": embed, "pack": pack, "finetune": finetune,
+            "predict": predict, "evaluate": evaluate}
 
 
 def main(argv=None):

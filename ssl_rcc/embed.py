@@ -16,12 +16,12 @@ import torch
 
 from kinetics.io import output_file
 
-from .data import PreprocessConfig, load_item, preprocess_volume, scan_archive
+from .data import load_item, preprocess_volume, scan_archive
+from .data.cases import read_case_table
 from .data.scan import IMAGE_COLUMNS, scrub_paths
 from .data.volume import read_mask
 from .errors import InputError
-from .models import Encoder
-from .pretrain import ENCODER_FORMAT
+from .models import ENCODER_FORMAT, Encoder
 
 __all__ = ["load_encoder", "embed_archive", "embed_volume"]
 
@@ -59,18 +59,18 @@ def _tiles(shape, patch):
 
 @torch.no_grad()
 def embed_volume(encoder, data, *, mask=None, batch_size=8):
-    """Embedding (out_dim,) of a preprocessed (C, X, Y, Z) volume: the crop centred on ``mask`` (a
-    tumour) or, without one, the mean over crops tiling the whole volume."""
-    patch = np.array(encoder.patch)
+    """Embedding (out_dim,) of a preprocessed (C, X, Y, Z) volume: the lesion ``mask`` as
+    :func:`ssl_rcc.features.image.tumour_embedding` sees it or, without one, the mean over crops
+    tiling the whole volume."""
+    from .features.image import tumour_embedding
+
     data = np.asarray(data, np.float32)
+    if mask is not None and np.any(mask):
+        return tumour_embedding(encoder, data, mask)
+    patch = np.array(encoder.patch)
     pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(data.shape[1:], patch)]
     data = np.pad(data, pad, mode="edge")
-    shape = np.array(data.shape[1:])
-    if mask is not None and np.any(mask):
-        centre = np.round(np.argwhere(np.pad(mask, pad[1:]) > 0).mean(axis=0)).astype(int)
-        starts = [np.clip(centre - patch // 2, 0, shape - patch)]
-    else:
-        starts = _tiles(shape, patch)
+    starts = _tiles(np.array(data.shape[1:]), patch)
     crops = np.stack([data[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(st, patch))] for st in starts])
     features = torch.cat([encoder(torch.from_numpy(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)])
     return features.mean(dim=0).numpy()
@@ -84,19 +84,20 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, has
 
     batch_size = number(batch_size, "batch_size", integer=True, positive=True)
     encoder, meta = load_encoder(encoder_path)
-    config = PreprocessConfig(spacing_mm=tuple(meta["spacing_mm"]), ct_window=tuple(meta["normalisation"]["CT"]["hu_window"]),
-                              mr_percentiles=tuple(meta["normalisation"]["MR"]["percentiles"]))
+    from .features.image import preprocess_config
+
+    config = preprocess_config(meta)
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: output file exists; choose another or pass --overwrite.")
     items, _ = scan_archive(data, hash_ids=hash_ids)
     tumour_masks = {}  # by image path: case ids may be hashes
     if Path(data).suffix == ".csv":
-        table = pd.read_csv(data, keep_default_na=False, dtype=str)
-        column = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
-        if "tumor_mask" in table.columns and column:
-            tumour_masks = {str((Path(data).parent / i).resolve()): str((Path(data).parent / m).resolve())
-                            for i, m in zip(table[column], table["tumor_mask"]) if i and m}
+        header = pd.read_csv(data, nrows=0).columns
+        column = next((c for c in IMAGE_COLUMNS if c in header), None)
+        if "tumor_mask" in header and column and "case_id" in header:
+            table = read_case_table(data)
+            tumour_masks = {str(Path(i).resolve()): m for i, m in zip(table[column], table["tumor_mask"]) if i and m}
     rows, skipped = [], 0
     for item in items:
         try:

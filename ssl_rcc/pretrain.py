@@ -25,11 +25,11 @@ from .data.shards import ShardIndex, ShardStream, is_shard_folder
 from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
+from .models import ENCODER_FORMAT
 
 __all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
 
 log = logging.getLogger("ssl_rcc")
-ENCODER_FORMAT = "ssl-rcc-encoder/1"
 # options a resumed run must share with the run it continues
 _IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only

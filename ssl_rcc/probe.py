@@ -7,15 +7,12 @@ similarity, leave-one-out). The balanced accuracy is logged as ``val_knn_acc`` b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 
 from .data import PreprocessConfig, preprocess_volume, read_nifti
-from .data.crops import crop_start
+from .data.cases import read_case_table
 from .data.volume import read_mask
 from .errors import InputError
 
@@ -39,28 +36,20 @@ class KnnProbe(pl.Callback):
     """Log ``val_knn_acc`` for ``label`` of the cases in ``cases_csv`` (needs ``ct`` and ``tumor_mask``)."""
 
     def __init__(self, cases_csv, *, patch, spacing_mm, label="subtype", every_n_steps=50, k=5):
-        path = Path(cases_csv)
-        try:
-            table = pd.read_csv(path, keep_default_na=False)
-        except Exception as err:
-            raise InputError(f"{path}: cannot read the probe case table ({err}).") from None
-        missing = {"ct", "tumor_mask", label} - set(table.columns)
-        if missing:
-            raise InputError(f"{path}: the probe case table lacks the column(s) {sorted(missing)}.")
+        from .features.image import tumour_crop
+
+        table = read_case_table(cases_csv, require=("ct", "tumor_mask"))
+        if label not in table.columns:
+            raise InputError(f"{cases_csv}: the probe case table lacks the column {label!r}.")
         table = table[table[label] != ""]
         if table[label].nunique() < 2 or len(table) < 4:
-            raise InputError(f"{path}: the probe needs at least 4 cases and 2 values of {label!r}.")
+            raise InputError(f"{cases_csv}: the probe needs at least 4 cases and 2 values of {label!r}.")
         config = PreprocessConfig(spacing_mm=(spacing_mm,) * 3)
-        crops, rng = [], np.random.default_rng(0)
+        crops = []
         for _, row in table.iterrows():
-            volume = read_nifti(path.parent / row["ct"], case_id=str(row.get("case_id", "")))
-            mask = read_mask(path.parent / row["tumor_mask"], volume)
-            data, _, mask = preprocess_volume(volume, config, mask)
-            pad = [(0, 0)] + [(0, max(p - s, 0)) for s, p in zip(data.shape[1:], patch)]
-            data, mask = np.pad(data, pad, mode="edge"), np.pad(mask, pad[1:])
-            centre = np.round(np.argwhere(mask).mean(0)).astype(int) if mask.any() else np.array(data.shape[1:]) // 2
-            start = np.clip(centre - np.asarray(patch) // 2, 0, np.array(data.shape[1:]) - patch)
-            crops.append(data[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch))])
+            volume = read_nifti(row["ct"], case_id=row["case_id"])
+            data, _, mask = preprocess_volume(volume, config, read_mask(row["tumor_mask"], volume))
+            crops.append(tumour_crop(data, mask, patch))
         self.crops = torch.from_numpy(np.stack(crops).astype(np.float32))
         self.labels = table[label].to_numpy()
         self.every, self.k, self._last = int(every_n_steps), int(k), -1

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["crop_start"]
+__all__ = ["crop_start", "centred_crop"]
 
 
 def crop_start(shape, patch, rng, *, mask=None):
@@ -36,3 +36,28 @@ def crop_start(shape, patch, rng, *, mask=None):
                 centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], tuple(shape)))
                 return np.clip(centre - half, 0, shape - patch)
     return np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch)])
+
+
+def centred_crop(data, patch, *, mask=None):
+    """The ``patch``-sized crop of ``data`` centred on the centroid of ``mask`` (the image centre when
+    ``mask`` is None or empty), shifted to stay inside the image; an image smaller than ``patch`` is
+    padded by repeating its edge first.
+
+    Parameters
+    ----------
+    data : (C, X, Y, Z) ndarray
+    patch : (3,) ints, voxels
+    mask : None or (X, Y, Z) array, nonzero inside the lesion
+
+    Returns
+    -------
+    (C, *patch) ndarray, the dtype of ``data``
+    """
+    patch = np.asarray(patch, dtype=int)
+    pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(data.shape[1:], patch)]
+    data = np.pad(data, pad, mode="edge")
+    shape = np.array(data.shape[1:])
+    inside = None if mask is None else np.argwhere(np.pad(np.asarray(mask) > 0, pad[1:]))
+    centre = shape // 2 if inside is None or not len(inside) else np.round(inside.mean(axis=0)).astype(int)
+    start = np.clip(centre - patch // 2, 0, shape - patch)
+    return data[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch))]

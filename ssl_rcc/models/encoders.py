@@ -10,7 +10,9 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["Encoder", "build_encoder", "ARCHITECTURES"]
+__all__ = ["Encoder", "build_encoder", "ARCHITECTURES", "ENCODER_FORMAT"]
+
+ENCODER_FORMAT = "ssl-rcc-encoder/1"  # the "format" of an exported encoder.json
 
 # name -> (kind, settings); ViT sizes chosen to train on a CPU as well as a GPU
 ARCHITECTURES = {

@@ -1,0 +1,73 @@
+"""A per-case cache of feature vectors, keyed by the content of the files they come from.
+
+A key is a hash of the block's name, its settings and the bytes of every input file of the case, so
+a repeat, another protocol or another task reuses what was computed, and an edited file or a changed
+setting is recomputed. Entries are small JSON files written atomically: two runs sharing a cache
+never see half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["FeatureCache", "file_digest", "default_cache_dir"]
+
+_DIGESTS: dict = {}  # (path, size, mtime_ns) -> sha1: a file is read once per process
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ssl-rcc/features`` (``~/.cache/ssl-rcc/features``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssl-rcc" / "features"
+
+
+def file_digest(path) -> str:
+    """SHA-1 of a file's bytes (hex)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+class FeatureCache:
+    """Feature vectors on disk under ``root/<block>/<key>.json``; ``root=None`` caches nothing."""
+
+    def __init__(self, root=None):
+        self.root = None if root is None else Path(root)
+
+    @staticmethod
+    def key(block: str, settings: dict, files, values=()) -> str:
+        """The cache key of one case: block, settings, the content of ``files`` and other ``values``."""
+        h = hashlib.sha1(json.dumps([block, settings, list(map(str, values))], sort_keys=True, default=str).encode())
+        for f in files:
+            h.update(file_digest(f).encode())
+        return h.hexdigest()
+
+    def get(self, block: str, key: str):
+        """The cached ``{name: value}`` or None."""
+        if self.root is None:
+            return None
+        path = self.root / block / f"{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, block: str, key: str, features: dict) -> None:
+        if self.root is None:
+            return
+        folder = self.root / block
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump(features, f)  # NaN is written as NaN, which json reads back
+        os.replace(tmp, folder / f"{key}.json")

@@ -1,0 +1,129 @@
+"""finetune, predict and evaluate on synthetic renal cases: the outputs, their contents, the cache, a
+learning check, and one sentence with exit 2 (and nothing in --out) for each bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ssl_rcc.__main__ import main
+from ssl_rcc.data.cases import read_case_table
+from ssl_rcc.features import compute_features
+from ssl_rcc.phantoms import generate_phantoms
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    return generate_phantoms(root / "cases", n=40, seed=21, balanced=True, size=48, workers=2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def test_finetune_fusion_writes_everything_and_learns_subtype(cases, cache, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--cases", str(cases), "--task", "subtype", "--features", "kinetic,radiomic", "--shots", "2,all",
+                 "--repeats", "3", "--out", str(out), "--cache", str(cache), "--n-boot", "50"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["by_shots"]) == {"2", "all"}
+    two, full = metrics["by_shots"]["2"], metrics["by_shots"]["all"]
+    assert two["n_train"] == 10 and two["n_test"] == 30 and full["n_train"] + full["n_test"] == 40
+    for m in (two, full):
+        assert set(m["baselines"]) == {"kinetic", "radiomic"}
+        lo, hi = m["auc"]["ci95"]
+        assert lo <= m["auc"]["mean"] <= hi and 0 <= m["ece"]["mean"] <= 1
+        assert "auc_difference_fusion_minus_block" in m["baselines"]["radiomic"]
+        assert set(m["per_site"]) <= {"site_a", "site_b", "site_c", "site_d"}
+    print("subtype AUC, all labels:", full["auc"], {b: v["auc"]["mean"] for b, v in full["baselines"].items()})
+    assert full["baselines"]["radiomic"]["auc"]["mean"] > 0.65  # the radiomic block learns subtype
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    p = predictions[[c for c in predictions.columns if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert set(predictions["features"]) == {"kinetic+radiomic", "kinetic", "radiomic"}
+    for png in ("roc_2.png", "reliability_all.png", "confusion_all.png", "label_curve.png"):
+        assert (out / png).stat().st_size > 5_000, png
+    report = (out / "report.md").read_text()
+    assert "![AUC against labels](label_curve.png)" in report and "| radiomic |" in report
+    assert json.loads((out / "model" / "head.json").read_text())["feature_names"]["kinetic"][0] == "ktrans_mean"
+
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(cases), "--out", str(preds), "--cache", str(cache)]) == 0
+    table = pd.read_csv(preds, keep_default_na=False)
+    assert len(table) == 40 and set(table["predicted"]) <= {"ccrcc", "prcc", "chrcc", "oncocytoma", "fpaml"}
+    assert main(["evaluate", "--predictions", str(preds), "--cases", str(cases), "--out", str(tmp_path / "ev"),
+                 "--n-boot", "50"]) == 0
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["n_test"] == 40 and evaluated["auc"]["mean"] > 0.8  # the model's own training cases
+
+
+def test_untrained_encoder_image_block_and_external_site(cases, cache, tmp_path):
+    out = tmp_path / "img"
+    args = ["finetune", "--cases", str(cases), "--task", "malignant", "--features", "image,kinetic", "--encoder", "none",
+            "--patch", "16", "--spacing", "6", "--shots", "all", "--repeats", "2", "--test-site", "site_a",
+            "--protocol", "knn", "--out", str(out), "--cache", str(cache), "--n-boot", "30"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_site"] == "site_a" and set(metrics["per_site"]) == {"site_a"}
+    assert metrics["provenance"]["encoder"] == "none (untrained)"
+    assert (out / "model" / "encoder.pt").is_file() and (out / "model" / "encoder.json").is_file()
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(cases), "--out", str(tmp_path / "p.csv"),
+                 "--cache", str(cache)]) == 0
+
+
+def test_features_come_from_the_cache_the_second_time(cases, cache, monkeypatch):
+    table = read_case_table(cases).iloc[:4]
+    first = compute_features(table, ["kinetic"], cache=cache, workers=1, progress=False)
+
+    def fail(job):
+        raise AssertionError("recomputed a cached case")
+
+    monkeypatch.setattr("ssl_rcc.features._tabular", fail)
+    again = compute_features(table, ["kinetic"], cache=cache, workers=1, progress=False)
+    pd.testing.assert_frame_equal(first["kinetic"], again["kinetic"])
+    assert list(first["kinetic"].index) == list(table["case_id"])
+
+
+def _edited(cases, tmp_path, edit):
+    table = pd.read_csv(cases, keep_default_na=False, dtype=str)
+    table = edit(table)
+    path = cases.parent / f"edited_{tmp_path.name}.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("edit, args, message", [
+    (None, ["--task", "stage"], "task: unknown task 'stage'"),
+    (lambda t: t.assign(subtype=["rcc"] + list(t["subtype"][1:])), ["--task", "subtype"], "subtype 'rcc' is not one of"),
+    (None, ["--task", "subtype", "--shots", "30"], "--shots 30 needs at least 31"),
+    (None, ["--task", "invasion", "--test-site", "site_z"], "test_site: 'site_z' is not a site"),
+    (lambda t: t.assign(tumor_mask=["missing/tumor.nii.gz"] + list(t["tumor_mask"][1:])), ["--task", "subtype"],
+     "tumor_mask file of case case_0000 (tumor.nii.gz) is missing"),
+    (lambda t: t.drop(columns=["dce", "dce_times", "aif", "t10"]), ["--task", "subtype", "--features", "kinetic"],
+     "kinetic features need the map columns"),
+    (None, ["--task", "subtype", "--features", "image"], "the image block needs --encoder"),
+    (None, ["--task", "subtype", "--features", "shape"], "unknown block(s) ['shape']"),
+    (None, ["--task", "subtype", "--protocol", "svm"], "unknown protocol 'svm'"),
+    (lambda t: t.assign(case_id=["x"] * len(t)), ["--task", "subtype"], "case_id 'x' appears more than once"),
+])
+def test_bad_input_is_one_sentence_and_leaves_nothing(cases, cache, tmp_path, capsys, edit, args, message):
+    table = cases if edit is None else _edited(cases, tmp_path, edit)
+    out = tmp_path / "out"
+    code = main(["finetune", "--cases", str(table), "--out", str(out), "--cache", str(cache), "--features", "radiomic",
+                 "--repeats", "2"] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_predict_refuses_what_is_not_a_model(cases, tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "head.json").write_text(json.dumps({"format": "ssl-rcc-head/0"}))
+    (tmp_path / "model" / "head.npz").write_bytes(b"")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--cases", str(cases), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "model format 'ssl-rcc-head/0'" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+    assert main(["predict", "--model", str(tmp_path), "--cases", str(cases), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "not a saved model" in capsys.readouterr().err
