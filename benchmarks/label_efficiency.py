@@ -35,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--device", default="cpu", help="cpu or gpu (pretraining)")
     parser.add_argument("--work", default=None, help="keep the cases, run and cache here")
+    parser.add_argument("--reuse", action="store_true", help="reuse the cases and run already in --work")
     args = parser.parse_args(argv)
 
     from ssl_rcc.data.cases import read_case_table
@@ -46,23 +47,25 @@ def main(argv=None):
 
     work = Path(args.work or tempfile.mkdtemp(prefix="label-efficiency-"))
     timings = {}
-    start = time.perf_counter()
-    cases = generate_phantoms(work / "cases", n=args.n, seed=args.seed, balanced=True, overwrite=True)
-    archive = generate_phantoms(work / "archive", n=args.archive, seed=args.seed + 1, unlabeled=True, size=64,
-                                overwrite=True).parent
-    timings["phantoms_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    run = pretrain(archive, method="simclr", out=work / "run", max_steps=args.steps, batch_size=8, patch=32, spacing=3.0,
-                   workers=2, checkpoint_every=args.steps, overwrite=True, accelerator=args.device, progress=False)
-    timings["pretrain_s"] = time.perf_counter() - start
+    cases, run = work / "cases" / "cases.csv", work / "run"
+    if not (args.reuse and cases.is_file() and (run / "encoder.pt").is_file()):
+        start = time.perf_counter()
+        cases = generate_phantoms(work / "cases", n=args.n, seed=args.seed, balanced=True, overwrite=True)
+        archive = generate_phantoms(work / "archive", n=args.archive, seed=args.seed + 1, unlabeled=True, size=64,
+                                    overwrite=True).parent
+        timings["phantoms_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        run = pretrain(archive, method="simclr", out=run, max_steps=args.steps, batch_size=8, patch=32, spacing=3.0,
+                       workers=2, checkpoint_every=args.steps, overwrite=True, accelerator=args.device, progress=False)
+        timings["pretrain_s"] = time.perf_counter() - start
     scratch = write_untrained_encoder(work / "scratch", architecture="resnet18", in_channels=4, patch=(32,) * 3,
                                       spacing_mm=3.0, seed=0)
     table = read_case_table(cases)
     start = time.perf_counter()
-    tabular = compute_features(table, ["kinetic", "radiomic"], cache=work / "cache")
+    tabular = compute_features(table, ["kinetic", "radiomic"], cache=work / "cache", progress=False)
     timings["kinetic_radiomic_features_s"] = time.perf_counter() - start
-    ssl = compute_features(table, ["image"], encoder=run / "encoder.pt", cache=work / "cache")["image"]
-    untrained = compute_features(table, ["image"], encoder=scratch, cache=work / "cache")["image"]
+    ssl = compute_features(table, ["image"], encoder=run / "encoder.pt", cache=work / "cache", progress=False)["image"]
+    untrained = compute_features(table, ["image"], encoder=scratch, cache=work / "cache", progress=False)["image"]
     blocks = {"image": ssl.to_numpy(), "kinetic": tabular["kinetic"].to_numpy(), "radiomic": tabular["radiomic"].to_numpy()}
     sites = table["site"].to_numpy(dtype=str)
     results = {}

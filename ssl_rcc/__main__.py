@@ -128,7 +128,8 @@ def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=Fa
 
 
 def finetune(cases, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20, test_site=None,
-             seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5, n_boot=200, overwrite=False):
+             seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5, n_boot=200, epochs=30, lr=1e-3,
+             batch_size=8, overwrite=False):
     """Few-label head for a task, evaluated on repeated draws against each feature block alone.
 
     Args:
@@ -138,7 +139,8 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
             confusion.png (label_curve.png for several shots), report.md.
         encoder: RUN/encoder.pt for the image block, or none for an untrained encoder of --architecture.
         features: feature blocks, any of image,kinetic,radiomic (fused early, each standardised).
-        protocol: probe (logistic regression, C and blocks by inner cross-validation) | knn (cosine).
+        protocol: probe (logistic regression, C and blocks by inner cross-validation) | knn (cosine) |
+            finetune (the encoder trained end to end with a linear head over it and the tabular blocks).
         shots: labelled training cases per class: K, all, or a list such as 5,10,20,all.
         repeats: draws of the training cases (the same for every feature set: paired comparisons).
         test_site: train on the other sites and test on this one (external validation).
@@ -149,13 +151,17 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
         patch: crop size (voxels) of --encoder none.
         spacing: voxel size (mm) of --encoder none.
         n_boot: bootstrap resamples of each draw's test cases.
+        epochs: finetune: most epochs (early stopping on an inner fifth of the training cases).
+        lr: finetune: learning rate of the head (the encoder's is a tenth, after 2 frozen epochs).
+        batch_size: finetune: crops per step.
         overwrite: replace an existing output directory.
     """
     from .finetune import run_finetune
 
     return str(run_finetune(cases, task=task, out=out, encoder=encoder, features=features, protocol=protocol, shots=shots,
                             repeats=repeats, test_site=test_site, seed=seed, cache=cache, workers=workers,
-                            architecture=architecture, patch=patch, spacing=spacing, n_boot=n_boot, overwrite=overwrite))
+                            architecture=architecture, patch=patch, spacing=spacing, n_boot=n_boot, epochs=epochs, lr=lr,
+                            batch_size=batch_size, overwrite=overwrite))
 
 
 def predict(model, cases, out, cache=None, workers=None, overwrite=False):

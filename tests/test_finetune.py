@@ -74,6 +74,20 @@ def test_untrained_encoder_image_block_and_external_site(cases, cache, tmp_path)
                  "--cache", str(cache)]) == 0
 
 
+def test_end_to_end_protocol_trains_saves_and_predicts(cases, cache, tmp_path):
+    out = tmp_path / "e2e"
+    assert main(["finetune", "--cases", str(cases), "--task", "malignant", "--features", "image,kinetic", "--encoder", "none",
+                 "--patch", "16", "--spacing", "6", "--protocol", "finetune", "--epochs", "3", "--shots", "all",
+                 "--repeats", "1", "--out", str(out), "--cache", str(cache), "--n-boot", "30"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "finetune" and set(metrics["baselines"]) == {"image", "kinetic"}
+    head = json.loads((out / "model" / "head.json").read_text())
+    assert head["head"]["protocol"] == "finetune" and head["feature_names"]["image"] == ["tumour crop 4x16x16x16"]
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(cases), "--out", str(tmp_path / "p.csv"),
+                 "--cache", str(cache)]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 40
+
+
 def test_features_come_from_the_cache_the_second_time(cases, cache, monkeypatch):
     table = read_case_table(cases).iloc[:4]
     first = compute_features(table, ["kinetic"], cache=cache, workers=1, progress=False)
@@ -107,6 +121,7 @@ def _edited(cases, tmp_path, edit):
     (None, ["--task", "subtype", "--features", "image"], "the image block needs --encoder"),
     (None, ["--task", "subtype", "--features", "shape"], "unknown block(s) ['shape']"),
     (None, ["--task", "subtype", "--protocol", "svm"], "unknown protocol 'svm'"),
+    (None, ["--task", "subtype", "--protocol", "finetune"], "finetune trains the encoder; add image"),
     (lambda t: t.assign(case_id=["x"] * len(t)), ["--task", "subtype"], "case_id 'x' appears more than once"),
 ])
 def test_bad_input_is_one_sentence_and_leaves_nothing(cases, cache, tmp_path, capsys, edit, args, message):

@@ -92,13 +92,17 @@ def planted(rng, n=120, noise_dims=300):
 
 def test_probe_matches_scikit_learn_and_saves_exactly(rng):
     y, blocks = planted(rng)
-    head = ProbeHead(("low", "high")).fit(blocks, y)
-    x = head.scaler.transform(blocks, head.blocks_used)
-    reference = LogisticRegression(C=head.c, class_weight="balanced", max_iter=500).fit(x, y == "high")
-    np.testing.assert_allclose(head.predict_proba(blocks), reference.predict_proba(x), atol=1e-4)
-    meta, arrays = head.state()
-    np.testing.assert_array_equal(head_from_state(meta, arrays).predict_proba(blocks), head.predict_proba(blocks))
-    np.testing.assert_allclose(_logit_proba(x, head.coef, head.intercept).sum(1), 1.0)
+    one = {"signal": blocks["signal"]}
+    head = ProbeHead(("low", "high")).fit(one, y)
+    x = head.scaler.transform(one, ["signal"])
+    reference = LogisticRegression(C=head.members[0][1], class_weight="balanced", max_iter=500).fit(x, y == "high")
+    np.testing.assert_allclose(head.predict_proba(one), reference.predict_proba(x), atol=1e-4)
+    np.testing.assert_allclose(_logit_proba(x, *head.coefs[0]), reference.predict_proba(x), atol=1e-4)
+    for fusion in ("late", "early"):
+        head = ProbeHead(("low", "high"), fusion=fusion).fit(blocks, y)
+        meta, arrays = head.state()
+        np.testing.assert_array_equal(head_from_state(meta, arrays).predict_proba(blocks), head.predict_proba(blocks))
+        assert head.predict_proba(blocks)[:, 1][y == "high"].mean() > 0.6
     knn = KnnHead(("low", "high")).fit(blocks, y)
     meta, arrays = knn.state()
     np.testing.assert_array_equal(head_from_state(meta, arrays).predict_proba(blocks), knn.predict_proba(blocks))
@@ -106,15 +110,17 @@ def test_probe_matches_scikit_learn_and_saves_exactly(rng):
 
 
 def test_a_noise_block_does_not_drag_the_fused_probe_down(rng):
-    """A 300-feature block of pure noise beside a 4-feature informative one: the probe's inner
-    cross-validation keeps the informative block, so the fusion is no worse than it alone."""
+    """A 300-feature block of pure noise beside a 4-feature informative one: the probe weighs each
+    block by its inner cross-validated AUC, so the noise block costs the fusion little (0.007-0.03 AUC
+    seen with 10 labels per class, where a noise block reaches an inner AUC of 0.6 by chance) and the
+    fusion beats the noise block, paired."""
     y, blocks = planted(rng)
     result = evaluate_draws(blocks, y, np.full(len(y), "s"), classes=("low", "high"), protocol="probe", shots=10,
                             repeats=8, seed=0, n_boot=50)
     auc = {name: result["sets"][name]["auc"]["mean"] for name in result["sets"]}
     print("planted AUCs:", auc, "chosen:", result["chosen"])
     assert auc["signal"] > 0.75 and auc["noise"] < 0.65
-    assert auc["signal+noise"] >= auc["signal"] - 0.02
+    assert auc["signal+noise"] >= auc["signal"] - 0.04
     assert "noise" not in result["chosen"]  # the noise block is never kept alone
     lo, hi = result["differences"]["noise"]["ci95"]
     assert lo > 0  # fusion beats the noise block, paired
@@ -122,3 +128,28 @@ def test_a_noise_block_does_not_drag_the_fused_probe_down(rng):
     knn = evaluate_draws(blocks, y, np.full(len(y), "s"), classes=("low", "high"), protocol="knn", shots=10, repeats=4,
                          seed=0, n_boot=50)
     assert knn["sets"]["signal"]["auc"]["mean"] > 0.7
+
+
+def test_end_to_end_head_learns_a_planted_lesion_and_saves_exactly(rng):
+    """Crops whose class is a bright core: the encoder trained end to end separates unseen crops."""
+    import torch
+
+    from ssl_rcc.finetune.endtoend import FinetuneHead
+    from ssl_rcc.models import build_encoder
+
+    def crops(n):
+        y = np.array(["no", "yes"])[np.arange(n) % 2]
+        x = rng.normal(0.4, 0.1, size=(n, 1, 16, 16, 16)).astype(np.float32)
+        x[y == "yes", :, 5:11, 5:11, 5:11] += 0.5
+        return x, y
+
+    torch.manual_seed(0)  # the encoder's initialisation; the head seeds its own training
+    encoder = build_encoder("resnet18", in_channels=1, patch=(16, 16, 16))
+    x, y = crops(32)
+    head = FinetuneHead(("no", "yes"), encoder_config=encoder.config(), encoder_state=encoder.state_dict(), epochs=15,
+                        batch_size=8, seed=0).fit({"image": x}, y)
+    x_new, y_new = crops(20)
+    proba = head.predict_proba({"image": x_new})
+    assert roc_auc_score(y_new == "yes", proba[:, 1]) > 0.9
+    meta, arrays = head.state()
+    np.testing.assert_allclose(head_from_state(meta, arrays).predict_proba({"image": x_new}), proba, atol=1e-6)

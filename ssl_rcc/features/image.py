@@ -15,7 +15,7 @@ from ..data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
 from ..data.crops import centred_crop
 from ..errors import InputError
 
-__all__ = ["tumour_embedding", "image_features", "preprocess_config"]
+__all__ = ["tumour_embedding", "image_features", "preprocess_config", "tumour_crop", "tumour_crops", "write_untrained_encoder"]
 
 
 def preprocess_config(meta: dict) -> PreprocessConfig:
@@ -37,8 +37,7 @@ def tumour_embedding(encoder, data, mask) -> np.ndarray:
     return encoder(crop.to(param.device, param.dtype)).float().cpu().numpy()[0]
 
 
-def image_features(row, encoder, meta) -> dict:
-    """``e0 .. e{out_dim-1}``: :func:`tumour_embedding` of one case-table row (``ct``/``image``, ``tumor_mask``)."""
+def _preprocessed_lesion(row, encoder, meta):
     volume = read_nifti(row.get("ct") or row.get("image"), case_id=str(row["case_id"]))
     mask = read_mask(row["tumor_mask"], volume)
     if not mask.any():
@@ -47,6 +46,22 @@ def image_features(row, encoder, meta) -> dict:
         raise InputError(f"case {row['case_id']}: the image has {volume.data.shape[0]} channels, the encoder takes "
                          f"{encoder.in_channels}.")
     data, _, mask = preprocess_volume(volume, preprocess_config(meta), mask.astype(np.uint8))
+    return data, mask
+
+
+def tumour_crops(table, encoder, meta, *, progress=False) -> np.ndarray:
+    """(n, C, *patch) float32 tumour crops of every row, as the encoder sees them (end-to-end training)."""
+    rows = [dict(r) for _, r in table.iterrows()]
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, desc="tumour crops", unit="case", leave=False)
+    return np.stack([tumour_crop(*_preprocessed_lesion(r, encoder, meta), encoder.patch) for r in rows])
+
+
+def image_features(row, encoder, meta) -> dict:
+    """``e0 .. e{out_dim-1}``: :func:`tumour_embedding` of one case-table row (``ct``/``image``, ``tumor_mask``)."""
+    data, mask = _preprocessed_lesion(row, encoder, meta)
     return {f"e{i}": float(v) for i, v in enumerate(tumour_embedding(encoder, data, mask))}
 
 

@@ -9,6 +9,7 @@ pools repeats and resamples into a mean and a 95% interval.
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from .draws import few_label_draws
 from .heads import PROTOCOLS, ProbeHead
 from .metrics import bootstrap_metrics, point_metrics, summarise
 
-__all__ = ["evaluate_draws", "set_name"]
+__all__ = ["evaluate_draws", "set_name", "head_factory"]
 
 
 def set_name(blocks) -> str:
@@ -25,8 +26,18 @@ def set_name(blocks) -> str:
     return "+".join(blocks)
 
 
-def _fit_sets(protocol, classes, train, y_train, seed):
-    """{feature-set name: fitted head}: the requested blocks fused, and each block alone if several."""
+def head_factory(protocol, options=None):
+    """A function (classes, seed) -> unfitted head of ``protocol``; ``options`` go to the end-to-end head."""
+    if protocol == "finetune":
+        from .endtoend import FinetuneHead
+
+        return partial(FinetuneHead, **(options or {}))
+    return PROTOCOLS[protocol]
+
+
+def _fit_sets(protocol, classes, train, y_train, seed, options=None):
+    """{feature-set name: fitted head}: the requested blocks fused, and each block alone if several
+    (with ``finetune``, a tabular block alone has no encoder to train: the probe fits it)."""
     names = list(train)
     heads = {}
     if protocol == "probe":
@@ -37,11 +48,12 @@ def _fit_sets(protocol, classes, train, y_train, seed):
             for b in names:
                 heads[b] = ProbeHead(classes, seed=seed).fit({b: train[b]}, y_train, scores=scores)
         return heads
-    cls = PROTOCOLS[protocol]
-    heads[set_name(names)] = cls(classes, seed=seed).fit(train, y_train)
+    make = head_factory(protocol, options)
+    heads[set_name(names)] = make(classes, seed=seed).fit(train, y_train)
     if len(names) > 1:
         for b in names:
-            heads[b] = cls(classes, seed=seed).fit({b: train[b]}, y_train)
+            alone = ProbeHead if protocol == "finetune" and b != "image" else make
+            heads[b] = alone(classes, seed=seed).fit({b: train[b]}, y_train)
     return heads
 
 
@@ -61,7 +73,7 @@ def _per_site(records, n_classes):
 
 
 def evaluate_draws(blocks: dict, labels, sites, *, classes, protocol, shots, repeats, seed=0, test_site=None,
-                   n_boot=200, case_ids=None) -> dict:
+                   n_boot=200, case_ids=None, head_options=None) -> dict:
     """Fit and score ``protocol`` on few-label draws of the labelled cases.
 
     Parameters
@@ -71,7 +83,9 @@ def evaluate_draws(blocks: dict, labels, sites, *, classes, protocol, shots, rep
     labels, sites : (n,) arrays of str
         Task labels ('' = not in the task) and sites.
     classes : tuple of str
-    protocol : {"probe", "knn"}
+    protocol : {"probe", "knn", "finetune"}
+        With ``finetune``, ``blocks["image"]`` holds tumour crops (n, C, X, Y, Z) and ``head_options``
+        the encoder (see :class:`~ssl_rcc.finetune.endtoend.FinetuneHead`).
     shots, repeats, seed, test_site
         See :func:`~ssl_rcc.finetune.draws.few_label_draws`.
     n_boot : int
@@ -94,7 +108,7 @@ def evaluate_draws(blocks: dict, labels, sites, *, classes, protocol, shots, rep
         train = {b: x[draw.train] for b, x in blocks.items()}
         test = {b: x[draw.test] for b, x in blocks.items()}
         y_test = np.array([classes.index(v) for v in labels[draw.test]])
-        heads = _fit_sets(protocol, classes, train, labels[draw.train], seed + draw.repeat)
+        heads = _fit_sets(protocol, classes, train, labels[draw.train], seed + draw.repeat, head_options)
         resamples = np.random.default_rng([seed, draw.repeat, 1]).integers(0, len(draw.test), size=(n_boot, len(draw.test)))
         for name, head in heads.items():
             proba = head.predict_proba({b: test[b] for b in head.blocks_used})

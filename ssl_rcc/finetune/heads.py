@@ -108,13 +108,24 @@ def _logit_proba(x, coef, intercept):
     return e / e.sum(axis=1, keepdims=True)
 
 
-class ProbeHead:
-    """Class-balanced logistic regression on the fused blocks (C and blocks chosen by inner CV).
+def _block_weight(auc) -> float:
+    """A block's weight in the late fusion from its inner cross-validated AUC: (AUC - 0.5)^2, 0 at chance."""
+    return max(float(auc) - 0.5, 0.0) ** 2 if np.isfinite(auc) else 0.0
 
-    The inverse regularisation C (from :data:`C_GRID`) and, with ``select_blocks``, the subset of
-    blocks are chosen by stratified inner cross-validation on the training cases only, by log loss; so
-    a block that adds only noise is left out instead of dragging the fusion down. For a binary task
-    the decision threshold maximises Youden's J on the inner out-of-fold probabilities.
+
+class ProbeHead:
+    """Class-balanced logistic regression on feature blocks, fused late or early.
+
+    - ``fusion="late"`` (default): one logistic regression per block, each with its own C from
+      :data:`C_GRID` chosen by stratified inner cross-validation on the training cases (log loss); the
+      blocks' log-probabilities are averaged with weights (AUC - 0.5)^2 of their inner out-of-fold
+      predictions, so a block at chance gets no weight and cannot drag the fusion down.
+    - ``fusion="early"``: one logistic regression on the concatenated blocks, the subset of blocks and C
+      chosen together by inner cross-validation.
+
+    On the label-efficiency benchmark's cached features (150 synthetic cases, 10 draws at 5 and 10
+    labels per class, subtype / grade / invasion) late fusion had the higher AUC in all 6 settings. For a
+    binary task the threshold maximises Youden's J on the inner out-of-fold probabilities.
 
     Examples
     --------
@@ -127,13 +138,15 @@ class ProbeHead:
 
     protocol = "probe"
 
-    def __init__(self, classes, *, select_blocks=True, inner_folds=5, seed=0):
-        self.classes, self.select_blocks = tuple(classes), bool(select_blocks)
+    def __init__(self, classes, *, fusion="late", inner_folds=5, seed=0):
+        if fusion not in ("late", "early"):
+            raise InputError(f"fusion: {fusion!r} is neither 'late' nor 'early'.")
+        self.classes, self.fusion = tuple(classes), fusion
         self.inner_folds, self.seed = int(inner_folds), int(seed)
 
     def _subsets(self, names):
-        if not self.select_blocks or len(names) == 1:
-            return [tuple(names)]
+        if self.fusion == "late" or len(names) == 1:
+            return [(n,) for n in names]
         return [s for k in range(len(names), 0, -1) for s in itertools.combinations(names, k)]
 
     def inner_scores(self, blocks, y) -> dict:
@@ -154,48 +167,78 @@ class ProbeHead:
                 scores[(subset, c)] = (_log_loss(y_index, oof), oof)
         return scores
 
+    def _choose(self, scores, subsets):
+        """(subset, C, out-of-fold probabilities) of the best candidate among ``subsets``; ties go to the
+        earlier candidate (more blocks, then stronger regularisation)."""
+        candidates = {k: v for k, v in scores.items() if k[0] in subsets}
+        if not candidates:  # too few cases for an inner split
+            return subsets[0], 1.0, None
+        (subset, c), (_, oof) = min(candidates.items(), key=lambda kv: kv[1][0])
+        return subset, c, oof
+
     def fit(self, blocks: dict, y, *, scores=None):
         """Fit on training blocks and labels ``y`` (n,); ``scores`` reuses :meth:`inner_scores` computed
         on a superset of these blocks (the baselines of single blocks share the fusion's inner CV)."""
+        from .metrics import auc_rows
+
         y = np.asarray(y, dtype=str)
         names = list(blocks)
         y_index = np.array([self.classes.index(v) for v in y])
         scores = self.inner_scores(blocks, y) if scores is None else scores
-        candidates = {k: v for k, v in scores.items() if k[0] in self._subsets(names)}
-        if candidates:  # ties go to the earlier candidate: more blocks, then stronger regularisation
-            (subset, c), (loss, oof) = min(candidates.items(), key=lambda kv: kv[1][0])
-        else:  # too few cases for an inner split: every block, C = 1
-            subset, c, loss, oof = tuple(names), 1.0, float("nan"), None
-        self.blocks_used, self.c, self.inner_log_loss = tuple(subset), float(c), loss
-        self.scaler = BlockScaler().fit({n: blocks[n] for n in subset})
-        self.coef, self.intercept = _fit_logistic(self.scaler.transform(blocks, subset), y_index, c, self.seed,
-                                                  len(self.classes))
+        self.scaler = BlockScaler().fit(blocks)
+        if self.fusion == "early":
+            subset, c, oof = self._choose(scores, self._subsets(names))
+            self.members = [(tuple(subset), float(c), 1.0)]
+        else:
+            self.members, oofs = [], []
+            for b in names:
+                subset, c, oof = self._choose(scores, [(b,)])
+                auc = auc_rows(y_index, oof, len(self.classes))[0] if oof is not None else np.nan
+                self.members.append((subset, float(c), _block_weight(auc)))
+                oofs.append(oof)
+            total = sum(w for _, _, w in self.members)
+            self.members = [(s, c, w / total if total > 0 else 1.0 / len(names)) for s, c, w in self.members]
+            oof = None if any(o is None for o in oofs) else _combine([m[2] for m in self.members], oofs)
+        self.blocks_used = tuple(dict.fromkeys(b for s, _, w in self.members if w > 0 for b in s))
+        self.coefs = [_fit_logistic(self.scaler.transform(blocks, s), y_index, c, self.seed, len(self.classes))
+                      for s, c, _ in self.members]
         self.threshold = youden_threshold(y_index == 1, oof[:, 1]) if len(self.classes) == 2 and oof is not None else 0.5
         return self
 
     def predict_proba(self, blocks: dict) -> np.ndarray:
         """(n, n_classes) probabilities, classes in :attr:`classes` order."""
-        return _logit_proba(self.scaler.transform(blocks, self.blocks_used), self.coef, self.intercept)
-
-    def contributions(self, blocks: dict) -> tuple:
-        """Per case and feature, its term in the logit of each class: ((n, d, k) array, feature index
-        (block, position) list). Exact for a linear head: logit = sum of terms + intercept."""
-        x = self.scaler.transform(blocks, self.blocks_used)
-        return x[:, :, None] * self.coef.T[None], [(b, i) for b in self.blocks_used for i in range(blocks[b].shape[1])]
+        weights, probas = [], []
+        for (subset, _, w), (coef, intercept) in zip(self.members, self.coefs):
+            if w > 0:
+                weights.append(w)
+                probas.append(_logit_proba(self.scaler.transform(blocks, subset), coef, intercept))
+        return _combine(weights, probas)
 
     def state(self) -> tuple:
-        meta = {"protocol": self.protocol, "classes": list(self.classes), "blocks_used": list(self.blocks_used),
-                "c": self.c, "threshold": self.threshold, "inner_log_loss": self.inner_log_loss, "seed": self.seed}
-        return meta, dict(self.scaler.state(), coef=self.coef, intercept=self.intercept)
+        meta = {"protocol": self.protocol, "classes": list(self.classes), "fusion": self.fusion,
+                "blocks": list(self.scaler.names), "blocks_used": list(self.blocks_used),
+                "members": [[list(s), c, w] for s, c, w in self.members], "threshold": self.threshold, "seed": self.seed}
+        arrays = dict(self.scaler.state())
+        for i, (coef, intercept) in enumerate(self.coefs):
+            arrays[f"coef/{i}"], arrays[f"intercept/{i}"] = coef, intercept
+        return meta, arrays
 
     @classmethod
     def from_state(cls, meta, arrays):
-        self = cls(meta["classes"], seed=meta["seed"])
-        self.blocks_used, self.c, self.threshold = tuple(meta["blocks_used"]), meta["c"], meta["threshold"]
-        self.inner_log_loss = meta["inner_log_loss"]
-        self.scaler = BlockScaler.from_state(self.blocks_used, arrays)
-        self.coef, self.intercept = arrays["coef"], arrays["intercept"]
+        self = cls(meta["classes"], fusion=meta["fusion"], seed=meta["seed"])
+        self.blocks_used, self.threshold = tuple(meta["blocks_used"]), meta["threshold"]
+        self.members = [(tuple(s), c, w) for s, c, w in meta["members"]]
+        self.scaler = BlockScaler.from_state(meta["blocks"], arrays)
+        self.coefs = [(arrays[f"coef/{i}"], arrays[f"intercept/{i}"]) for i in range(len(self.members))]
         return self
+
+
+def _combine(weights, probas) -> np.ndarray:
+    """Weighted geometric mean of class probabilities, renormalised (a weighted mean of log-probabilities)."""
+    z = sum(w * np.log(np.clip(p, 1e-12, None)) for w, p in zip(weights, probas))
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 class KnnHead:
@@ -263,4 +306,8 @@ PROTOCOLS = {"probe": ProbeHead, "knn": KnnHead}
 
 def head_from_state(meta, arrays):
     """A fitted head from :meth:`state`'s (meta, arrays)."""
+    if meta["protocol"] == "finetune":
+        from .endtoend import FinetuneHead
+
+        return FinetuneHead.from_state(meta, arrays)
     return PROTOCOLS[meta["protocol"]].from_state(meta, arrays)

@@ -24,7 +24,7 @@ from ..features import block_columns, compute_features, default_cache_dir, parse
 from ..features.cache import file_digest
 from ..features.radiomic import SETTINGS_FILE
 from .draws import few_label_draws, parse_shots
-from .evaluation import evaluate_draws, set_name
+from .evaluation import evaluate_draws, head_factory, set_name
 from .heads import PROTOCOLS
 from .metrics import bootstrap_metrics, point_metrics, summarise
 from .model import load_model, save_model
@@ -169,9 +169,38 @@ def _report(metrics_by_shots, task, blocks, protocol, command, curve):
     return "\n".join(lines) + "\n"
 
 
+PROTOCOL_NAMES = tuple(sorted(PROTOCOLS)) + ("finetune",)
+
+
+def _block_arrays(table, blocks, protocol, encoder_pt, *, cache, workers, progress):
+    """(arrays {block: (n, ...)}, feature names {block: list}): embeddings, or tumour crops for the
+    end-to-end protocol, beside the tabular blocks."""
+    tabular = [b for b in blocks if b != "image"] if protocol == "finetune" else list(blocks)
+    frames = compute_features(table, tabular, encoder=encoder_pt, cache=cache, workers=workers, progress=progress)
+    arrays = {b: frames[b].to_numpy() for b in tabular}
+    names = {b: list(frames[b].columns) for b in tabular}
+    if protocol == "finetune":
+        from ..embed import load_encoder
+        from ..features.image import tumour_crops
+
+        model, meta = load_encoder(encoder_pt)
+        arrays["image"] = tumour_crops(table, model, meta, progress=progress)
+        names["image"] = ["tumour crop " + "x".join(str(s) for s in arrays["image"].shape[1:])]
+    return {b: arrays[b] for b in blocks}, {b: names[b] for b in blocks}
+
+
+def _finetune_options(encoder_pt, epochs, lr, batch_size):
+    from ..embed import load_encoder
+
+    model, _ = load_encoder(encoder_pt)
+    return {"encoder_config": model.config(), "encoder_state": model.state_dict(),
+            "epochs": number(epochs, "epochs", integer=True, positive=True), "lr": number(lr, "lr", positive=True),
+            "batch_size": number(batch_size, "batch_size", integer=True, positive=True)}
+
+
 def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20,
                  test_site=None, seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5,
-                 n_boot=200, overwrite=False, progress=True):
+                 n_boot=200, epochs=30, lr=1e-3, batch_size=8, overwrite=False, progress=True):
     """Few-label evaluation of a head and the model of all labels; returns ``out``.
 
     See ``python -m ssl_rcc finetune --help``. Writes metrics.json, predictions.csv, model/, ROC,
@@ -179,8 +208,10 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
     """
     task = get_task(task)
     blocks = parse_blocks(features)
-    if protocol not in PROTOCOLS:
-        raise InputError(f"protocol: unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}.")
+    if protocol not in PROTOCOL_NAMES:
+        raise InputError(f"protocol: unknown protocol {protocol!r}; expected one of {sorted(PROTOCOL_NAMES)}.")
+    if protocol == "finetune" and "image" not in blocks:
+        raise InputError("protocol: finetune trains the encoder; add image to --features (with --encoder RUN/encoder.pt or none).")
     shots_list = parse_shots(shots)
     repeats = number(repeats, "repeats", integer=True, positive=True)
     seed = number(seed, "seed", integer=True, low=0)
@@ -196,17 +227,20 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
     cache_dir = default_cache_dir() if cache is None else Path(cache)
     encoder_pt = _encoder_path(encoder, blocks, table, architecture=architecture, patch=patch, spacing=spacing,
                                seed=seed, work=cache_dir / "encoders")
-    frames = compute_features(table, blocks, encoder=encoder_pt, cache=cache_dir, workers=workers, progress=progress)
-    arrays = {b: frames[b].to_numpy() for b in blocks}
+    options = _finetune_options(encoder_pt, epochs, lr, batch_size) if protocol == "finetune" else None
+    arrays, feature_names = _block_arrays(table, blocks, protocol, encoder_pt, cache=cache_dir, workers=workers,
+                                          progress=progress)
     results = {}
     for shots_value in shots_list:
         log.info("%s, %s on %s: %s labelled cases per class, %d draws", task.name, protocol, "+".join(blocks),
                  shots_value, repeats)
         results[str(shots_value)] = evaluate_draws(arrays, labels, sites, classes=task.classes, protocol=protocol,
                                                    shots=shots_value, repeats=repeats, seed=seed, test_site=test_site,
-                                                   n_boot=n_boot, case_ids=table["case_id"].to_numpy())
+                                                   n_boot=n_boot, case_ids=table["case_id"].to_numpy(),
+                                                   head_options=options)
     final_rows = labels != "" if test_site is None else sites != test_site
-    final = PROTOCOLS[protocol](task.classes, seed=seed).fit({b: arrays[b][final_rows] for b in blocks}, labels[final_rows])
+    final = head_factory(protocol, options)(task.classes, seed=seed).fit({b: arrays[b][final_rows] for b in blocks},
+                                                                         labels[final_rows])
     metrics = {s: _metrics_for(r, task=task, blocks=blocks, protocol=protocol, shots=s if s == "all" else int(s),
                                repeats=repeats, test_site=test_site) for s, r in results.items()}
     provenance = {"ssl_rcc_version": __version__, "command": " ".join(["python -m ssl_rcc"] + sys.argv[1:])
@@ -229,7 +263,7 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False, default=_jsonable))
         predictions = pd.concat([r["predictions"].assign(shots=s) for s, r in results.items()], ignore_index=True)
         predictions.to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
-        save_model(tmp / "model", final, task=task.name, blocks=blocks, feature_names={b: list(frames[b].columns) for b in blocks},
+        save_model(tmp / "model", final, task=task.name, blocks=blocks, feature_names=feature_names,
                    encoder=encoder_pt, settings=settings)
         (tmp / "report.md").write_text(_report(metrics, task, blocks, protocol, provenance["command"], len(metrics) > 1))
     log.info("wrote %s", out)
@@ -274,12 +308,12 @@ def predict_cases(model, cases, *, out, overwrite=False, cache=None, workers=Non
             if column not in table.columns or (table[column] == "").any():
                 raise InputError(f"{cases}: the model uses {b} features, which need {column} for every case.")
     encoder = Path(model) / "encoder.pt" if "image" in blocks else None
-    frames = compute_features(table, blocks, encoder=encoder, cache=default_cache_dir() if cache is None else cache,
-                              workers=workers, progress=progress)
+    arrays, names = _block_arrays(table, blocks, head.protocol, encoder, cache=default_cache_dir() if cache is None else cache,
+                                  workers=workers, progress=progress)
     for b in blocks:
-        if list(frames[b].columns) != description["feature_names"][b]:
+        if names[b] != description["feature_names"][b]:
             raise InputError(f"{cases}: the cases' {b} features differ from the model's (another number of channels?).")
-    proba = head.predict_proba({b: frames[b].to_numpy() for b in head.blocks_used})
+    proba = head.predict_proba({b: arrays[b] for b in head.blocks_used})
     frame = pd.DataFrame(proba, columns=[f"p_{c}" for c in task.classes])
     if task.binary:
         predicted = np.where(proba[:, 1] >= head.threshold, task.classes[1], task.classes[0])
