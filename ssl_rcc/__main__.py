@@ -164,20 +164,22 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
                             batch_size=batch_size, overwrite=overwrite))
 
 
-def predict(model, cases, out, cache=None, workers=None, overwrite=False):
+def predict(model, cases, out, explain=False, cache=None, workers=None, overwrite=False):
     """Class probabilities for new cases with a saved model (finetune's DIR/model).
 
     Args:
         model: the model directory.
         cases: case table of the new cases (the columns the model's features need; no labels).
         out: output CSV: case_id, site, p_<class>..., predicted, threshold, task.
+        explain: also write OUT_explain/: block importance, top features (probe), and per case a
+            Grad-CAM NIfTI on the case grid and PNG slices through the tumour (image features, ResNet).
         cache: feature cache directory (default ~/.cache/ssl-rcc/features).
         workers: processes for the radiomic and kinetic features.
         overwrite: replace an existing output file.
     """
     from .finetune import predict_cases
 
-    return str(predict_cases(model, cases, out=out, cache=cache, workers=workers, overwrite=overwrite))
+    return str(predict_cases(model, cases, out=out, explain=explain, cache=cache, workers=workers, overwrite=overwrite))
 
 
 def evaluate(predictions, cases, out, n_boot=1000, seed=0, overwrite=False):

@@ -212,10 +212,10 @@ def _finetune_section(tmp, seed, repeats=10):
         "",
         f"`python -m ssl_rcc finetune --task malignant --features image,kinetic,radiomic --shots all --repeats {repeats}` "
         f"on the {metrics['n_train'] + metrics['n_test']} labelled cases above, in {seconds:.0f} s: each draw trains a "
-        "class-balanced logistic regression (C and the blocks kept chosen by inner cross-validation on the training "
-        f"half only) on {metrics['n_train']} cases and tests it on the other {metrics['n_test']}. Intervals are 95% over "
+        "class-balanced logistic regression per feature block (C chosen by inner cross-validation on the training "
+        f"half only; the blocks weighed by their inner AUC) on {metrics['n_train']} cases and tests it on the other {metrics['n_test']}. Intervals are 95% over "
         f"the {repeats} draws and a bootstrap of each test half. With this few cases the intervals are wide: the "
-        "demo shows the method and its outputs, not a result (the README gives figures on 40 cases).",
+        "demo shows the method and its outputs, not a result (the README's label-efficiency table gives figures on 150 cases).",
         "",
         markdown_table(["features", "AUC", "balanced accuracy", "ECE"], rows),
         "",

@@ -88,6 +88,47 @@ def test_end_to_end_protocol_trains_saves_and_predicts(cases, cache, tmp_path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == 40
 
 
+def test_predict_explains_with_gradcam_on_the_case_grid_and_attributions(cases, cache, tmp_path):
+    import nibabel as nib
+
+    out = tmp_path / "img"
+    assert main(["finetune", "--cases", str(cases), "--task", "malignant", "--features", "image", "--encoder", "none",
+                 "--patch", "32", "--spacing", "3", "--shots", "all", "--repeats", "1", "--out", str(out), "--cache",
+                 str(cache), "--n-boot", "30"]) == 0
+    table = pd.read_csv(cases, keep_default_na=False).iloc[:2]
+    new = cases.parent / "two.csv"
+    table.to_csv(new, index=False)
+    description = json.loads((out / "model" / "head.json").read_text())
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(new), "--out", str(tmp_path / "p.csv"),
+                 "--explain", "--cache", str(cache)]) == 0
+    explain = tmp_path / "p_explain"
+    importance = pd.read_csv(explain / "block_importance.csv")
+    assert set(importance["block"]) == set(description["head"]["blocks_used"]) and importance["importance"].between(0, 1).all()
+    top = pd.read_csv(explain / "top_features.csv")
+    assert set(top["case_id"]) == set(table["case_id"]) and top.groupby("case_id").size().max() == 5
+    assert description["head"]["blocks_used"] == ["image"]
+    ct = nib.load(str(cases.parent / table["ct"][0]))
+    cam = nib.load(str(explain / f"{table['case_id'][0]}_gradcam.nii.gz"))
+    assert cam.shape == ct.shape[:3] and np.allclose(cam.affine, ct.affine)
+    values = np.asarray(cam.dataobj)
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    assert (explain / f"{table['case_id'][0]}_gradcam.png").stat().st_size > 10_000
+    # Grad-CAM keeps positive evidence only: for a binary head, one class or the other has some
+    from ssl_rcc.embed import load_encoder
+    from ssl_rcc.explain import gradcam_case, image_branch
+    from ssl_rcc.finetune import load_model
+
+    _, head = load_model(out / "model")
+    encoder, meta = load_encoder(out / "model" / "encoder.pt")
+    row = read_case_table(new).iloc[0].to_dict()
+    maps = [gradcam_case(image_branch(head, encoder), row, meta, k, tuple(meta["patch"]))[0] for k in (0, 1)]
+    assert max(m.max() for m in maps) > 0
+    tumour = np.asarray(nib.load(row["tumor_mask"]).dataobj) > 0
+    for m in maps:  # the map lies in the encoder's crop, centred on the tumour
+        if m.max() > 0:
+            assert np.abs(np.argwhere(m > 0).mean(0) - np.argwhere(tumour).mean(0)).max() < 10
+
+
 def test_features_come_from_the_cache_the_second_time(cases, cache, monkeypatch):
     table = read_case_table(cases).iloc[:4]
     first = compute_features(table, ["kinetic"], cache=cache, workers=1, progress=False)

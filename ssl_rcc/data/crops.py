@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["crop_start", "centred_crop"]
+__all__ = ["crop_start", "centred_crop", "centred_crop_start"]
 
 
 def crop_start(shape, patch, rng, *, mask=None):
@@ -55,9 +55,16 @@ def centred_crop(data, patch, *, mask=None):
     """
     patch = np.asarray(patch, dtype=int)
     pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(data.shape[1:], patch)]
+    start = centred_crop_start(data.shape[1:], patch, mask=mask)
     data = np.pad(data, pad, mode="edge")
-    shape = np.array(data.shape[1:])
-    inside = None if mask is None else np.argwhere(np.pad(np.asarray(mask) > 0, pad[1:]))
-    centre = shape // 2 if inside is None or not len(inside) else np.round(inside.mean(axis=0)).astype(int)
-    start = np.clip(centre - patch // 2, 0, shape - patch)
     return data[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(start, patch))]
+
+
+def centred_crop_start(shape, patch, *, mask=None) -> np.ndarray:
+    """Start index (3,) of :func:`centred_crop` in an image of spatial ``shape`` (edge-padded to at
+    least ``patch`` at its far end first)."""
+    patch = np.asarray(patch, dtype=int)
+    padded = np.maximum(np.asarray(shape, dtype=int), patch)
+    inside = None if mask is None else np.argwhere(np.asarray(mask) > 0)
+    centre = padded // 2 if inside is None or not len(inside) else np.round(inside.mean(axis=0)).astype(int)
+    return np.clip(centre - patch // 2, 0, padded - patch)

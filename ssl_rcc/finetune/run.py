@@ -289,14 +289,22 @@ def _label_curve(path, results, task, table, labels, test_site):
     label_curve_figure(path, curves, title=f"{task.name}: AUC against labels")
 
 
-def predict_cases(model, cases, *, out, overwrite=False, cache=None, workers=None, progress=True):
-    """Class probabilities for the cases of a table with a saved model; writes ``out`` (CSV)."""
+def predict_cases(model, cases, *, out, explain=False, overwrite=False, cache=None, workers=None, progress=True):
+    """Class probabilities for the cases of a table with a saved model; writes ``out`` (CSV).
+
+    With ``explain``, also ``OUT_explain/`` (beside ``out``): block_importance.csv, top_features.csv
+    (probe) and, for image features with a ResNet encoder (probe or finetune), per case a Grad-CAM
+    NIfTI on the case's image grid and a PNG of three slices through the tumour.
+    """
     description, head = load_model(model)
     task = get_task(description["task"])
     blocks = tuple(description["blocks"])
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    explain_dir = out.with_name(out.name[: -len(out.suffix)] + "_explain" if out.suffix else out.name + "_explain")
+    if explain and explain_dir.exists() and not overwrite:
+        raise InputError(f"{explain_dir}: output directory exists; choose another --out or pass --overwrite.")
     settings = description.get("settings", {})
     if "radiomic" in blocks and settings.get("radiomics_settings_sha1") != file_digest(SETTINGS_FILE):
         raise InputError(f"{model}: the model's radiomic features were made with other PyRadiomics settings than this "
@@ -324,10 +332,40 @@ def predict_cases(model, cases, *, out, overwrite=False, cache=None, workers=Non
     frame["predicted"] = predicted
     frame["threshold"] = head.threshold
     frame["task"] = task.name
+    if explain:
+        with output_directory(explain_dir, overwrite=overwrite) as tmp:
+            _explain(tmp, head, arrays, description, table, Path(model), task)
     with output_file(out, overwrite=overwrite) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     log.info("predicted %s for %d cases: %s", task.name, len(frame), out)
     return out
+
+
+def _explain(folder, head, arrays, description, table, model, task):
+    """Attributions of the tabular blocks and Grad-CAM of the image branch, into ``folder``."""
+    from kinetics.io import save_image
+
+    from ..explain import block_importance, gradcam_case, gradcam_figure, image_branch, top_features
+
+    used = {b: arrays[b] for b in head.blocks_used}
+    block_importance(head, used).to_csv(folder / "block_importance.csv", index=False, float_format="%.4g")
+    if head.protocol == "probe":
+        top_features(head, used, description["feature_names"], table["case_id"].to_numpy()).to_csv(
+            folder / "top_features.csv", index=False, float_format="%.4g")
+    if "image" not in head.blocks_used or head.protocol == "knn":
+        return
+    from ..embed import load_encoder
+
+    encoder, meta = load_encoder(model / "encoder.pt")
+    proba = head.predict_proba(used)
+    predicted = (proba[:, 1] >= head.threshold).astype(int) if task.binary else proba.argmax(1)
+    for i, (_, row) in enumerate(table.iterrows()):
+        tabular = head._tabular({b: arrays[b][i:i + 1] for b in head.blocks_used}) if head.protocol == "finetune" else None
+        branch = image_branch(head, encoder, tabular)
+        cam, volume, mask = gradcam_case(branch, dict(row), meta, int(predicted[i]), tuple(meta["patch"]))
+        save_image(folder / f"{row['case_id']}_gradcam.nii.gz", cam, volume.affine)
+        gradcam_figure(folder / f"{row['case_id']}_gradcam.png", volume, mask, cam,
+                       title=f"{row['case_id']}: Grad-CAM for {task.classes[predicted[i]]} ({task.name})")
 
 
 def evaluate_predictions(predictions, cases, *, out, n_boot=1000, seed=0, overwrite=False):
