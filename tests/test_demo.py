@@ -22,3 +22,4 @@ def test_demo_report_on_the_dro(tmp_path):
     assert "![ROC](finetune/roc.png)" in text and (report.parent / "finetune" / "roc.png").is_file()
     assert set(summary["finetune"]["baselines"]) == {"image", "kinetic", "radiomic"}
     assert 0 <= summary["finetune"]["auc"]["mean"] <= 1
+    assert "![Grad-CAM](gradcam.png)" in text and (report.parent / "gradcam.png").stat().st_size > 10_000
