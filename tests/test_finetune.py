@@ -175,6 +175,29 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(cases, cache, tmp_path, ca
     assert err.count("\n") == 1 and not out.exists()
 
 
+@pytest.mark.parametrize("make_mask, message", [
+    (lambda mask, affine: (np.zeros_like(mask), affine), "the tumour mask of case case_0000 is empty"),
+    (lambda mask, affine: (mask, affine @ np.diag([1, 1, 1.2, 1])), "the mask's affine differs from its image's"),
+    (lambda mask, affine: (mask[:-2], affine), "the mask has shape (46, 48, 48), its image (48, 48, 48)"),
+])
+def test_a_bad_tumour_mask_is_one_sentence(cases, tmp_path, capsys, make_mask, message):
+    import nibabel as nib
+
+    table = pd.read_csv(cases, keep_default_na=False, dtype=str)
+    original = nib.load(str(cases.parent / table["tumor_mask"][0]))
+    mask, affine = make_mask(np.asarray(original.dataobj), original.affine)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), str(tmp_path / "bad_mask.nii.gz"))
+    table.loc[0, "tumor_mask"] = str(tmp_path / "bad_mask.nii.gz")
+    path = cases.parent / f"badmask_{tmp_path.name}.csv"
+    table.to_csv(path, index=False)
+    out = tmp_path / "out"
+    code = main(["finetune", "--cases", str(path), "--task", "subtype", "--features", "radiomic", "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_predict_refuses_what_is_not_a_model(cases, tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "head.json").write_text(json.dumps({"format": "ssl-rcc-head/0"}))

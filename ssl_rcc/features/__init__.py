@@ -132,11 +132,14 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
             n_workers = min(len(todo), workers or available_cpus())
             jobs = [(block, rows[i]) for i in todo]
             if n_workers > 1:
-                with ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_single_threaded) as pool:
+                pool = ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_single_threaded)
+                try:
                     results = _progress(pool.map(_tabular, jobs, chunksize=1), len(jobs), f"{block} features", progress)
                     for i, result in zip(todo, results):
                         values[i] = result
                         cache.put(block, keys[i], result)
+                finally:  # a bad case stops the run at once: the cases not started are cancelled
+                    pool.shutdown(wait=True, cancel_futures=True)
             else:
                 for i, job in zip(todo, _progress(jobs, len(jobs), f"{block} features", progress)):
                     values[i] = _tabular(job)
