@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.kinetics_speed
 	$(PY) -m benchmarks.phantoms_speed
 	$(PY) -m benchmarks.pretrain_throughput
+	$(PY) -m benchmarks.feature_speed
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
