@@ -15,7 +15,6 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kinetics.options import available_cpus

@@ -54,7 +54,7 @@ def expected_calibration_error(y_index, proba, n_classes) -> np.ndarray:
         hit = (proba.argmax(axis=2) == y_index).astype(float)
     bins = np.minimum((confidence * N_BINS).astype(int), N_BINS - 1) + N_BINS * np.arange(len(confidence))[:, None]
     size = N_BINS * len(confidence)
-    count = np.bincount(bins.ravel(), minlength=size).reshape(-1, N_BINS)
+    # sum over bins of |sum of (confidence - outcome)| / n = sum of (n_bin / n) |confidence - frequency|
     gap = np.abs(np.bincount(bins.ravel(), (confidence - hit).ravel(), minlength=size)).reshape(-1, N_BINS)
     return gap.sum(axis=1) / confidence.shape[1]
 

@@ -24,16 +24,16 @@ from ..features import block_columns, compute_features, default_cache_dir, parse
 from ..features.cache import file_digest
 from ..features.radiomic import SETTINGS_FILE
 from .draws import few_label_draws, parse_shots
-from .evaluation import evaluate_draws, head_factory, set_name
+from .evaluation import evaluate_draws, head_factory
 from .heads import PROTOCOLS
 from .metrics import bootstrap_metrics, point_metrics, summarise
 from .model import load_model, save_model
+from .report import METRIC_NAMES, fmt, label_curve, markdown_report, write_figures
 from .tasks import get_task
 
 __all__ = ["run_finetune", "predict_cases", "evaluate_predictions"]
 
 log = logging.getLogger("ssl_rcc")
-METRIC_NAMES = ("auc", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "ece")
 
 
 def _encoder_path(encoder, blocks, table, *, architecture, patch, spacing, seed, work):
@@ -109,64 +109,6 @@ def _metrics_for(result, *, task, blocks, protocol, shots, repeats, test_site):
     for b, diff in result["differences"].items():
         out["baselines"][b] = dict(_summary(result, b), auc_difference_fusion_minus_block=diff)
     return out
-
-
-def _pooled(records):
-    y = np.concatenate([r[0] for r in records])
-    p = np.concatenate([r[1] for r in records])
-    return y, p
-
-
-def _figures(tmp, result, task, suffix=""):
-    from .plots import confusion_figure, reliability_figure, roc_figure
-
-    records = result["records"][result["main"]]
-    y, p = _pooled(records)
-    if task.binary:
-        predicted = np.concatenate([(r[1][:, 1] >= r[2]).astype(int) for r in records])
-    else:
-        predicted = p.argmax(1)
-    roc_figure(tmp / f"roc{suffix}.png", [(r[0], r[1]) for r in records], task.classes, title=f"{task.name}: ROC ({result['main']})")
-    reliability_figure(tmp / f"reliability{suffix}.png", y, p, task.classes, title=f"{task.name}: calibration")
-    confusion_figure(tmp / f"confusion{suffix}.png", y, predicted, task.classes, title=f"{task.name}: confusion")
-
-
-def _fmt(m):
-    if m is None or m.get("mean") is None:
-        return "-"
-    lo, hi = m["ci95"]
-    return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['mean']:.3f}"
-
-
-def _report(metrics_by_shots, task, blocks, protocol, command, curve):
-    lines = ["# Few-label evaluation", "",
-             f"Task **{task.name}** ({', '.join(task.classes)}), features **{'+'.join(blocks)}**, protocol **{protocol}**.",
-             "", f"Command: `{command}`  ", f"ssl-rcc {__version__}.", "",
-             "Each value is the mean over repeated draws of the training cases, with a 95% interval from the "
-             "repeats and a bootstrap of each draw's test cases pooled. Nothing fitted (scaling, block choice, C, "
-             "k, threshold) saw a test case. Binary metrics use the threshold chosen on the training cases.", ""]
-    for shots, m in metrics_by_shots.items():
-        suffix = "" if len(metrics_by_shots) == 1 else f"_{shots}"
-        lines += [f"## {shots} labelled cases per class" if shots != "all" else "## All labelled cases", "",
-                  f"{m['n_train']} training and {m['n_test']} test cases per draw, {m['repeats']} draws"
-                  + (f", test site {m['test_site']}" if m["test_site"] else "") + ".", "",
-                  "| features | " + " | ".join(n for n in METRIC_NAMES if n in m) + " | AUC fusion minus block |",
-                  "|---" * (2 + sum(n in m for n in METRIC_NAMES)) + "|",
-                  f"| {set_name(blocks)} | " + " | ".join(_fmt(m[n]) for n in METRIC_NAMES if n in m) + " | |"]
-        for b, base in m["baselines"].items():
-            lines.append(f"| {b} | " + " | ".join(_fmt(base.get(n)) for n in METRIC_NAMES if n in m)
-                         + f" | {_fmt(base['auc_difference_fusion_minus_block'])} |")
-        if m["blocks_chosen"] and len(blocks) > 1:
-            lines += ["", "Blocks the probe kept (inner cross-validation), over draws: "
-                      + ", ".join(f"{k} {v}" for k, v in m["blocks_chosen"].items()) + "."]
-        lines += ["", "Per site (test cases of the fused set):", "", "| site | test predictions | AUC | balanced accuracy |",
-                  "|---|---|---|---|"]
-        lines += [f"| {s} | {v['n_test_predictions']} | {_fmt(v['auc'])} | {_fmt(v['balanced_accuracy'])} |"
-                  for s, v in sorted(m["per_site"].items())]
-        lines += ["", f"![ROC](roc{suffix}.png) ![Calibration](reliability{suffix}.png) ![Confusion](confusion{suffix}.png)", ""]
-    if curve:
-        lines += ["## AUC against labelled cases", "", "![AUC against labels](label_curve.png)", ""]
-    return "\n".join(lines) + "\n"
 
 
 PROTOCOL_NAMES = tuple(sorted(PROTOCOLS)) + ("finetune",)
@@ -253,19 +195,19 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
     with output_directory(out, overwrite=overwrite) as tmp:
         if len(metrics) == 1:
             document = dict(next(iter(metrics.values())), provenance=provenance)
-            _figures(tmp, next(iter(results.values())), task)
+            write_figures(tmp, next(iter(results.values())), task)
         else:
             document = {"task": task.name, "features": list(blocks), "protocol": protocol, "repeats": repeats,
                         "by_shots": metrics, "provenance": provenance}
             for s, r in results.items():
-                _figures(tmp, r, task, suffix=f"_{s}")
-            _label_curve(tmp / "label_curve.png", results, task, table, labels, test_site)
+                write_figures(tmp, r, task, suffix=f"_{s}")
+            label_curve(tmp / "label_curve.png", results, task)
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False, default=_jsonable))
         predictions = pd.concat([r["predictions"].assign(shots=s) for s, r in results.items()], ignore_index=True)
         predictions.to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
         save_model(tmp / "model", final, task=task.name, blocks=blocks, feature_names=feature_names,
                    encoder=encoder_pt, settings=settings)
-        (tmp / "report.md").write_text(_report(metrics, task, blocks, protocol, provenance["command"], len(metrics) > 1))
+        (tmp / "report.md").write_text(markdown_report(metrics, task, blocks, protocol, provenance["command"], len(metrics) > 1))
     log.info("wrote %s", out)
     return out
 
@@ -276,17 +218,6 @@ def _jsonable(value):
     if isinstance(value, (np.floating,)):
         return None if not np.isfinite(value) else float(value)
     raise TypeError(type(value))
-
-
-def _label_curve(path, results, task, table, labels, test_site):
-    from .plots import label_curve_figure
-
-    curves = {}
-    for s, r in results.items():
-        per_class = r["n_train"] / len(task.classes)
-        for name, m in r["sets"].items():
-            curves.setdefault(name, []).append((s, per_class, m["auc"]["mean"], *m["auc"]["ci95"]))
-    label_curve_figure(path, curves, title=f"{task.name}: AUC against labels")
 
 
 def predict_cases(model, cases, *, out, explain=False, overwrite=False, cache=None, workers=None, progress=True):
@@ -412,10 +343,10 @@ def evaluate_predictions(predictions, cases, *, out, n_boot=1000, seed=0, overwr
                                "cases_sha1": file_digest(cases), "n_boot": n_boot, "seed": seed}}
     with output_directory(out, overwrite=overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False, default=_jsonable))
-        _figures(tmp, result, task)
+        write_figures(tmp, result, task)
         lines = ["# Evaluation of saved predictions", "", f"Task **{task.name}**, {len(y)} labelled cases, "
                  f"95% intervals from {n_boot} bootstrap resamples.", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {m} | {_fmt(summary[m])} |" for m in METRIC_NAMES if m in summary]
+        lines += [f"| {m} | {fmt(summary[m])} |" for m in METRIC_NAMES if m in summary]
         lines += ["", "![ROC](roc.png) ![Calibration](reliability.png) ![Confusion](confusion.png)", ""]
         (tmp / "report.md").write_text("\n".join(lines))
     log.info("wrote %s", out)
