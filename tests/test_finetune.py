@@ -198,6 +198,17 @@ def test_a_bad_tumour_mask_is_one_sentence(cases, tmp_path, capsys, make_mask, m
     assert not out.exists()
 
 
+def test_an_encoder_with_other_channels_is_one_sentence(cases, tmp_path, capsys):
+    from ssl_rcc.features.image import write_untrained_encoder
+
+    encoder = write_untrained_encoder(tmp_path / "enc", architecture="resnet18", in_channels=1, patch=(16,) * 3, spacing_mm=6)
+    code = main(["finetune", "--cases", str(cases), "--task", "subtype", "--features", "image", "--encoder", str(encoder),
+                 "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the image has 4 channels, the encoder takes 1" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_refuses_what_is_not_a_model(cases, tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "head.json").write_text(json.dumps({"format": "ssl-rcc-head/0"}))
