@@ -7,7 +7,8 @@ Steps: an unlabeled archive and a labelled case table (balanced subtypes) are ge
 ResNet-18 is pretrained briefly on the archive (CPU-sized: 32^3 crops at 3 mm); features are computed
 once and cached; then for each task and each of 5, 10, 20 labels per class and all (stratified halves),
 the probe is evaluated on the same draws for: radiomic, kinetic, image (SSL), image (untrained) and
-the fusion image (SSL) + kinetic + radiomic. Prints a markdown table and writes
+the fusion image (SSL) + kinetic + radiomic; then the encoder fine-tuned end to end with all labels
+(``--finetune-tasks``, ``--finetune-repeats`` draws), pretrained vs untrained. Prints a markdown table and writes
 benchmarks/results/label_efficiency.json and label_efficiency.png.
 """
 
@@ -36,6 +37,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or gpu (pretraining)")
     parser.add_argument("--work", default=None, help="keep the cases, run and cache here")
     parser.add_argument("--reuse", action="store_true", help="reuse the cases and run already in --work")
+    parser.add_argument("--finetune-tasks", default="subtype", help="tasks for end-to-end fine-tuning ('' for none)")
+    parser.add_argument("--finetune-repeats", type=int, default=3, help="draws of end-to-end fine-tuning (all labels)")
+    parser.add_argument("--finetune-epochs", type=int, default=30)
     args = parser.parse_args(argv)
 
     from ssl_rcc.data.cases import read_case_table
@@ -88,17 +92,41 @@ def main(argv=None):
             row["fusion minus best block"] = dict(fused["differences"][best], block=best)
             results.setdefault(name, {})[str(shots)] = row
     timings["evaluation_s"] = time.perf_counter() - start
-    _write(results, timings, args)
+    start = time.perf_counter()
+    finetuned = _finetune(args, table, sites, {"SSL": run / "encoder.pt", "untrained": scratch})
+    timings["finetune_s"] = time.perf_counter() - start
+    _write(results, timings, args, finetuned)
 
 
-def _write(results, timings, args):
+def _finetune(args, table, sites, encoders):
+    """AUC of end-to-end fine-tuning with all labels (stratified halves), pretrained vs untrained."""
+    from ssl_rcc.embed import load_encoder
+    from ssl_rcc.features.image import tumour_crops
+    from ssl_rcc.finetune import evaluate_draws, get_task
+
+    out = {}
+    tasks = [t for t in args.finetune_tasks.split(",") if t]
+    for label, path in encoders.items():
+        model, meta = load_encoder(path)
+        crops = tumour_crops(table, model, meta) if tasks else None
+        options = {"encoder_config": model.config(), "encoder_state": model.state_dict(), "epochs": args.finetune_epochs}
+        for name in tasks:
+            task = get_task(name)
+            result = evaluate_draws({"image": crops}, task.labels(table).to_numpy(), sites, classes=task.classes,
+                                    protocol="finetune", shots="all", repeats=args.finetune_repeats, seed=args.seed,
+                                    n_boot=100, head_options=options)
+            out.setdefault(name, {})[f"finetune ({label})"] = result["sets"]["image"]["auc"]
+    return out
+
+
+def _write(results, timings, args, finetuned):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     RESULTS.mkdir(exist_ok=True)
-    document = {"settings": vars(args), "timings": timings, "auc": results}
+    document = {"settings": vars(args), "timings": timings, "auc": results, "finetune_all_labels_auc": finetuned}
     (RESULTS / "label_efficiency.json").write_text(json.dumps(document, indent=2))
     names = ["radiomic", "kinetic", "image (SSL)", "image (untrained)", "fusion"]
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), constrained_layout=True, squeeze=False)
@@ -119,6 +147,9 @@ def _write(results, timings, args):
         for s, row in rows.items():
             print(f"| {task} | {s} | " + " | ".join(f"{row[n]['mean']:.2f} [{row[n]['ci95'][0]:.2f}, {row[n]['ci95'][1]:.2f}]"
                                                        for n in names) + " |")
+    for task, rows in finetuned.items():
+        print(f"| {task} | all | end to end: " + ", ".join(f"{k} {v['mean']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
+                                                          for k, v in rows.items()) + " |")
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
 
 
