@@ -94,9 +94,10 @@ def top_features(head, blocks: dict, feature_names: dict, case_ids, *, k=5) -> p
 
 
 class _ProbeImageBranch(nn.Module):
-    """crop -> encoder -> the probe's standardisation of the image block -> the image member's logits."""
+    """crop -> encoder -> the probe's standardisation of the image block -> the image member's logits
+    (an embedding is always finite, so the scaler's median imputation has nothing to do here)."""
 
-    def __init__(self, encoder, median, mean, scale, coef, intercept):
+    def __init__(self, encoder, mean, scale, coef, intercept):
         super().__init__()
         self.encoder = encoder
         for name, value in dict(mean=mean, scale=scale, coef=coef, intercept=intercept).items():
@@ -128,9 +129,9 @@ def image_branch(head, encoder=None, tabular_row=None) -> nn.Module:
     member = next(i for i, (s, _, w) in enumerate(head.members) if "image" in s and w > 0)
     subset = head.members[member][0]
     start = sum(len(head.scaler.stats[b][1]) for b in subset[:subset.index("image")])
-    median, mean, scale = head.scaler.stats["image"]
+    _, mean, scale = head.scaler.stats["image"]
     coef, intercept = head.coefs[member]
-    return _ProbeImageBranch(encoder, median, mean, scale, coef[:, start:start + len(mean)], intercept)
+    return _ProbeImageBranch(encoder, mean, scale, coef[:, start:start + len(mean)], intercept)
 
 
 def gradcam_image(branch: nn.Module, crop, class_index: int) -> np.ndarray:

@@ -57,7 +57,7 @@ def _augment(crops, generator):
     return out * scale + shift
 
 
-def _lightning_module(net, lr, class_count, seed):
+def _lightning_module(net, lr, seed):
     import pytorch_lightning as pl
 
     class Module(pl.LightningModule):
@@ -191,7 +191,7 @@ class FinetuneHead:
             loader = DataLoader(TensorDataset(*(d[train] for d in data)), batch_size=self.batch_size, sampler=sampler)
             val_loader = (DataLoader(TensorDataset(*(d[validation] for d in data)), batch_size=self.batch_size)
                           if len(validation) else None)
-            module = _lightning_module(self.net, self.lr, counts, self.seed)
+            module = _lightning_module(self.net, self.lr, self.seed)
             callbacks = _callbacks(self.unfreeze_at_epoch, self.encoder_lr_factor, self.patience, val_loader is not None)
             with warnings.catch_warnings(), _quiet_lightning():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")

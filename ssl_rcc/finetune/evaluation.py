@@ -8,6 +8,7 @@ pools repeats and resamples into a mean and a 95% interval.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from functools import partial
 
@@ -19,6 +20,8 @@ from .heads import PROTOCOLS, ProbeHead
 from .metrics import bootstrap_metrics, point_metrics, summarise
 
 __all__ = ["evaluate_draws", "set_name", "head_factory"]
+
+log = logging.getLogger("ssl_rcc")
 
 
 def set_name(blocks) -> str:
@@ -60,10 +63,10 @@ def _fit_sets(protocol, classes, train, y_train, seed, options=None):
 def _per_site(records, n_classes):
     """Metrics per site of the test cases: each repeat's predictions on that site, then pooled."""
     by_site = {}
-    for y, p, t, sites, resamples in records:
+    for repeat, (y, p, t, sites, resamples) in enumerate(records):
         for site in np.unique(sites):
             sel = np.flatnonzero(sites == site)
-            local = np.random.default_rng(len(sel)).integers(0, len(sel), size=(resamples.shape[0], len(sel)))
+            local = np.random.default_rng([repeat, len(sel)]).integers(0, len(sel), size=(resamples.shape[0], len(sel)))
             by_site.setdefault(site, ([], [], 0))
             points, boots, n = by_site[site]
             points.append(point_metrics(y[sel], p[sel], t, n_classes))
@@ -105,6 +108,8 @@ def evaluate_draws(blocks: dict, labels, sites, *, classes, protocol, shots, rep
     points, boots, records, site_records = {}, {}, {}, []
     chosen, frames = Counter(), []
     for draw in draws:
+        # end-to-end training takes minutes a draw: say where it is (the probe takes a second)
+        log.log(logging.INFO if protocol == "finetune" else logging.DEBUG, "draw %d of %d: %d training, %d test cases", draw.repeat + 1, len(draws), len(draw.train), len(draw.test))
         train = {b: x[draw.train] for b, x in blocks.items()}
         test = {b: x[draw.test] for b, x in blocks.items()}
         y_test = np.array([classes.index(v) for v in labels[draw.test]])

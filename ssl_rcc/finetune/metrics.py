@@ -19,7 +19,6 @@ from scipy.stats import rankdata
 __all__ = ["point_metrics", "bootstrap_metrics", "summarise", "auc_rows", "expected_calibration_error", "N_BINS"]
 
 N_BINS = 10
-BINARY_ONLY = ("sensitivity", "specificity", "ppv", "npv")
 
 
 def auc_rows(y_index, proba, n_classes) -> np.ndarray:

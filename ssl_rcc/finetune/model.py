@@ -22,14 +22,14 @@ __all__ = ["save_model", "load_model", "MODEL_FORMAT"]
 MODEL_FORMAT = "ssl-rcc-head/1"
 
 
-def save_model(folder, head, *, task, blocks, feature_names, encoder=None, settings=None):
+def save_model(folder, head, *, task, blocks, feature_names, encoder=None, settings=None, provenance=None):
     """Write a fitted head to ``folder`` (created); ``encoder`` the encoder.pt used for the image block."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta, arrays = head.state()
     description = {"format": MODEL_FORMAT, "ssl_rcc_version": __version__, "task": task, "blocks": list(blocks),
                    "feature_names": {b: list(feature_names[b]) for b in blocks}, "head": meta,
-                   "settings": settings or {}}
+                   "settings": settings or {}, "provenance": provenance or {}}
     if encoder is not None:
         shutil.copyfile(encoder, folder / "encoder.pt")
         shutil.copyfile(Path(encoder).with_suffix(".json"), folder / "encoder.json")

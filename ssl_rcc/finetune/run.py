@@ -206,7 +206,7 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
         predictions = pd.concat([r["predictions"].assign(shots=s) for s, r in results.items()], ignore_index=True)
         predictions.to_csv(tmp / "predictions.csv", index=False, float_format="%.6g")
         save_model(tmp / "model", final, task=task.name, blocks=blocks, feature_names=feature_names,
-                   encoder=encoder_pt, settings=settings)
+                   encoder=encoder_pt, settings=settings, provenance=provenance)
         (tmp / "report.md").write_text(markdown_report(metrics, task, blocks, protocol, provenance["command"], len(metrics) > 1))
     log.info("wrote %s", out)
     return out
@@ -263,6 +263,7 @@ def predict_cases(model, cases, *, out, explain=False, overwrite=False, cache=No
     frame["predicted"] = predicted
     frame["threshold"] = head.threshold
     frame["task"] = task.name
+    frame["model_sha1"] = file_digest(Path(model) / "head.json")[:12]  # which saved head made these
     if explain:
         with output_directory(explain_dir, overwrite=overwrite) as tmp:
             _explain(tmp, head, arrays, description, table, Path(model), task)
