@@ -41,21 +41,27 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
                                  workers=workers, size=size, overwrite=overwrite))
 
 
-def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=64, resume=False,
-             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=1e-3,
-             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50, augment="auto", hash_ids=False):
+def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max_steps=None, max_time=None, batch_size=None,
+             patch=None, resume=False, overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None,
+             accumulate=None, lr=None, warmup_steps=None, temperature=None, crop_scale=None, checkpoint_every=50, seed=None,
+             workers=2, spacing=None, cache=None, vit_patch=None, probe=None, probe_every=50, augment="auto", hash_ids=False):
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
+
+    Options left out take the recipe's value (see README, "Pretraining recipe") or, with --resume, the
+    run's own (from its run.json); given ones must then equal the run's.
 
     Args:
         data: folder (NIfTI files and DICOM series, recursively), CSV with an image (or ct) column, or a
             folder of TFRecord shards written by `pack` (streamed; tf extra).
         method: simclr | byol | dino | mae.
-        out: run directory: checkpoints/last.ckpt, encoder.pt, encoder.json, metrics.csv, tb/.
-        architecture: resnet18 | resnet34 | resnet50 | vit_tiny | vit_small (default resnet18; vit_tiny for mae).
+        out: run directory: checkpoints/last.ckpt, encoder.pt, encoder.json, metrics.csv, run.json, tb/.
+        recipe: auto | cpu | gpu: the defaults below (auto: gpu when CUDA is available). cpu: resnet10_slim,
+            32^3 crops at 1.5 mm, batch 32; gpu: resnet18, 64^3 crops, batch 32; mae takes vit_tiny.
+        architecture: resnet10_slim | resnet18 | resnet34 | resnet50 | vit_tiny | vit_small.
         epochs: passes over the archive (default 1), if max_steps is not given.
-        max_steps: optimiser steps.
-        batch_size: volumes per device and step (default 8; a resumed run keeps its own).
+        max_steps: optimiser steps; 0 exports the untrained encoder (the from-scratch baseline).
+        max_time: stop after this many minutes (run.json records the steps trained).
+        batch_size: volumes per device and step.
         patch: crop size in voxels (one number or three).
         resume: continue RUN from checkpoints/last.ckpt.
         overwrite: replace an existing run directory.
@@ -63,30 +69,34 @@ def pretrain(data, method, out, architecture=None, epochs=None, max_steps=None, 
         num_nodes: machines, for multi-node DDP.
         accelerator: auto | cpu | gpu.
         precision: 32-true | 16-mixed | bf16-mixed (default 16-mixed on GPU, 32-true on CPU).
-        accumulate: gradient accumulation steps (default 1; a resumed run keeps its own).
-        lr: peak learning rate (AdamW, warm-up then cosine decay).
+        accumulate: gradient accumulation steps (default 1).
+        lr: peak learning rate (AdamW, warm-up then cosine decay; default 1e-3).
         warmup_steps: linear warm-up steps (default a tenth of the run).
+        temperature: SimCLR's softmax temperature (default 0.2).
+        crop_scale: smallest,largest side of a view's cube over the patch (default 0.75,2: views at the
+            scales of the tumour crops that are embedded).
         checkpoint_every: steps between checkpoints.
-        seed: seed of initialisation and of the data order (default 0; a resumed run keeps its own).
+        seed: seed of initialisation and of the data order (default 0).
         workers: data loader processes.
-        spacing: voxel size after resampling, mm.
+        spacing: voxel size after resampling, mm (default 1.5).
         cache: preprocessing cache directory (default RUN/cache).
         vit_patch: ViT token size, voxels.
         probe: a small labelled case table (ct, tumor_mask, subtype): logs a k-NN accuracy (val_knn_acc).
-        probe_every: steps between probe evaluations.
-        augment: where the views are made: loader (CPU workers, MONAI), device (a batch at a time on the
+        probe_every: steps between probe and representation-health measurements (effective rank, dead
+            dimensions; a warning when the representation collapses).
+        augment: where the views are made: loader (CPU workers) or device (a batch at a time on the
             training device) or auto (device on a GPU, loader on CPU).
         hash_ids: name NIfTI images by a hash of their path rather than their file stem (in the cache's
             manifest and skip report), for archives whose file names carry identifiers.
     """
     from .pretrain import pretrain as run
 
-    return str(run(data, method=method, out=out, architecture=architecture, epochs=epochs, max_steps=max_steps,
-                   batch_size=batch_size, patch=patch, resume=resume, overwrite=overwrite, devices=devices,
-                   num_nodes=num_nodes, accelerator=accelerator, precision=precision, accumulate=accumulate, lr=lr,
-                   warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, seed=seed, workers=workers,
-                   spacing=spacing, cache=cache, vit_patch=vit_patch, probe=probe, probe_every=probe_every,
-                   augment=augment, hash_ids=hash_ids))
+    return str(run(data, method=method, out=out, recipe=recipe, architecture=architecture, epochs=epochs,
+                   max_steps=max_steps, max_time=max_time, batch_size=batch_size, patch=patch, resume=resume,
+                   overwrite=overwrite, devices=devices, num_nodes=num_nodes, accelerator=accelerator, precision=precision,
+                   accumulate=accumulate, lr=lr, warmup_steps=warmup_steps, temperature=temperature, crop_scale=crop_scale,
+                   checkpoint_every=checkpoint_every, seed=seed, workers=workers, spacing=spacing, cache=cache,
+                   vit_patch=vit_patch, probe=probe, probe_every=probe_every, augment=augment, hash_ids=hash_ids))
 
 
 def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):
@@ -94,7 +104,7 @@ def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):
 
     Args:
         encoder: RUN/encoder.pt (with encoder.json beside it).
-        data: folder of images, or a CSV (a case table with tumor_mask gives tumour-centred crops).
+        data: folder of images, or a CSV (a case table with tumor_mask embeds the crop scaled to each tumour).
         out: output parquet file: case_id, e0, e1, ...
         batch_size: crops per forward pass.
         overwrite: replace an existing output file.
@@ -128,7 +138,7 @@ def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=Fa
 
 
 def finetune(cases, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20, test_site=None,
-             seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5, n_boot=200, epochs=30, lr=1e-3,
+             seed=0, cache=None, workers=None, architecture="resnet10_slim", patch=32, spacing=1.5, n_boot=200, epochs=30, lr=1e-3,
              batch_size=8, overwrite=False):
     """Few-label head for a task, evaluated on repeated draws against each feature block alone.
 
@@ -147,7 +157,7 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
         seed: seed of the draws, bootstrap and untrained encoder.
         cache: feature cache directory (default ~/.cache/ssl-rcc/features).
         workers: processes for the radiomic and kinetic features (default: all cores).
-        architecture: encoder architecture of --encoder none.
+        architecture: encoder architecture of --encoder none (default: the CPU recipe's, as pretrain).
         patch: crop size (voxels) of --encoder none.
         spacing: voxel size (mm) of --encoder none.
         n_boot: bootstrap resamples of each draw's test cases.

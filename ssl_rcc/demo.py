@@ -140,7 +140,7 @@ def _phantom_section(tmp, seed, n=10):
     return lines, {"n": n, "seconds": seconds, "ktrans_within_osipi": within}
 
 
-def _pretraining_section(tmp, seed, steps=12):
+def _pretraining_section(tmp, seed, steps=24):
     """Pretrain briefly on an unlabeled archive, then embed the labelled cases' tumours."""
     import matplotlib
 
@@ -149,15 +149,18 @@ def _pretraining_section(tmp, seed, steps=12):
     import pandas as pd
 
     from .embed import embed_archive
+    from .health import COLLAPSE_RANK
     from .phantoms import generate_phantoms
     from .pretrain import pretrain
 
     archive = generate_phantoms(tmp / "archive", n=8, seed=seed + 1, unlabeled=True, size=64).parent
     start = time.perf_counter()
-    run = pretrain(archive, method="simclr", out=tmp / "pretrain", max_steps=steps, batch_size=4, patch=32, spacing=3.0,
-                   checkpoint_every=steps, workers=0, seed=seed, progress=False)
+    # the CPU recipe (resnet10_slim, 32^3 crops scaled 0.75-2x at 1.5 mm) at a demo's batch size
+    run = pretrain(archive, method="simclr", out=tmp / "pretrain", max_steps=steps, batch_size=16, recipe="cpu",
+                   checkpoint_every=steps, workers=0, seed=seed, progress=False, probe_every=steps // 2)
     seconds = time.perf_counter() - start
-    embeddings = embed_archive(run / "encoder.pt", tmp / "phantoms" / "cases.csv", out=tmp / "embeddings.parquet")
+    options = json.loads((run / "run.json").read_text())
+    embeddings = embed_archive(run / "encoder.pt", tmp / "phantoms" / "cases.csv", out=tmp / "embeddings.parquet", progress=False)
     table = pd.read_parquet(embeddings)
     labels = pd.read_csv(tmp / "phantoms" / "cases.csv", keep_default_na=False).set_index("case_id").loc[table["case_id"]]
     x = table.drop(columns="case_id").to_numpy()
@@ -167,6 +170,8 @@ def _pretraining_section(tmp, seed, steps=12):
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), constrained_layout=True)
     axes[0].plot(metrics["step"], metrics["train_loss"], marker="o")
     axes[0].set(xlabel="step", ylabel="NT-Xent loss", title="pretraining loss")
+    health = metrics.dropna(subset=["rankme"])
+    rank = float(health["rankme"].iloc[-1])
     for subtype in sorted(set(labels["subtype"])):
         sel = (labels["subtype"] == subtype).to_numpy()
         axes[1].scatter(coords[sel, 0], coords[sel, 1], label=subtype)
@@ -178,15 +183,19 @@ def _pretraining_section(tmp, seed, steps=12):
         "",
         "## Self-supervised pretraining",
         "",
-        f"SimCLR with a 3D ResNet-18 on 8 unlabeled phantom CTs (4 phases as channels, 32^3 crops at 3 mm, "
-        f"kidney-centred when a mask exists), {steps} steps of 4 volumes in {seconds:.0f} s on this machine; "
-        f"then tumour-centred embeddings ({x.shape[1]} features) of the {len(table)} labelled cases. "
-        "A demo-sized run shows the pipeline working end to end; it is far too short to learn useful features.",
+        f"SimCLR ({options['recipe']} recipe: {options['architecture']}, {options['patch'][0]}^3 crops at "
+        f"{options['spacing_mm']:g} mm, each view {options['crop_scale'][0]:g}-{options['crop_scale'][1]:g}x the crop "
+        f"resampled to it, centred on enhancing soft tissue) on 8 unlabeled phantom CTs (4 phases as channels), "
+        f"{options['steps_trained']} steps of {options['batch_size']} volumes in {seconds:.0f} s on this machine; the "
+        f"embeddings of a fixed set of crops had an effective rank of {rank:.1f} after the last step (below "
+        f"{COLLAPSE_RANK:g} would be a collapse). Then the embeddings ({x.shape[1]} features) of the {len(table)} "
+        "labelled cases' tumours, each crop scaled to its tumour. A demo-sized run shows the pipeline working "
+        "end to end; `python -m benchmarks.ssl_value` measures what a longer one is worth.",
         "",
         "![Pretraining](pretraining.png)",
     ]
-    return lines, {"steps": steps, "seconds": seconds, "final_loss": float(metrics["train_loss"].iloc[-1]),
-                   "n_embedded": int(len(table))}
+    return lines, {"steps": int(options["steps_trained"]), "seconds": seconds, "final_loss": float(metrics["train_loss"].iloc[-1]),
+                   "effective_rank": rank, "n_embedded": int(len(table))}
 
 
 def _finetune_section(tmp, seed, repeats=10):

@@ -76,9 +76,9 @@ def embed_volume(encoder, data, *, mask=None, batch_size=8):
     return features.mean(dim=0).numpy()
 
 
-def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, hash_ids=False):
-    """Embed every image of ``data`` (folder, or CSV; with a ``tumor_mask`` column, tumour-centred
-    crops) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``. ``hash_ids`` names the
+def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, hash_ids=False, progress=True):
+    """Embed every image of ``data`` (folder, or CSV; with a ``tumor_mask`` column, the tumour as
+    :func:`ssl_rcc.features.image.lesion_crop` shows it) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``. ``hash_ids`` names the
     rows by a hash of each image's path rather than its file stem or the CSV's case_id."""
     from kinetics.options import number
 
@@ -99,6 +99,10 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, has
             table = read_case_table(data)
             tumour_masks = {str(Path(i).resolve()): m for i, m in zip(table[column], table["tumor_mask"]) if i and m}
     rows, skipped = [], 0
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="embed", unit="image", leave=False)
     for item in items:
         try:
             volume = load_item(item)

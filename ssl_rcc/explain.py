@@ -94,8 +94,9 @@ def top_features(head, blocks: dict, feature_names: dict, case_ids, *, k=5) -> p
 
 
 class _ProbeImageBranch(nn.Module):
-    """crop -> encoder -> the probe's standardisation of the image block -> the image member's logits
-    (an embedding is always finite, so the scaler's median imputation has nothing to do here)."""
+    """crop -> encoder -> the probe's standardisation of the embedding columns -> their part of the image
+    member's logits (the other columns are constant in the crop, so Grad-CAM does not see them; an
+    embedding is always finite, so the scaler's median imputation has nothing to do here)."""
 
     def __init__(self, encoder, mean, scale, coef, intercept):
         super().__init__()
@@ -131,7 +132,8 @@ def image_branch(head, encoder=None, tabular_row=None) -> nn.Module:
     start = sum(len(head.scaler.stats[b][1]) for b in subset[:subset.index("image")])
     _, mean, scale = head.scaler.stats["image"]
     coef, intercept = head.coefs[member]
-    return _ProbeImageBranch(encoder, mean, scale, coef[:, start:start + len(mean)], intercept)
+    d = encoder.out_dim  # the embedding leads the image block; its descriptors do not depend on the crop
+    return _ProbeImageBranch(encoder, mean[:d], scale[:d], coef[:, start:start + d], intercept)
 
 
 def gradcam_image(branch: nn.Module, crop, class_index: int) -> np.ndarray:
@@ -165,19 +167,19 @@ def gradcam_case(branch, row, meta, class_index, patch):
     from nibabel.processing import resample_from_to
 
     from .data import preprocess_volume, read_mask, read_nifti
-    from .data.crops import centred_crop_start
-    from .features.image import preprocess_config, tumour_crop
+    from .features.image import lesion_crop, preprocess_config
 
     volume = read_nifti(row.get("ct") or row.get("image"), case_id=str(row["case_id"]))
     mask = read_mask(row["tumor_mask"], volume)
     data, affine, small_mask = preprocess_volume(volume, preprocess_config(meta), mask.astype(np.uint8))
-    crop = tumour_crop(data, small_mask, patch)
-    start = centred_crop_start(data.shape[1:], patch, mask=small_mask)
+    crop, (centre, side) = lesion_crop(data, small_mask, patch)
     cam = gradcam_image(branch, crop, class_index)
-    full = np.zeros(np.maximum(data.shape[1:], patch), np.float32)
-    full[tuple(slice(s, s + p) for s, p in zip(start, patch))] = cam
-    full = full[tuple(slice(0, n) for n in data.shape[1:])]
-    on_case = resample_from_to(nib.Nifti1Image(full, affine), (volume.data.shape[1:], volume.affine), order=1)
+    step = side / np.asarray(patch, float)  # crop voxel i sits at centre - side/2 + (i + 1/2) step
+    to_volume = np.eye(4)
+    to_volume[:3, :3] = np.diag(step)
+    to_volume[:3, 3] = centre - side / 2.0 + step / 2.0
+    on_case = resample_from_to(nib.Nifti1Image(cam.astype(np.float32), affine @ to_volume),
+                               (volume.data.shape[1:], volume.affine), order=1, cval=0.0)
     return np.clip(np.asarray(on_case.dataobj, np.float32), 0, 1), volume, mask
 
 

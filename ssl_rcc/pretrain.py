@@ -11,8 +11,10 @@ import json
 import logging
 import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kinetics.io import output_file
@@ -30,7 +32,7 @@ from .models import ENCODER_FORMAT
 __all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
 
 log = logging.getLogger("ssl_rcc")
-# options a resumed run must share with the run it continues
+# options a resumed run must share with the run it continues (it reads them from its run.json)
 _IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
 _PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
@@ -76,18 +78,23 @@ def export_encoder(module, run_dir: Path, config: dict):
         tmp.write_text(json.dumps(meta, indent=2))
 
 
-def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=64, resume=False,
-             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=1e-3,
-             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=1.5, cache=None, vit_patch=16,
-             probe=None, probe_every=50, augment="auto", hash_ids=False, progress=True):
+def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=None, resume=False,
+             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=None,
+             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=None, cache=None, vit_patch=None,
+             probe=None, probe_every=50, augment="auto", hash_ids=False, progress=True, recipe=None, temperature=None,
+             crop_scale=None, max_time=None, intensity=None, gamma=None):
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder, CSV or shards); returns RUN.
 
-    See ``python -m ssl_rcc pretrain --help`` for the options. A run directory is never overwritten
-    without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with the same data
-    order, so the steps and the loss curve are those of an uninterrupted run: ``batch_size``,
-    ``accumulate`` and ``seed`` left out (None) are then the run's own, and given ones must equal them
-    (defaults otherwise: 8, 1, 0); ``max_steps`` left out keeps the run's length, and given lengthens or
-    shortens it (the cosine schedule is then that of the new length).
+    See ``python -m ssl_rcc pretrain --help`` for the options. Options left out (None) come from the
+    ``recipe`` (:mod:`ssl_rcc.recipes`: ``cpu``, ``gpu``, or ``auto`` by the device) or, when resuming,
+    from the run's own run.json; given ones must then equal the run's, except ``max_steps``, which
+    lengthens or shortens it (the cosine schedule is then that of the new length). A run directory is
+    never overwritten without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with
+    the same data order, so the steps and the loss curve are those of an uninterrupted run.
+    ``max_steps=0`` exports the untrained encoder (the from-scratch baseline); ``max_time`` (minutes)
+    stops training after that long, and run.json records the steps actually trained. ``intensity`` (largest
+    scale and shift of a view's intensities, in window units) and ``gamma`` ((lo, hi) or None) change the
+    recipe's light views (API only: the recipe's values are the measured choice).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -95,23 +102,44 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
 
     from .training import AtomicCheckpointIO, MetricsCSV, PretrainData
 
+    from .recipes import RUN_OPTIONS, recipe_defaults
+
     method_cls = get_method(method)
-    architecture = architecture or ("vit_tiny" if method == "mae" else "resnet18")
-    patch = _patch3(patch)
     run = Path(out)
     run_file = run / "run.json"
     try:
         previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
     except ValueError:
         raise InputError(f"{run_file}: not valid JSON; the run cannot be resumed.") from None
-    batch_size = number(batch_size if batch_size is not None else previous.get("batch_size", 8), "batch_size",
-                        integer=True, positive=True)
-    accumulate = number(accumulate if accumulate is not None else previous.get("accumulate", 1), "accumulate",
-                        integer=True, positive=True)
-    seed = number(seed if seed is not None else previous.get("seed", 0), "seed", integer=True, low=0)
-    for name, value in (("batch_size", batch_size), ("accumulate", accumulate), ("seed", seed)):
-        if name in previous and previous[name] != value:
-            raise InputError(f"{run}: --{name.replace('_', '-')} {value} differs from the run's {previous[name]}; "
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
+    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    recipe, defaults = recipe_defaults(recipe or previous.get("recipe", "auto"), method, cuda=use_cuda)
+    given = {"architecture": architecture, "patch": patch, "vit_patch": vit_patch, "spacing_mm": spacing,
+             "batch_size": batch_size, "lr": lr, "temperature": temperature, "crop_scale": crop_scale,
+             "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma}
+    options = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
+    architecture = options["architecture"]
+    patch = _patch3(options["patch"])
+    vit_patch = number(options["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)
+    spacing = number(options["spacing_mm"], "spacing", "mm", positive=True)
+    batch_size = number(options["batch_size"], "batch_size", integer=True, positive=True)
+    accumulate = number(options["accumulate"], "accumulate", integer=True, positive=True)
+    seed = number(options["seed"], "seed", integer=True, low=0)
+    lr = number(options["lr"], "lr", positive=True)
+    temperature = number(options["temperature"], "temperature", positive=True)
+    crop_scale = options["crop_scale"]
+    if crop_scale is not None:
+        if isinstance(crop_scale, str):
+            crop_scale = crop_scale.split(",")
+        if len(crop_scale) != 2:
+            raise InputError(f"crop_scale: give two factors (smallest, largest view side over the patch), not {crop_scale!r}.")
+        crop_scale = [number(c, "crop_scale", positive=True) for c in crop_scale]
+        if crop_scale[0] > crop_scale[1]:
+            raise InputError(f"crop_scale: {crop_scale[0]:g} is larger than {crop_scale[1]:g}.")
+    for name in ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale"):
+        if name in previous and given[name] is not None and previous[name] != options[name]:
+            raise InputError(f"{run}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
                              f"a resumed run continues with its own (leave the option out).")
     if batch_size < method_cls.min_batch_size:
         raise InputError(f"batch_size: {batch_size} volume per device; {method} needs at least {method_cls.min_batch_size} "
@@ -119,14 +147,11 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     devices = number(devices, "devices", integer=True, positive=True)
     num_nodes = number(num_nodes, "num_nodes", integer=True, positive=True)
     checkpoint_every = number(checkpoint_every, "checkpoint_every", "steps", integer=True, positive=True)
-    spacing = number(spacing, "spacing", "mm", positive=True)
-    lr = number(lr, "lr", positive=True)
     workers = number(workers, "workers", integer=True, low=0)
-    vit_patch = number(vit_patch, "vit_patch", "voxels", integer=True, positive=True)
+    if max_time is not None:
+        max_time = number(max_time, "max_time", "minutes", positive=True)
     if augment not in ("auto", "loader", "device"):
         raise InputError(f"augment: {augment!r} is not one of auto, loader, device.")
-    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
     if precision is not None and str(precision) not in _PRECISIONS:
         raise InputError(f"precision: {precision!r} is not one of {', '.join(_PRECISIONS)}.")
     if previous and (previous.get("devices", devices) * previous.get("num_nodes", num_nodes) != devices * num_nodes
@@ -178,39 +203,66 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     if max_steps is None:
         n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
         max_steps = max(1, math.ceil(n_epochs * n_images / (batch_size * accumulate * world)))
-    max_steps = number(max_steps, "max_steps", integer=True, positive=True)
+    max_steps = number(max_steps, "max_steps", integer=True, low=0)
     warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
-    use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     precision = precision or ("16-mixed" if use_cuda else "32-true")
     on_device = augment == "device" or (augment == "auto" and use_cuda)
     if previous.get("augment") not in (None, "device" if on_device else "loader"):
         log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
                     "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
-    options = dict(identity, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup_steps=warmup,
-                   devices=devices, num_nodes=num_nodes, precision=precision, seed=int(seed), data=str(data),
-                   augment="device" if on_device else "loader",
+    options = dict(identity, recipe=recipe, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr,
+                   warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=options["intensity"],
+                   gamma=options["gamma"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
+                   seed=int(seed), data=str(data), augment="device" if on_device else "loader",
                    n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
                    source="shards" if stream else "cache")
     if not secondary:
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
-    module = method_cls(encoder, lr=float(lr), max_steps=max_steps, warmup_steps=warmup)
+    extra = {"temperature": float(temperature)} if method == "simclr" else {}
+    module = method_cls(encoder, lr=float(lr), max_steps=max(max_steps, 1), warmup_steps=warmup, **extra)
+    encoder_meta = {"method": method, "spacing_mm": [spacing] * 3,
+                    "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
+                                      "MR": {"percentiles": list(preprocessing.mr_percentiles)}},
+                    "axis_order": "RAS", "input": "(B, C, X, Y, Z), values in [0, 1]"}
+    if max_steps == 0:  # the untrained encoder, as initialised from the seed: the from-scratch baseline
+        if not secondary:
+            export_encoder(module, run, dict(encoder_meta, steps=0))
+            run_file.write_text(json.dumps(dict(options, steps_trained=0), indent=2))
+            log.info("exported the untrained %s encoder (--max-steps 0): %s", architecture, run)
+        return run
+    # views: random resized crops with light intensity changes (the recipes) or, without crop_scale,
+    # crops of the patch with MONAI's geometric and intensity augmentations
+    gamma = options["gamma"]
+    light = dict(intensity=float(options["intensity"]), gamma=None if gamma is None else tuple(gamma), noise_std=0.02)
     if on_device:
-        module.device_transform = BatchViewTransform(geometric=method_cls.geometric_views)
-    transform = ViewTransform() if method_cls.geometric_views else IntensityViewTransform()
+        module.device_transform = (BatchViewTransform(geometric=False, intensity=light["intensity"],
+                                                      gamma=light["gamma"] or (1.0, 1.0), noise_std=0.02)
+                                   if crop_scale else BatchViewTransform(geometric=method_cls.geometric_views))
+    if crop_scale:
+        transform = IntensityViewTransform(**light)
+    else:
+        transform = ViewTransform() if method_cls.geometric_views else IntensityViewTransform()
     if stream:
         dataset = ShardStream(shards, patch, batch_size=batch_size, total_batches=max_steps * accumulate,
-                              n_views=method_cls.n_views, seed=int(seed), transform=transform, device_views=on_device)
+                              n_views=method_cls.n_views, seed=int(seed), transform=transform, device_views=on_device,
+                              scale=crop_scale)
     else:
         dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed), device_views=on_device,
-                                  transform=transform)
+                                  transform=transform, scale=crop_scale)
     datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
+    every = number(probe_every, "probe_every", "steps", integer=True, positive=True)
     callbacks = []
+    if not stream:  # a fixed set of crops, drawn apart from the training samples, embedded as training goes
+        from .health import RepresentationHealth
+
+        fixed = PretrainDataset(archive, patch, n_views=1, seed=int(seed) + 7919, device_views=True, scale=crop_scale)
+        callbacks.append(RepresentationHealth(np.stack([fixed[i][0].numpy() for i in range(64)]), every_n_steps=every,
+                                              max_steps=max_steps))
     if probe is not None:
         from .probe import KnnProbe
 
-        monitor = KnnProbe(probe, patch=patch, spacing_mm=spacing,
-                           every_n_steps=number(probe_every, "probe_every", "steps", integer=True, positive=True))
+        monitor = KnnProbe(probe, patch=patch, spacing_mm=spacing, every_n_steps=every)
         if monitor.crops.shape[1] != channels:  # checked here, on every rank, not inside training on rank 0
             raise InputError(f"{probe}: the probe cases have {monitor.crops.shape[1]} channels, the images {channels}.")
         callbacks.append(monitor)
@@ -219,10 +271,14 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     trainer = pl.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
         devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
+        # BatchNorm over every device's samples: per-device batches are small, and the normalisation that
+        # keeps absolute levels (GroupNorm or InstanceNorm would centre each sample, losing attenuation)
+        sync_batchnorm=world > 1,
         accumulate_grad_batches=accumulate, callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv")],
         logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
         enable_model_summary=False, default_root_dir=str(run),
+        max_time=None if max_time is None else timedelta(minutes=float(max_time)),
     )
     import warnings
 
@@ -240,9 +296,12 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         raise
     trainer.save_checkpoint(last, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.is_global_zero:
-        export_encoder(module, run, {"method": method, "steps": int(trainer.global_step), "spacing_mm": [spacing] * 3,
-                                     "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
-                                                       "MR": {"percentiles": list(preprocessing.mr_percentiles)}},
-                                     "axis_order": "RAS", "input": "(B, C, X, Y, Z), values in [0, 1]"})
-        log.info("pretrained %s (%s) for %d steps: %s", architecture, method, trainer.global_step, run)
+        steps = int(trainer.global_step)
+        export_encoder(module, run, dict(encoder_meta, steps=steps))
+        stopped = "max_steps" if steps >= max_steps else ("max_time" if max_time is not None else "interrupted")
+        run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by=stopped), indent=2))
+        if stopped == "max_time":
+            log.warning("stopped by --max-time after %d of %d steps; the learning rate had not finished its schedule",
+                        steps, max_steps)
+        log.info("pretrained %s (%s) for %d steps: %s", architecture, method, steps, run)
     return run

@@ -35,6 +35,8 @@ def knn_balanced_accuracy(features, labels, k=5):
 class KnnProbe(pl.Callback):
     """Log ``val_knn_acc`` for ``label`` of the cases in ``cases_csv`` (needs ``ct`` and ``tumor_mask``)."""
 
+    metric_names = ("val_knn_acc",)
+
     def __init__(self, cases_csv, *, patch, spacing_mm, label="subtype", every_n_steps=50, k=5):
         from .features.image import tumour_crop
 

@@ -72,16 +72,18 @@ class MetricsCSV(pl.Callback):
     """Append one row per optimiser step (step, train_loss, lr) to ``path``; on resume, drop rows past
     the restored step so that the curve stays continuous."""
 
-    fields = ("step", "epoch", "train_loss", "lr", "val_knn_acc")
+    fields = ("step", "epoch", "train_loss", "lr", "val_knn_acc", "rankme", "dead_fraction", "dim_std", "collapsed")
 
     def __init__(self, path):
         self.path = Path(path)
         self._last_step = -1
 
     @staticmethod
-    def _probed(trainer):
-        """Whether the probe ran at this step (its last value otherwise lingers in callback_metrics)."""
-        return any(getattr(cb, "_last", None) == trainer.global_step for cb in trainer.callbacks if hasattr(cb, "crops"))
+    def _measured(trainer):
+        """Names of the metrics a callback (probe, health) measured at this step: their last values
+        otherwise linger in callback_metrics."""
+        return {name for cb in trainer.callbacks if getattr(cb, "_last", None) == trainer.global_step
+                for name in getattr(cb, "metric_names", ())}
 
     def on_train_start(self, trainer, pl_module):
         if not trainer.is_global_zero:
@@ -106,7 +108,10 @@ class MetricsCSV(pl.Callback):
         self._last_step = trainer.global_step
         metrics = trainer.callback_metrics
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch,
-               "train_loss": float(metrics.get("train_loss", float("nan"))), "lr": float(metrics.get("lr", float("nan"))),
-               "val_knn_acc": float(metrics["val_knn_acc"]) if "val_knn_acc" in metrics and self._probed(trainer) else ""}
+               "train_loss": float(metrics.get("train_loss", float("nan"))), "lr": float(metrics.get("lr", float("nan")))}
+        measured = self._measured(trainer)
+        for name in self.fields[4:]:
+            value = float(metrics[name]) if name in metrics and name in measured else ""
+            row[name] = int(value) if name == "collapsed" and value != "" else value
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields).writerow(row)

@@ -42,6 +42,8 @@ def test_each_method_trains_and_exports_its_encoder(archive, tmp_path, method, e
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "tb").is_dir()
     rows = metrics(run)
     assert rows["step"].tolist() == [1, 2] and np.isfinite(rows["train_loss"]).all()
+    # the representation's health is measured after the last step
+    assert rows["rankme"].iloc[-1] >= 1 and rows["dead_fraction"].iloc[-1] >= 0 and rows["collapsed"].iloc[-1] in (0, 1)
     assert json.loads((run / "run.json").read_text())["augment"] == ("device" if "device" in extra else "loader")
     meta = json.loads((run / "encoder.json").read_text())
     assert meta["axis_order"] == "RAS" and meta["spacing_mm"] == [3.0] * 3 and meta["method"] == method
@@ -148,6 +150,9 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     (["--method", "simclr", "--precision", "16"], "precision: 16 is not one of"),
     (["--method", "simclr", "--precision", "bf16-true"], "precision: 'bf16-true' is not one of 32-true, 16-mixed, bf16-mixed"),
     (["--method", "simclr", "--accelerator", "tpu"], "accelerator: 'tpu' is not one of"),
+    (["--method", "simclr", "--recipe", "laptop"], "recipe: 'laptop' is not one of auto, cpu, gpu"),
+    (["--method", "simclr", "--crop-scale", "2,1"], "crop_scale: 2 is larger than 1"),
+    (["--method", "simclr", "--max-time", "0"], "max_time: 0"),
 ])
 def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):
     code = main(["pretrain", "--data", str(archive), "--out", str(tmp_path / "run"), "--max-steps", "1"] + SMALL + args)
@@ -160,7 +165,7 @@ def test_existing_run_resume_of_another_architecture_and_wrong_weights(archive, 
     assert main(base) == 0
     assert main(base) == 2 and "run directory exists" in capsys.readouterr().err
     assert main(base + ["--resume", "--architecture", "resnet34"]) == 2
-    assert "the checkpoint is of another run (architecture resnet18 vs resnet34)" in capsys.readouterr().err
+    assert "the checkpoint is of another run (architecture resnet10_slim vs resnet34)" in capsys.readouterr().err
     meta = json.loads((run / "encoder.json").read_text())
     (run / "encoder.json").write_text(json.dumps(dict(meta, architecture="resnet34")))
     code = main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(archive), "--out", str(tmp_path / "x.parquet")])
@@ -219,3 +224,34 @@ def test_online_knn_probe_logs_an_accuracy(archive, tmp_path):
     assert rows["step"].tolist() == [1, 2, 3, 4]
     assert rows["val_knn_acc"].isna().tolist() == [True, False, True, False]
     assert rows["val_knn_acc"].dropna().between(0, 1).all()
+
+
+def test_untrained_export_resume_from_run_json_and_a_time_limit(archive, tmp_path, capsys):
+    base = ["pretrain", "--data", str(archive), "--method", "simclr"] + SMALL
+    untrained = tmp_path / "untrained"
+    assert main(base + ["--out", str(untrained), "--max-steps", "0", "--patch", "24", "--seed", "4"]) == 0
+    assert not (untrained / "checkpoints").exists()
+    meta = json.loads((untrained / "encoder.json").read_text())
+    assert meta["steps"] == 0 and json.loads((untrained / "run.json").read_text())["steps_trained"] == 0
+    again = tmp_path / "again"
+    assert main(base + ["--out", str(again), "--max-steps", "0", "--patch", "24", "--seed", "4"]) == 0
+    first, second = (torch.load(r / "encoder.pt", weights_only=True) for r in (untrained, again))
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the from-scratch baseline is the seed's initialisation
+    encoder, _ = load_encoder(untrained / "encoder.pt")
+    assert encoder.patch == (24, 24, 24)
+
+    run = tmp_path / "run"  # made with --patch 24 --spacing 3; resumed without them, from its run.json
+    assert main(base + ["--out", str(run), "--max-steps", "1", "--patch", "24"]) == 0
+    assert main(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--resume", "--max-steps", "2",
+                 "--workers", "0"]) == 0
+    options = json.loads((run / "run.json").read_text())
+    assert options["patch"] == [24, 24, 24] and options["spacing_mm"] == 3 and options["steps_trained"] == 2
+    assert metrics(run)["step"].tolist() == [1, 2]
+
+    timed = tmp_path / "timed"
+    assert main(base + ["--out", str(timed), "--max-steps", "500", "--patch", "24", "--max-time", "0.002"]) == 0
+    options = json.loads((timed / "run.json").read_text())
+    assert options["stopped_by"] == "max_time" and 1 <= options["steps_trained"] < 500
+    assert len(metrics(timed)) == options["steps_trained"]
+    assert json.loads((timed / "encoder.json").read_text())["steps"] == options["steps_trained"]
+    assert "stopped by --max-time" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["crop_start", "centred_crop", "centred_crop_start"]
+__all__ = ["crop_start", "centred_crop", "centred_crop_start", "lesion_box", "box_crop"]
 
 
 def crop_start(shape, patch, rng, *, mask=None):
@@ -68,3 +68,35 @@ def centred_crop_start(shape, patch, *, mask=None) -> np.ndarray:
     inside = None if mask is None else np.argwhere(np.asarray(mask) > 0)
     centre = padded // 2 if inside is None or not len(inside) else np.round(inside.mean(axis=0)).astype(int)
     return np.clip(centre - patch // 2, 0, padded - patch)
+
+
+def lesion_box(mask, *, margin=0.2, min_side=8.0):
+    """The cube around a lesion that its crop shows: centre (3,) in voxel coordinates and side in voxels,
+    the largest extent of the mask's bounding box times ``1 + 2 * margin`` (a ring of surrounding tissue
+    on every side), at least ``min_side``.
+
+    Scaling every lesion to the same crop size makes the encoder see the lesion and its border at a
+    fixed scale whatever its size (a 20 mm and an 80 mm tumour both fill the crop); the size itself is
+    then lost from the image and is reported beside the embedding.
+    """
+    inside = np.argwhere(np.asarray(mask) > 0)
+    if not len(inside):
+        raise InputError("the lesion mask is empty.")
+    lo, hi = inside.min(axis=0), inside.max(axis=0) + 1
+    side = max(float((hi - lo).max()) * (1.0 + 2.0 * float(margin)), float(min_side))
+    return (lo + hi - 1) / 2.0, side
+
+
+def box_crop(data, centre, side, patch, *, order=1):
+    """The cube of edge ``side`` voxels centred at ``centre`` (voxel coordinates) of ``data`` (C, X, Y, Z),
+    resampled to ``patch`` (3,) voxels (linear for ``order=1``, nearest for 0); outside the image, the
+    nearest edge value. Returns a float32 (C, *patch) array."""
+    from scipy import ndimage
+
+    patch = np.asarray(patch, dtype=int)
+    step = float(side) / patch  # voxel centres of the output, in input coordinates
+    axes = [c - side / 2.0 + (np.arange(p) + 0.5) * s for c, p, s in zip(np.asarray(centre, float), patch, step)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+    data = np.asarray(data)
+    return np.stack([ndimage.map_coordinates(np.asarray(c, np.float32), grid, order=order, mode="nearest", prefilter=False)
+                     for c in data]).astype(np.float32)

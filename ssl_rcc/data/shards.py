@@ -211,12 +211,13 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, index: ShardIndex, patch, *, batch_size, total_batches, start_batch=0, rank=0, world=1,
-                 n_views=2, seed=0, kidney_prob=0.8, transform=None, device_views=False, buffer=8, turnover=2):
+                 n_views=2, seed=0, kidney_prob=0.8, transform=None, device_views=False, buffer=8, turnover=2, scale=None):
         self.index, self.patch, self.batch_size = index, np.asarray(patch, int), int(batch_size)
         self.total_batches, self.start_batch, self.rank, self.world = int(total_batches), start_batch, int(rank), int(world)
         self.n_views, self.seed, self.kidney_prob = int(n_views), int(seed), float(kidney_prob)
         self.transform, self.device_views = transform, bool(device_views)
         self.buffer, self.turnover = int(buffer), int(turnover)
+        self.scale = None if scale is None else tuple(float(f) for f in scale)
         self.channels = index.channels
         check_patch_fits(self.patch, index.largest_shape)
 
@@ -280,4 +281,4 @@ class ShardStream(IterableDataset):
                 rng = np.random.default_rng([self.seed, lane_id, n])
                 image, mask = held[int(rng.integers(self.buffer))]
                 yield make_views(image, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
-                                 transform=None if self.device_views else self.transform)
+                                 transform=None if self.device_views else self.transform, scale=self.scale)

@@ -13,9 +13,10 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
 from .cache import CachedArchive
-from .crops import crop_start
+from .crops import box_crop, crop_start
 
-__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits"]
+__all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits",
+           "tissue_centre"]
 
 
 class ViewTransform:
@@ -49,9 +50,9 @@ class ViewTransform:
 
 
 class IntensityViewTransform:
-    """Flips, intensity scale and shift, gamma and noise of a (C, X, Y, Z) array in [0, 1],
-    written directly in torch (no resampling): the light views of the masked-image methods, cheap
-    enough that the input pipeline outpaces a ViT's training step."""
+    """Flips, intensity scale and shift, gamma (``None``: none) and noise of a (C, X, Y, Z) array in
+    [0, 1], written directly in torch (no resampling): the light views of the masked-image methods and
+    of the CPU recipe, cheap enough that the input pipeline outpaces the training step."""
 
     def __init__(self, *, flip_prob=0.5, intensity=0.1, gamma=(0.7, 1.5), noise_std=0.03, prob=0.5):
         self.flip_prob, self.intensity, self.gamma = flip_prob, intensity, gamma
@@ -67,7 +68,7 @@ class IntensityViewTransform:
         shift = self.intensity * (2 * u[7] - 1) if u[4] < self.prob else 0.0
         if scale != 1.0 or shift != 0.0:
             x.mul_(scale).add_(shift)
-        if u[5] < self.prob:
+        if u[5] < self.prob and self.gamma is not None:
             lo, hi = self.gamma
             x.clamp_(0.0, 1.0).pow_(lo + (hi - lo) * u[8])
         if torch.rand(1, generator=g).item() < self.prob:
@@ -93,13 +94,18 @@ class PretrainDataset(Dataset):
     device_views : bool
         Return the crops untransformed (float16): the views are made on the training device, a batch
         at a time (:class:`~ssl_rcc.data.batch_views.BatchViewTransform`, from the same seeds).
+    scale : None or (lo, hi)
+        Each view a cube of ``patch`` times a factor drawn in [lo, hi], resampled to ``patch``: views
+        at the scales of the tumour crops that will be embedded (:func:`ssl_rcc.features.image.lesion_crop`);
+        None: crops of exactly ``patch`` voxels.
 
     An item is ``(view_0, ..., view_{n-1}, seeds)``: (C, X, Y, Z) tensors and the int64 seed of each view.
     """
 
     def __init__(self, archive: CachedArchive, patch, *, n_views=2, seed=0, kidney_prob=0.8, transform=None,
-                 device_views=False):
+                 device_views=False, scale=None):
         self.archive, self.patch, self.n_views = archive, np.asarray(patch, int), int(n_views)
+        self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
         self.device_views = bool(device_views)
         self.seed, self.kidney_prob = int(seed), float(kidney_prob)
         self.transform = transform or ViewTransform()
@@ -113,7 +119,7 @@ class PretrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         data, mask = self.archive.load(int(rng.integers(len(self.archive))))
         return make_views(data, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
-                          transform=None if self.device_views else self.transform)
+                          transform=None if self.device_views else self.transform, scale=self.scale)
 
 
 def check_patch_fits(patch, largest):
@@ -124,11 +130,55 @@ def check_patch_fits(patch, largest):
                          f"volume (largest {tuple(int(s) for s in largest)}); choose a smaller --patch.")
 
 
-def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform):
+def tissue_centre(data, rng, *, candidates=256, tries=4):
+    """A voxel (3,) of enhancing soft tissue in a preprocessed (C, X, Y, Z) volume, or None.
+
+    Unlabeled archives have no kidney masks, and uniform crops are mostly air, table, bone and fat.
+    Candidates are drawn uniformly; a candidate qualifies when the mean of its channels is inside
+    (0.25, 0.9) (on the default CT window, -75 to 250 HU: neither air nor fat nor bone or excreted
+    contrast; on MR, neither background nor the brightest percent) and, with several phases, when a
+    later phase exceeds the first by 0.04 (20 HU on CT: it enhances). Costs ``candidates`` voxel reads,
+    not a pass over the volume.
+    """
+    shape = np.array(data.shape[1:])
+    for _ in range(int(tries)):
+        points = rng.integers(0, shape, size=(int(candidates), 3))
+        values = np.asarray(data[(slice(None), points[:, 0], points[:, 1], points[:, 2])], np.float32)
+        level = values.mean(axis=0)
+        ok = (level > 0.25) & (level < 0.9)
+        if len(values) > 1:
+            ok &= values[1:].max(axis=0) - values[0] > 0.04
+        hits = np.flatnonzero(ok)
+        if hits.size:
+            return points[hits[rng.integers(hits.size)]]
+    return None
+
+
+def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale=None):
     """``(view_0, ..., seeds)`` of one volume (C, X, Y, Z), every choice drawn from ``rng``: a crop
     (kidney-centred with probability ``kidney_prob`` when ``mask`` is given), overlapping crops for the
-    other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device."""
+    other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device.
+
+    With ``scale=(lo, hi)``, each view is a cube of side ``patch`` times a factor drawn in [lo, hi],
+    centred on kidney (mask) or enhancing tissue (:func:`tissue_centre`) for the first view and within a
+    quarter side of it for the others, resampled to ``patch`` (random resized crops, as in SimCLR)."""
     patch = np.asarray(patch, int)
+    if scale is not None:
+        use_mask = mask is not None and np.any(mask) and rng.random() < kidney_prob
+        if use_mask:
+            inside = np.argwhere(np.asarray(mask) > 0)
+            centre = inside[rng.integers(len(inside))].astype(float)
+        else:
+            found = tissue_centre(data, rng)
+            centre = (rng.uniform(0, data.shape[1:]) if found is None else found).astype(float)
+        views, seeds = [], []
+        for v in range(n_views):
+            side = float(patch.max()) * rng.uniform(*scale)
+            at = centre if v == 0 else centre + rng.uniform(-side / 4, side / 4, size=3)
+            seeds.append(int(rng.integers(2**31)))
+            crop = box_crop(data, at, side, patch)
+            views.append(torch.from_numpy(crop.astype(np.float16)) if transform is None else transform(crop, seeds[-1]))
+        return (*views, torch.tensor(seeds, dtype=torch.int64))
     shape = np.array(data.shape[1:])
     if np.any(shape < patch):  # pad volumes smaller than the patch (edge values)
         pad = [(0, 0)] + [(0, int(max(p - s, 0))) for s, p in zip(shape, patch)]

@@ -61,7 +61,7 @@ def _job_key(block, row, encoder_files=()):
         aif = row.get("aif", "")
         files = [row[c] for c in columns if c != "aif" or Path(aif).exists()]
         return FeatureCache.key(block, {"model": KINETIC_MODEL, "version": 1, "aif": Path(aif).name}, files, values)
-    return FeatureCache.key(block, {"version": 1}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
+    return FeatureCache.key(block, {"version": 2}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
 
 
 def _tabular(job):
@@ -125,7 +125,7 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
 
             model, meta = load_encoder(encoder)
             for i in _progress(todo, len(todo), "image features", progress):
-                values[i] = image_features(rows[i], model, meta)
+                values[i] = image_features(rows[i], model, meta, cache=cache)
                 cache.put(block, keys[i], values[i])
         elif todo:
             n_workers = min(len(todo), workers or available_cpus())

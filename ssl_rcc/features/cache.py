@@ -3,7 +3,7 @@
 A key is a hash of the block's name, its settings and the bytes of every input file of the case, so
 a repeat, another protocol or another task reuses what was computed, and an edited file or a changed
 setting is recomputed. Entries are small JSON files written atomically: two runs sharing a cache
-never see half an entry.
+never see half an entry. Arrays (a case's preprocessed lesion) are npz files, read without pickle.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["FeatureCache", "file_digest", "default_cache_dir"]
 
@@ -71,3 +73,24 @@ class FeatureCache:
         with os.fdopen(fd, "w") as f:
             json.dump(features, f)  # NaN is written as NaN, which json reads back
         os.replace(tmp, folder / f"{key}.json")
+
+    def get_arrays(self, block: str, key: str):
+        """The cached ``{name: ndarray}`` of :meth:`put_arrays`, or None."""
+        if self.root is None:
+            return None
+        try:
+            with np.load(self.root / block / f"{key}.npz", allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def put_arrays(self, block: str, key: str, arrays: dict) -> None:
+        """Keep ``{name: ndarray}`` (an npz file, written atomically; never pickled)."""
+        if self.root is None:
+            return
+        folder = self.root / block
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, folder / f"{key}.npz")

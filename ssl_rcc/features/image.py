@@ -1,9 +1,19 @@
-"""Image features of a lesion: the encoder's embedding of the tumour, from the case table's image.
+"""Image features of a lesion: the encoder's embedding of the tumour, and what the embedding cannot carry.
 
-:func:`tumour_embedding` is the one place that decides what part of the image the encoder sees and
-how its feature map becomes a vector; ``embed``, the k-NN probe and the heads all call it. Today it
-embeds the ``patch``-sized crop centred on the tumour at the encoder's spacing (all CT phases or MR
-sequences as channels) and averages the encoder's output over it.
+:func:`lesion_crop` is the one place that decides what the encoder sees of a lesion, and
+:func:`image_features` what the image block holds; ``embed``, the k-NN probe, the heads, end-to-end
+fine-tuning and Grad-CAM all go through them.
+
+- **The crop is scaled to the tumour.** The cube around the tumour's bounding box plus a margin
+  (:func:`ssl_rcc.data.crops.lesion_box`) is resampled to the encoder's patch, so the tumour fills the
+  crop, with a ring of the tissue around it (perinephric fat, for invasion), whatever its size. A fixed
+  crop centred on the tumour was 97-99.7% surrounding anatomy, and its average carried no tumour
+  information (issue 11).
+- **What the crop removes is carried beside the embedding.** Resampling removes the tumour's size, and
+  a network whose normalisation layers centre each sample loses absolute enhancement levels, which
+  is what separates the subtypes on multi-phase CT. The block therefore also holds the tumour's
+  equivalent diameter and largest extent (mm) and, per phase, the median of the preprocessed tumour
+  voxels and of a 4.5 mm ring outside it.
 """
 
 from __future__ import annotations
@@ -11,11 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
-from ..data.crops import centred_crop
-from ..errors import InputError
+from ..data import PreprocessConfig
+from .lesion import LESION_MARGIN, RING_MM, lesion_crop, lesion_descriptors, preprocessed_lesion
 
-__all__ = ["tumour_embedding", "image_features", "preprocess_config", "tumour_crop", "tumour_crops", "write_untrained_encoder"]
+__all__ = ["tumour_embedding", "image_features", "lesion_descriptors", "preprocess_config", "lesion_crop", "tumour_crop",
+           "tumour_crops", "write_untrained_encoder", "LESION_MARGIN", "RING_MM"]
 
 
 def preprocess_config(meta: dict) -> PreprocessConfig:
@@ -25,44 +35,39 @@ def preprocess_config(meta: dict) -> PreprocessConfig:
 
 
 def tumour_crop(data, mask, patch) -> np.ndarray:
-    """The (C, *patch) float32 crop the encoder sees for one lesion (centred on ``mask``)."""
-    return np.ascontiguousarray(centred_crop(np.asarray(data, np.float32), patch, mask=mask))
+    """The (C, *patch) crop of :func:`lesion_crop` alone."""
+    return lesion_crop(data, mask, patch)[0]
 
 
 @torch.no_grad()
 def tumour_embedding(encoder, data, mask) -> np.ndarray:
-    """Embedding (out_dim,) of the lesion ``mask`` in a preprocessed (C, X, Y, Z) volume ``data``."""
+    """Embedding (out_dim,) of the lesion ``mask`` in a preprocessed (C, X, Y, Z) volume ``data``: the
+    encoder's output for :func:`lesion_crop` (eval mode, averaged over the crop)."""
     crop = torch.from_numpy(tumour_crop(data, mask, encoder.patch))[None]
     param = next(encoder.parameters())
     return encoder(crop.to(param.device, param.dtype)).float().cpu().numpy()[0]
 
 
-def _preprocessed_lesion(row, encoder, meta):
-    volume = read_nifti(row.get("ct") or row.get("image"), case_id=str(row["case_id"]))
-    mask = read_mask(row["tumor_mask"], volume)
-    if not mask.any():
-        raise InputError(f"{row['tumor_mask']}: the tumour mask of case {row['case_id']} is empty.")
-    if volume.data.shape[0] != encoder.in_channels:
-        raise InputError(f"case {row['case_id']}: the image has {volume.data.shape[0]} channels, the encoder takes "
-                         f"{encoder.in_channels}.")
-    data, _, mask = preprocess_volume(volume, preprocess_config(meta), mask.astype(np.uint8))
-    return data, mask
-
-
-def tumour_crops(table, encoder, meta, *, progress=False) -> np.ndarray:
+def tumour_crops(table, encoder, meta, *, progress=False, cache=None) -> np.ndarray:
     """(n, C, *patch) float32 tumour crops of every row, as the encoder sees them (end-to-end training)."""
     rows = [dict(r) for _, r in table.iterrows()]
     if progress:
         from tqdm.auto import tqdm
 
         rows = tqdm(rows, desc="tumour crops", unit="case", leave=False)
-    return np.stack([tumour_crop(*_preprocessed_lesion(r, encoder, meta), encoder.patch) for r in rows])
+    config = preprocess_config(meta)
+    return np.stack([tumour_crop(*preprocessed_lesion(r, config, encoder.in_channels, cache=cache), encoder.patch)
+                     for r in rows])
 
 
-def image_features(row, encoder, meta) -> dict:
-    """``e0 .. e{out_dim-1}``: :func:`tumour_embedding` of one case-table row (``ct``/``image``, ``tumor_mask``)."""
-    data, mask = _preprocessed_lesion(row, encoder, meta)
-    return {f"e{i}": float(v) for i, v in enumerate(tumour_embedding(encoder, data, mask))}
+def image_features(row, encoder, meta, *, cache=None) -> dict:
+    """The image block of one case-table row (``ct``/``image``, ``tumor_mask``): ``e0 .. e{out_dim-1}``,
+    :func:`tumour_embedding`, then :func:`lesion_descriptors` (the embedding alone: the ``e`` columns).
+    ``cache`` (a :class:`~ssl_rcc.features.cache.FeatureCache`) keeps each case's preprocessed lesion,
+    so that other encoders of the same preprocessing skip reading and resampling the volume."""
+    data, mask = preprocessed_lesion(row, preprocess_config(meta), encoder.in_channels, cache=cache)
+    out = {f"e{i}": float(v) for i, v in enumerate(tumour_embedding(encoder, data, mask))}
+    return out | lesion_descriptors(data, mask, meta["spacing_mm"])
 
 
 def write_untrained_encoder(folder, *, architecture, in_channels, patch, spacing_mm, seed=0, vit_patch=16):

@@ -123,10 +123,12 @@ def _block_arrays(table, blocks, protocol, encoder_pt, *, cache, workers, progre
     names = {b: list(frames[b].columns) for b in tabular}
     if protocol == "finetune":
         from ..embed import load_encoder
+        from ..features import FeatureCache
         from ..features.image import tumour_crops
 
         model, meta = load_encoder(encoder_pt)
-        arrays["image"] = tumour_crops(table, model, meta, progress=progress)
+        lesions = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        arrays["image"] = tumour_crops(table, model, meta, progress=progress, cache=lesions)
         names["image"] = ["tumour crop " + "x".join(str(s) for s in arrays["image"].shape[1:])]
     return {b: arrays[b] for b in blocks}, {b: names[b] for b in blocks}
 
@@ -141,7 +143,7 @@ def _finetune_options(encoder_pt, epochs, lr, batch_size):
 
 
 def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20,
-                 test_site=None, seed=0, cache=None, workers=None, architecture="resnet18", patch=48, spacing=1.5,
+                 test_site=None, seed=0, cache=None, workers=None, architecture="resnet10_slim", patch=32, spacing=1.5,
                  n_boot=200, epochs=30, lr=1e-3, batch_size=8, overwrite=False, progress=True):
     """Few-label evaluation of a head and the model of all labels; returns ``out``.
 

@@ -1,4 +1,4 @@
-"""3D encoders from MONAI: ResNet-18/34/50 and a small ViT, each returning one embedding per volume.
+"""3D encoders from MONAI: ResNet-10 (slim), ResNet-18/34/50 and a small ViT, each returning one embedding per volume.
 
 Input tensors are (B, C, X, Y, Z) in the canonical RAS axis order of :mod:`ssl_rcc.data`.
 """
@@ -16,6 +16,9 @@ ENCODER_FORMAT = "ssl-rcc-encoder/1"  # the "format" of an exported encoder.json
 
 # name -> (kind, settings); ViT sizes chosen to train on a CPU as well as a GPU
 ARCHITECTURES = {
+    # one basic block per stage at a quarter of the usual widths and a 3^3 first convolution (a 7^3 one
+    # at full resolution cost 5x the rest of the network on a CPU): the CPU recipe's encoder (issue 11)
+    "resnet10_slim": ("resnet", {"depth": 10, "widths": (16, 32, 64, 128), "first_kernel": 3}),
     "resnet18": ("resnet", {"depth": 18}),
     "resnet34": ("resnet", {"depth": 34}),
     "resnet50": ("resnet", {"depth": 50}),
@@ -39,7 +42,14 @@ class Encoder(nn.Module):
         self.patch, self.vit_patch = tuple(int(p) for p in patch), int(vit_patch)
         kind, settings = ARCHITECTURES[architecture]
         self.kind = kind
-        if kind == "resnet":
+        if kind == "resnet" and "widths" in settings:
+            from monai.networks.nets import ResNet
+
+            self.net = ResNet("basic", [1, 1, 1, 1], list(settings["widths"]), spatial_dims=3,
+                              n_input_channels=self.in_channels, feed_forward=False, shortcut_type="B",
+                              conv1_t_size=settings["first_kernel"])
+            self.out_dim = settings["widths"][-1]
+        elif kind == "resnet":
             from monai.networks import nets
 
             self.net = getattr(nets, f"resnet{settings['depth']}")(

@@ -1,0 +1,102 @@
+"""What the encoder sees of a lesion: the crop scaled to the tumour, the descriptors carried beside the
+embedding, crops of enhancing tissue for pretraining, and the health figures of a representation."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ssl_rcc.data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
+from ssl_rcc.data.crops import box_crop, centred_crop, lesion_box
+from ssl_rcc.data.views import tissue_centre
+from ssl_rcc.features.image import lesion_crop, lesion_descriptors
+from ssl_rcc.health import effective_rank, representation_health
+
+
+def test_box_crop_is_exact_where_no_resampling_is_needed_and_scales_a_cube(rng):
+    data = rng.random((2, 40, 40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(box_crop(data, (19.5, 19.5, 19.5), 16, (16, 16, 16)), data[:, 12:28, 12:28, 12:28])
+    cube = np.zeros((1, 60, 60, 60), np.float32)
+    cube[0, 20:40, 20:40, 20:40] = 1.0
+    centre, side = lesion_box(cube[0], margin=0.25)
+    assert np.allclose(centre, 29.5) and side == pytest.approx(30.0)
+    crop = box_crop(cube, centre, side, (24, 24, 24))
+    # the cube fills 20/30 of each side: the middle 16 of the 24 output voxels, the ring around it empty
+    assert crop[0, 4:20, 4:20, 4:20].min() > 0.99 and crop[0, :3].max() < 1e-6 and crop[0, :, :, 21:].max() < 1e-6
+
+
+def test_the_scaled_crop_holds_the_whole_tumour_at_one_scale_whatever_its_size(tmp_path):
+    from ssl_rcc.data.cases import read_case_table
+    from ssl_rcc.phantoms import generate_phantoms
+
+    table = read_case_table(generate_phantoms(tmp_path / "cases", n=6, seed=11, balanced=True, size=48, workers=1))
+    config = PreprocessConfig(spacing_mm=(1.5,) * 3)
+    fixed, scaled = [], []
+    for _, row in table.iterrows():
+        volume = read_nifti(row["ct"], case_id=row["case_id"])
+        _, _, mask = preprocess_volume(volume, config, read_mask(row["tumor_mask"], volume).astype(np.uint8))
+        crop, (_, side) = lesion_crop(mask[None].astype(np.float32), mask, (32,) * 3)
+        inside = np.argwhere(mask)
+        if inside.min() > 0 and (inside.max(axis=0) < np.array(mask.shape) - 1).all():  # clear of the image's edge
+            # the whole tumour is in the crop: its volume there, in voxels of the volume, is the mask's
+            assert crop.sum() * (side / 32) ** 3 == pytest.approx(mask.sum(), rel=0.05)
+        scaled.append(crop.mean())
+        fixed.append(centred_crop(mask[None].astype(np.float32), (32,) * 3, mask=mask).mean())
+    # the tumour's share of the crop: constant but for its shape when scaled, set by its size when fixed
+    assert np.std(scaled) / np.mean(scaled) < 0.5 * np.std(fixed) / np.mean(fixed) or max(fixed) > 0.9
+
+
+def test_descriptors_and_tissue_crops_on_a_real_ct(abdomen_dir):
+    volume = read_nifti(abdomen_dir / "example_ct_sm.nii.gz", case_id="ct")
+    labels = np.asarray(nib.load(abdomen_dir / "example_seg.nii.gz").dataobj)
+    assert read_mask(abdomen_dir / "example_seg.nii.gz", volume).shape == labels.shape  # the same grid
+    kidney = labels == 2  # the right kidney as the "lesion"
+    data, _, mask = preprocess_volume(volume, PreprocessConfig(spacing_mm=(1.5,) * 3), kidney.astype(np.uint8))
+    found = lesion_descriptors(data, mask, 1.5)
+    # this CT is unenhanced: the kidney's median HU, on the [-200, 300] HU window, above the fat around it
+    hu = np.median(volume.data[0][kidney])
+    assert found["level_c0"] == pytest.approx((hu + 200) / 500, abs=0.02) and found["ring_c0"] < found["level_c0"] - 0.05
+    volume_ml = kidney.sum() * np.prod(volume.spacing_mm) / 1000
+    assert found["diameter_mm"] == pytest.approx((6 * volume_ml * 1000 / np.pi) ** (1 / 3), rel=0.05)
+    assert 40 < found["extent_mm"] < 160
+    rng = np.random.default_rng(0)
+    picks = [tissue_centre(data, rng) for _ in range(50)]
+    values = np.array([data[0, p[0], p[1], p[2]] for p in picks if p is not None])
+    assert len(values) == 50 and np.all((values > 0.25) & (values < 0.9))  # -75 to 250 HU: no air, fat, bone
+
+
+def test_effective_rank_and_collapse():
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(64, 128))
+    assert effective_rank(spread) > 40 and representation_health(spread)["collapsed"] == 0
+    collapsed = np.outer(rng.normal(size=64), rng.normal(size=128)) + 1e-6 * rng.normal(size=(64, 128))
+    health = representation_health(collapsed)
+    assert health["rankme"] < 2 and health["collapsed"] == 1
+    dead = spread.copy()
+    dead[:, :64] = 3.0
+    assert representation_health(dead)["dead_fraction"] == 0.5 and representation_health(dead)["collapsed"] == 1
+
+
+def test_the_lesion_region_gives_what_the_whole_volume_gives_and_is_cached(rng, tmp_path):
+    from ssl_rcc.features.cache import FeatureCache
+    from ssl_rcc.features.lesion import lesion_region, preprocessed_lesion
+    from ssl_rcc.phantoms import generate_phantoms
+    from ssl_rcc.data.cases import read_case_table
+
+    data = rng.random((2, 50, 50, 50)).astype(np.float32)
+    for box in ((slice(20, 30), slice(22, 26), slice(10, 18)), (slice(0, 6), slice(40, 50), slice(20, 30))):  # inside; at edges
+        mask = np.zeros((50, 50, 50), bool)
+        mask[box] = True
+        part, part_mask = lesion_region(data, mask, 1.5)
+        assert part.size < data.size
+        np.testing.assert_array_equal(lesion_crop(part, part_mask, (16,) * 3)[0], lesion_crop(data, mask, (16,) * 3)[0])
+        assert lesion_descriptors(part, part_mask, 1.5) == lesion_descriptors(data, mask, 1.5)
+    table = read_case_table(generate_phantoms(tmp_path / "cases", n=1, seed=3, size=48, workers=1))
+    row, cache = table.iloc[0].to_dict(), FeatureCache(tmp_path / "cache")
+    config = PreprocessConfig()
+    first = preprocessed_lesion(row, config, 4, cache=cache)
+    assert len(list((tmp_path / "cache" / "lesion").glob("*.npz"))) == 1
+    again = preprocessed_lesion(row, config, 4, cache=cache)
+    uncached = preprocessed_lesion(row, config, 4)
+    for a, b, c in zip(first, again, uncached):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
