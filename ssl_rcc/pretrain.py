@@ -271,9 +271,10 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     trainer = pl.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
         devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
-        # BatchNorm over every device's samples: per-device batches are small, and the normalisation that
-        # keeps absolute levels (GroupNorm or InstanceNorm would centre each sample, losing attenuation)
-        sync_batchnorm=world > 1,
+        # BatchNorm over every GPU's samples: per-device batches are small, and BatchNorm is the
+        # normalisation that keeps absolute levels (GroupNorm or InstanceNorm centre each sample, losing
+        # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
+        sync_batchnorm=world > 1 and use_cuda,
         accumulate_grad_batches=accumulate, callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv")],
         logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,

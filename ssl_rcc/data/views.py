@@ -15,6 +15,8 @@ from ..errors import InputError
 from .cache import CachedArchive
 from .crops import box_crop, crop_start
 
+VIEW_SCALE_JITTER = 0.1  # the views of one sample differ in scale by at most this fraction
+
 __all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits",
            "tissue_centre"]
 
@@ -159,9 +161,10 @@ def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale
     (kidney-centred with probability ``kidney_prob`` when ``mask`` is given), overlapping crops for the
     other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device.
 
-    With ``scale=(lo, hi)``, each view is a cube of side ``patch`` times a factor drawn in [lo, hi],
-    centred on kidney (mask) or enhancing tissue (:func:`tissue_centre`) for the first view and within a
-    quarter side of it for the others, resampled to ``patch`` (random resized crops, as in SimCLR)."""
+    With ``scale=(lo, hi)``, a sample is a cube of side ``patch`` times a factor drawn in [lo, hi],
+    centred on kidney (mask) or enhancing tissue (:func:`tissue_centre`); its views are cubes of that
+    side +-:data:`VIEW_SCALE_JITTER`, the first at the centre and the others within a quarter side of
+    it, each resampled to ``patch``."""
     patch = np.asarray(patch, int)
     if scale is not None:
         use_mask = mask is not None and np.any(mask) and rng.random() < kidney_prob
@@ -172,8 +175,11 @@ def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale
             found = tissue_centre(data, rng)
             centre = (rng.uniform(0, data.shape[1:]) if found is None else found).astype(float)
         views, seeds = [], []
+        # one scale per sample, shared by its views (+-10%): scale is what separates a small tumour's crop
+        # from a large one's once both are resampled to the patch, so the views must not teach invariance to it
+        side0 = float(patch.max()) * rng.uniform(*scale)
         for v in range(n_views):
-            side = float(patch.max()) * rng.uniform(*scale)
+            side = side0 * rng.uniform(1 - VIEW_SCALE_JITTER, 1 + VIEW_SCALE_JITTER)
             at = centre if v == 0 else centre + rng.uniform(-side / 4, side / 4, size=3)
             seeds.append(int(rng.integers(2**31)))
             crop = box_crop(data, at, side, patch)
