@@ -49,6 +49,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="loader processes")
     parser.add_argument("--work", default=None, help="keep the cases, runs and caches here")
     parser.add_argument("--reuse", action="store_true", help="reuse the cases and runs already in --work")
+    parser.add_argument("--method", default="simclr", help="simclr, byol, dino or mae")
     parser.add_argument("--tag", default="", help="an ablation's name: its own run and results file")
     parser.add_argument("--intensity", type=float, default=None, help="ablation: views' intensity change (recipe: 0.02)")
     parser.add_argument("--gamma", default=None, help="ablation: views' gamma range lo,hi (recipe: none)")
@@ -68,8 +69,9 @@ def main(argv=None):
         generate_phantoms(work / "cases", n=args.n, seed=args.seed, balanced=True, overwrite=True)
         generate_phantoms(archive, n=args.archive, seed=args.seed + 1, unlabeled=True, overwrite=True)
         timings["phantoms_s"] = time.perf_counter() - start
-    runs = {"SSL": work / f"run_ssl{'_' + args.tag if args.tag else ''}", "untrained": work / "run_untrained"}
-    common = dict(method="simclr", cache=work / "cache", accelerator=args.accelerator, overwrite=True, progress=False,
+    runs = {"SSL": work / f"run_ssl{'_' + args.tag if args.tag else ''}",
+            "untrained": work / ("run_untrained" if args.method != "mae" else "run_untrained_vit")}
+    common = dict(method=args.method, cache=work / "cache", accelerator=args.accelerator, overwrite=True, progress=False,
                   workers=args.workers, probe_every=25)
     if not (args.reuse and (runs["SSL"] / "encoder.pt").is_file()):
         start = time.perf_counter()
@@ -193,7 +195,7 @@ def _write(args, run, timings, auc, paired, fusion, health, training):
     axes[0][0].legend(fontsize=6)
     ax = axes[0][-1]
     ax.plot(np.arange(1, len(training["loss"]) + 1), training["loss"], lw=0.8)
-    ax.set(xlabel="step", ylabel="SimCLR loss", title=f"pretraining ({run['recipe']} recipe)")
+    ax.set(xlabel="step", ylabel=f"{args.method} loss", title=f"pretraining ({run['recipe']} recipe)")
     fig.savefig(RESULTS / f"{name}.png", dpi=100)
     print("| task | labels per class | " + " | ".join(names) + " | SSL - untrained (embedding) |")
     print("|---|---|" + "---|" * (len(names) + 1))

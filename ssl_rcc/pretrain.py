@@ -82,7 +82,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
              overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=None,
              warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=None, cache=None, vit_patch=None,
              probe=None, probe_every=50, augment="auto", hash_ids=False, progress=True, recipe=None, temperature=None,
-             crop_scale=None, max_time=None, intensity=None, gamma=None):
+             crop_scale=None, max_time=None, intensity=None, gamma=None, normalise_target=None):
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder, CSV or shards); returns RUN.
 
     See ``python -m ssl_rcc pretrain --help`` for the options. Options left out (None) come from the
@@ -94,7 +94,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     ``max_steps=0`` exports the untrained encoder (the from-scratch baseline); ``max_time`` (minutes)
     stops training after that long, and run.json records the steps actually trained. ``intensity`` (largest
     scale and shift of a view's intensities, in window units) and ``gamma`` ((lo, hi) or None) change the
-    recipe's light views (API only: the recipe's values are the measured choice).
+    recipe's light views, and ``normalise_target`` MAE's per-patch normalised target (API only: the
+    recipe's values are the measured choice).
     """
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -117,7 +118,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     recipe, defaults = recipe_defaults(recipe or previous.get("recipe", "auto"), method, cuda=use_cuda)
     given = {"architecture": architecture, "patch": patch, "vit_patch": vit_patch, "spacing_mm": spacing,
              "batch_size": batch_size, "lr": lr, "temperature": temperature, "crop_scale": crop_scale,
-             "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma}
+             "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
+             "normalise_target": normalise_target}
     options = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
     architecture = options["architecture"]
     patch = _patch3(options["patch"])
@@ -212,14 +214,15 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
                     "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
     options = dict(identity, recipe=recipe, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr,
                    warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=options["intensity"],
-                   gamma=options["gamma"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
+                   gamma=options["gamma"], normalise_target=options["normalise_target"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
                    seed=int(seed), data=str(data), augment="device" if on_device else "loader",
                    n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
                    source="shards" if stream else "cache")
     if not secondary:
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
-    extra = {"temperature": float(temperature)} if method == "simclr" else {}
+    extra = {"simclr": {"temperature": float(temperature)},
+             "mae": {"normalise_target": bool(options["normalise_target"])}}.get(method, {})
     module = method_cls(encoder, lr=float(lr), max_steps=max(max_steps, 1), warmup_steps=warmup, **extra)
     encoder_meta = {"method": method, "spacing_mm": [spacing] * 3,
                     "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},

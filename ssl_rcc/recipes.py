@@ -28,15 +28,15 @@ __all__ = ["RECIPES", "recipe_defaults", "RUN_OPTIONS"]
 
 # options a recipe sets; a resumed run reads every one of them back from its run.json
 RUN_OPTIONS = ("architecture", "patch", "vit_patch", "spacing_mm", "batch_size", "lr", "temperature", "crop_scale",
-               "intensity", "gamma", "accumulate", "seed")
+               "intensity", "gamma", "accumulate", "seed", "normalise_target")
 
 RECIPES = {
     "cpu": {"architecture": "resnet10_slim", "patch": [32, 32, 32], "vit_patch": 8, "spacing_mm": 1.5, "batch_size": 32,
             "lr": 1e-3, "temperature": 0.2, "crop_scale": [0.75, 2.0], "intensity": 0.02, "gamma": None,
-            "accumulate": 1, "seed": 0},
+            "accumulate": 1, "seed": 0, "normalise_target": False},
     "gpu": {"architecture": "resnet18", "patch": [64, 64, 64], "vit_patch": 16, "spacing_mm": 1.5, "batch_size": 32,
             "lr": 1e-3, "temperature": 0.2, "crop_scale": [0.75, 2.0], "intensity": 0.02, "gamma": None,
-            "accumulate": 1, "seed": 0},
+            "accumulate": 1, "seed": 0, "normalise_target": False},
 }
 
 
@@ -48,5 +48,4 @@ def recipe_defaults(recipe: str, method: str, *, cuda: bool) -> tuple[str, dict]
     settings = dict(RECIPES[name])
     if method == "mae":
         settings["architecture"] = "vit_tiny"
-        settings["batch_size"] = 16
     return name, settings

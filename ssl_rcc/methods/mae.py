@@ -1,8 +1,10 @@
 """MAE: mask most 3D patches, encode the visible ones with a ViT, reconstruct the masked voxels.
 
 He et al. "Masked Autoencoders Are Scalable Vision Learners", 2021, https://arxiv.org/abs/2111.06377
-The loss is the mean squared error on masked patches whose voxels are normalised per patch (the
-paper's "normalised pixel" target). Token masking and gathering are lightly's; 3D patchify is here.
+The loss is the mean squared error on masked patches, whose voxels are normalised per patch (the
+paper's "normalised pixel" target) or, with ``normalise_target=False`` (the recipes), left in the
+window's units: on CT the absolute attenuation of each phase is the information, and a per-patch
+normalised target asks the encoder to discard it. Token masking and gathering are lightly's; 3D patchify is here.
 """
 
 import torch
@@ -37,7 +39,7 @@ class MAE(SSLMethod):
     min_batch_size = 1
     geometric_views = False  # masking is the task; the views only flip and change intensity
 
-    def __init__(self, encoder: dict, *, mask_ratio=0.75, decoder_dim=128, decoder_layers=2, **kwargs):
+    def __init__(self, encoder: dict, *, mask_ratio=0.75, decoder_dim=128, decoder_layers=2, normalise_target=True, **kwargs):
         super().__init__(encoder, **kwargs)
         self.save_hyperparameters()
         if self.backbone.kind != "vit":
@@ -75,6 +77,7 @@ class MAE(SSLMethod):
             full = block(full)
         pred = utils.get_at_index(self.decoder_pred(self.decoder_norm(full)), idx_mask)
         target = utils.get_at_index(patchify(x, self.backbone.vit_patch), idx_mask)
-        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-        target = (target - mean) / torch.sqrt(var + 1e-6)
+        if self.hparams.normalise_target:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / torch.sqrt(var + 1e-6)
         return torch.mean((pred - target) ** 2)
