@@ -12,19 +12,15 @@ really use, without labels:
     >>> effective_rank(np.outer(np.arange(64.0), np.ones(128))) < 1.01
     True
 
-:class:`RepresentationHealth` embeds a fixed set of training crops every few steps and logs these
-figures beside the loss (``metrics.csv``), with a warning when the representation collapses.
+:class:`ssl_rcc.training.RepresentationHealth` embeds a fixed set of training crops every few steps
+and logs these figures beside the loss (``metrics.csv``), with a warning when it collapses.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-__all__ = ["effective_rank", "representation_health", "RepresentationHealth", "COLLAPSE_RANK", "COLLAPSE_DEAD"]
-
-log = logging.getLogger("ssl_rcc")
+__all__ = ["effective_rank", "representation_health", "COLLAPSE_RANK", "COLLAPSE_DEAD"]
 COLLAPSE_RANK = 4.0  # untrained encoders give 10-28 on phantom crops; collapsed ones gave 1.2-1.7 (issue 11)
 COLLAPSE_DEAD = 0.25  # fraction of dimensions that no longer vary
 
@@ -53,54 +49,3 @@ def representation_health(z) -> dict:
     rank = effective_rank(z)
     return {"rankme": rank, "dead_fraction": dead, "dim_std": median,
             "collapsed": int(rank < COLLAPSE_RANK or dead > COLLAPSE_DEAD)}
-
-
-def _lightning_callback():
-    import pytorch_lightning as pl
-
-    return pl.Callback
-
-
-class RepresentationHealth(_lightning_callback()):
-    """Every ``every_n_steps`` optimiser steps (and after the last), embed ``crops`` (n, C, X, Y, Z), a
-    fixed set of training crops, with the backbone in eval mode and log :func:`representation_health`;
-    warn once per collapse."""
-
-    metric_names = ("rankme", "dead_fraction", "dim_std", "collapsed")
-
-    def __init__(self, crops, *, every_n_steps=50, max_steps=None):
-        import torch
-
-        self.crops = torch.as_tensor(np.asarray(crops, np.float32))
-        self.every, self.max_steps = int(every_n_steps), max_steps
-        self._last, self._warned, self.history = -1, False, []
-
-    def measure(self, backbone) -> dict:
-        import torch
-
-        was_training = backbone.training
-        backbone.eval()
-        param = next(backbone.parameters())
-        with torch.no_grad():
-            z = torch.cat([backbone(self.crops[i:i + 16].to(param.device, param.dtype)).float().cpu()
-                           for i in range(0, len(self.crops), 16)])
-        backbone.train(was_training)
-        return representation_health(z.numpy())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        last = self.max_steps is not None and step >= self.max_steps
-        if step == self._last or not trainer.is_global_zero or (step % self.every and not last):
-            return
-        self._last = step
-        health = self.measure(pl_module.backbone)
-        self.history.append(dict(step=step, **health))
-        for name, value in health.items():
-            pl_module.log(name, float(value), rank_zero_only=True)
-        if health["collapsed"] and not self._warned:
-            self._warned = True
-            log.warning("step %d: the representation is collapsing (effective rank %.1f, %.0f%% dead dimensions); "
-                        "lower the learning rate, raise the temperature or check the views", step, health["rankme"],
-                        100 * health["dead_fraction"])
-        elif not health["collapsed"]:
-            self._warned = False

@@ -120,17 +120,17 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
              "batch_size": batch_size, "lr": lr, "temperature": temperature, "crop_scale": crop_scale,
              "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
              "normalise_target": normalise_target}
-    options = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
-    architecture = options["architecture"]
-    patch = _patch3(options["patch"])
-    vit_patch = number(options["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)
-    spacing = number(options["spacing_mm"], "spacing", "mm", positive=True)
-    batch_size = number(options["batch_size"], "batch_size", integer=True, positive=True)
-    accumulate = number(options["accumulate"], "accumulate", integer=True, positive=True)
-    seed = number(options["seed"], "seed", integer=True, low=0)
-    lr = number(options["lr"], "lr", positive=True)
-    temperature = number(options["temperature"], "temperature", positive=True)
-    crop_scale = options["crop_scale"]
+    chosen = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
+    architecture = chosen["architecture"]
+    patch = _patch3(chosen["patch"])
+    vit_patch = number(chosen["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)
+    spacing = number(chosen["spacing_mm"], "spacing", "mm", positive=True)
+    batch_size = number(chosen["batch_size"], "batch_size", integer=True, positive=True)
+    accumulate = number(chosen["accumulate"], "accumulate", integer=True, positive=True)
+    seed = number(chosen["seed"], "seed", integer=True, low=0)
+    lr = number(chosen["lr"], "lr", positive=True)
+    temperature = number(chosen["temperature"], "temperature", positive=True)
+    crop_scale = chosen["crop_scale"]
     if crop_scale is not None:
         if isinstance(crop_scale, str):
             crop_scale = crop_scale.split(",")
@@ -140,7 +140,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         if crop_scale[0] > crop_scale[1]:
             raise InputError(f"crop_scale: {crop_scale[0]:g} is larger than {crop_scale[1]:g}.")
     for name in ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale"):
-        if name in previous and given[name] is not None and previous[name] != options[name]:
+        if name in previous and given[name] is not None and previous[name] != chosen[name]:
             raise InputError(f"{run}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
                              f"a resumed run continues with its own (leave the option out).")
     if batch_size < method_cls.min_batch_size:
@@ -213,8 +213,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
                     "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
     options = dict(identity, recipe=recipe, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr,
-                   warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=options["intensity"],
-                   gamma=options["gamma"], normalise_target=options["normalise_target"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
+                   warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=chosen["intensity"],
+                   gamma=chosen["gamma"], normalise_target=chosen["normalise_target"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
                    seed=int(seed), data=str(data), augment="device" if on_device else "loader",
                    n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
                    source="shards" if stream else "cache")
@@ -222,7 +222,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)
     extra = {"simclr": {"temperature": float(temperature)},
-             "mae": {"normalise_target": bool(options["normalise_target"])}}.get(method, {})
+             "mae": {"normalise_target": bool(chosen["normalise_target"])}}.get(method, {})
     module = method_cls(encoder, lr=float(lr), max_steps=max(max_steps, 1), warmup_steps=warmup, **extra)
     encoder_meta = {"method": method, "spacing_mm": [spacing] * 3,
                     "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
@@ -236,8 +236,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         return run
     # views: random resized crops with light intensity changes (the recipes) or, without crop_scale,
     # crops of the patch with MONAI's geometric and intensity augmentations
-    gamma = options["gamma"]
-    light = dict(intensity=float(options["intensity"]), gamma=None if gamma is None else tuple(gamma), noise_std=0.02)
+    gamma = chosen["gamma"]
+    light = dict(intensity=float(chosen["intensity"]), gamma=None if gamma is None else tuple(gamma), noise_std=0.02)
     if on_device:
         module.device_transform = (BatchViewTransform(geometric=False, intensity=light["intensity"],
                                                       gamma=light["gamma"] or (1.0, 1.0), noise_std=0.02)
@@ -257,7 +257,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     every = number(probe_every, "probe_every", "steps", integer=True, positive=True)
     callbacks = []
     if not stream:  # a fixed set of crops, drawn apart from the training samples, embedded as training goes
-        from .health import RepresentationHealth
+        from .training import RepresentationHealth
 
         fixed = PretrainDataset(archive, patch, n_views=1, seed=int(seed) + 7919, device_views=True, scale=crop_scale)
         callbacks.append(RepresentationHealth(np.stack([fixed[i][0].numpy() for i in range(64)]), every_n_steps=every,

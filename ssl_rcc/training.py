@@ -1,11 +1,14 @@
-"""Lightning plumbing for pretraining: data module, atomic checkpoints, a continuous metrics.csv."""
+"""Lightning plumbing for pretraining: data module, atomic checkpoints, a continuous metrics.csv,
+representation health."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -13,8 +16,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .data.views import PretrainDataset, StepSampler
 from .errors import InputError
+from .health import representation_health
 
-__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV"]
+__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV", "RepresentationHealth"]
+
+log = logging.getLogger("ssl_rcc")
 
 
 class PretrainData(pl.LightningDataModule):
@@ -115,3 +121,44 @@ class MetricsCSV(pl.Callback):
             row[name] = int(value) if name == "collapsed" and value != "" else value
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+
+
+class RepresentationHealth(pl.Callback):
+    """Every ``every_n_steps`` optimiser steps (and after the last), embed ``crops`` (n, C, X, Y, Z), a
+    fixed set of training crops, with the backbone in eval mode and log :func:`representation_health`;
+    warn once per collapse."""
+
+    metric_names = ("rankme", "dead_fraction", "dim_std", "collapsed")
+
+    def __init__(self, crops, *, every_n_steps=50, max_steps=None):
+        self.crops = torch.as_tensor(np.asarray(crops, np.float32))
+        self.every, self.max_steps = int(every_n_steps), max_steps
+        self._last, self._warned, self.history = -1, False, []
+
+    def measure(self, backbone) -> dict:
+        was_training = backbone.training
+        backbone.eval()
+        param = next(backbone.parameters())
+        with torch.no_grad():
+            z = torch.cat([backbone(self.crops[i:i + 16].to(param.device, param.dtype)).float().cpu()
+                           for i in range(0, len(self.crops), 16)])
+        backbone.train(was_training)
+        return representation_health(z.numpy())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        last = self.max_steps is not None and step >= self.max_steps
+        if step == self._last or not trainer.is_global_zero or (step % self.every and not last):
+            return
+        self._last = step
+        health = self.measure(pl_module.backbone)
+        self.history.append(dict(step=step, **health))
+        for name, value in health.items():
+            pl_module.log(name, float(value), rank_zero_only=True)
+        if health["collapsed"] and not self._warned:
+            self._warned = True
+            log.warning("step %d: the representation is collapsing (effective rank %.1f, %.0f%% dead dimensions); "
+                        "lower the learning rate, raise the temperature or check the views", step, health["rankme"],
+                        100 * health["dead_fraction"])
+        elif not health["collapsed"]:
+            self._warned = False

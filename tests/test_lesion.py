@@ -42,7 +42,7 @@ def test_the_scaled_crop_holds_the_whole_tumour_at_one_scale_whatever_its_size(t
         scaled.append(crop.mean())
         fixed.append(centred_crop(mask[None].astype(np.float32), (32,) * 3, mask=mask).mean())
     # the tumour's share of the crop: constant but for its shape when scaled, set by its size when fixed
-    assert np.std(scaled) / np.mean(scaled) < 0.5 * np.std(fixed) / np.mean(fixed) or max(fixed) > 0.9
+    assert np.std(scaled) / np.mean(scaled) < 0.5 * np.std(fixed) / np.mean(fixed)
 
 
 def test_descriptors_and_tissue_crops_on_a_real_ct(abdomen_dir):

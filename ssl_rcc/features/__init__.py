@@ -1,6 +1,7 @@
 """Per-lesion feature blocks, each a pure function of a case-table row to a named vector, cached per case.
 
-- ``image``: the encoder's embedding of the tumour (:mod:`ssl_rcc.features.image`);
+- ``image``: the encoder's embedding of the crop scaled to the tumour, with the tumour's size and
+  per-phase levels (:mod:`ssl_rcc.features.image`, :mod:`ssl_rcc.features.lesion`);
 - ``kinetic``: tumour statistics of Ktrans, ve, vp, kep (:mod:`ssl_rcc.features.kinetic`);
 - ``radiomic``: PyRadiomics (IBSI) features per phase and enhancement ratios (:mod:`ssl_rcc.features.radiomic`).
 

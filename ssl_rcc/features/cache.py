@@ -67,12 +67,8 @@ class FeatureCache:
     def put(self, block: str, key: str, features: dict) -> None:
         if self.root is None:
             return
-        folder = self.root / block
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(features, f)  # NaN is written as NaN, which json reads back
-        os.replace(tmp, folder / f"{key}.json")
+        # NaN is written as NaN, which json reads back
+        self._write(block, f"{key}.json", lambda f: f.write(json.dumps(features).encode()))
 
     def get_arrays(self, block: str, key: str):
         """The cached ``{name: ndarray}`` of :meth:`put_arrays`, or None."""
@@ -88,9 +84,13 @@ class FeatureCache:
         """Keep ``{name: ndarray}`` (an npz file, written atomically; never pickled)."""
         if self.root is None:
             return
+        self._write(block, f"{key}.npz", lambda f: np.savez(f, **arrays))
+
+    def _write(self, block: str, name: str, write) -> None:
+        """``write(binary file)`` into a temporary file beside ``root/block/name``, then renamed onto it."""
         folder = self.root / block
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=Path(name).suffix, dir=folder)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, folder / f"{key}.npz")
+            write(f)
+        os.replace(tmp, folder / name)
