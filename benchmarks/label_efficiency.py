@@ -1,10 +1,13 @@
 """AUC against labelled cases per class for every feature block, fused, and the image encoder
 pretrained vs untrained, on synthetic cases of a seed no test uses.
 
-    python -m benchmarks.label_efficiency [--n 200] [--archive 100] [--steps 40] [--repeats 10] [--device cpu]
+    python -m benchmarks.label_efficiency [--n 200] [--archive 200] [--steps 450] [--minutes 18] [--repeats 10]
+                                          [--device cpu] [--encoder RUN/encoder.pt]
 
-Steps: an unlabeled archive and a labelled case table (balanced subtypes) are generated; a SimCLR
-ResNet-18 is pretrained briefly on the archive (CPU-sized: 32^3 crops at 3 mm); features are computed
+Steps: an unlabeled archive (with kidney and lesion masks, as a segmentation model would give them)
+and a labelled case table (balanced subtypes) are generated; SimCLR with the device's recipe is
+pretrained on the archive (``--encoder`` reuses a finished run instead, e.g. ``benchmarks.ssl_value``'s)
+and the untrained encoder of the same recipe and seed is exported (``--max-steps 0``); features are computed
 once and cached; then for each task and each of 5, 10, 20 labels per class and all (stratified halves),
 the probe is evaluated on the same draws for: radiomic, kinetic, image (SSL), image (untrained) and
 the fusion image (SSL) + kinetic + radiomic; then the encoder fine-tuned end to end with all labels
@@ -30,8 +33,10 @@ SHOTS = (5, 10, 20, "all")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="labelled cases")
-    parser.add_argument("--archive", type=int, default=100, help="unlabeled cases for pretraining")
-    parser.add_argument("--steps", type=int, default=40, help="pretraining steps")
+    parser.add_argument("--archive", type=int, default=200, help="unlabeled cases for pretraining")
+    parser.add_argument("--steps", type=int, default=450, help="pretraining steps")
+    parser.add_argument("--minutes", type=float, default=18.0, help="pretraining time limit")
+    parser.add_argument("--encoder", default=None, help="a pretrained encoder.pt to use instead of pretraining")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--device", default="cpu", help="cpu or gpu (pretraining)")
@@ -44,7 +49,6 @@ def main(argv=None):
 
     from ssl_rcc.data.cases import read_case_table
     from ssl_rcc.features import compute_features
-    from ssl_rcc.features.image import write_untrained_encoder
     from ssl_rcc.finetune import evaluate_draws, get_task
     from ssl_rcc.phantoms import generate_phantoms
     from ssl_rcc.pretrain import pretrain
@@ -52,18 +56,30 @@ def main(argv=None):
     work = Path(args.work or tempfile.mkdtemp(prefix="label-efficiency-"))
     timings = {}
     cases, run = work / "cases" / "cases.csv", work / "run"
-    if not (args.reuse and cases.is_file() and (run / "encoder.pt").is_file()):
-        start = time.perf_counter()
+    start = time.perf_counter()
+    if not (args.reuse and cases.is_file()):
         cases = generate_phantoms(work / "cases", n=args.n, seed=args.seed, balanced=True, overwrite=True)
-        archive = generate_phantoms(work / "archive", n=args.archive, seed=args.seed + 1, unlabeled=True, size=64,
-                                    overwrite=True).parent
-        timings["phantoms_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        run = pretrain(archive, method="simclr", out=run, max_steps=args.steps, batch_size=8, patch=32, spacing=3.0,
-                       workers=2, checkpoint_every=args.steps, overwrite=True, accelerator=args.device, progress=False)
-        timings["pretrain_s"] = time.perf_counter() - start
-    scratch = write_untrained_encoder(work / "scratch", architecture="resnet18", in_channels=4, patch=(32,) * 3,
-                                      spacing_mm=3.0, seed=0)
+    timings["phantoms_s"] = time.perf_counter() - start
+    common = dict(method="simclr", accelerator=args.device, overwrite=True, progress=False)
+    if args.encoder:
+        encoder = Path(args.encoder)
+        settings = json.loads(encoder.with_name("run.json").read_text())
+        common.update(recipe=settings["recipe"], seed=settings["seed"])
+        archive = Path(settings["data"])
+    else:
+        encoder = run / "encoder.pt"
+        archive = work / "archive"
+        if not (args.reuse and (archive / "cases.csv").is_file()):
+            generate_phantoms(archive, n=args.archive, seed=args.seed + 1, unlabeled=True, masks=True, overwrite=True)
+        if not (args.reuse and encoder.is_file()):
+            start = time.perf_counter()
+            pretrain(archive, out=run, max_steps=args.steps, max_time=args.minutes, cache=work / "archive_cache", **common)
+            timings["pretrain_s"] = time.perf_counter() - start
+    # the same recipe and seed untrained: the same architecture and initialisation
+    scratch = work / "untrained" / "encoder.pt"
+    if not (args.reuse and scratch.is_file()):
+        pretrain(archive, out=scratch.parent, max_steps=0, cache=work / "archive_cache", **common)
+    run = encoder.parent
     table = read_case_table(cases)
     start = time.perf_counter()
     tabular = compute_features(table, ["kinetic", "radiomic"], cache=work / "cache", progress=False)

@@ -6,9 +6,11 @@ The heads were built on the project's phantoms; this checks them on lesions made
 are inserted into a real CT (the TotalSegmentator test scan in ../shared/reference-data/abdomen, 3 mm,
 single phase; development data, not needed by the product) inside either kidney, by a generator
 written only for this check: an ellipsoid whose surface is perturbed by low-frequency noise, filled
-with a Gaussian random field. Two classes differ, with overlapping distributions, in mean attenuation
-(40 vs 55 HU, SD 15), in texture (field correlation length 0.7 vs 1.6 voxels, amplitude 25 vs 18 HU)
-and in margin irregularity (0.10 vs 0.25). Then, on the same draws (5, 10, 20 labels per class and
+with a Gaussian random field. Two classes differ, with overlapping distributions, slightly in mean
+attenuation (45 vs 50 HU, SD 15 across lesions), in texture only through its grain (field correlation
+length 0.8 vs 1.3 voxels at the same 20 HU amplitude, so the same histogram) and in margin
+irregularity (0.12 vs 0.22). First-order statistics see little of that; texture and shape features
+should. (A first version, with 15 HU and amplitude differences, put both near AUC 1.0.) Then, on the same draws (5, 10, 20 labels per class and
 all): the heads' probe on the full radiomic block (PyRadiomics, the product's settings), and a plain
 logistic regression on the first-order features only (the probe on that block). Writes
 ``benchmarks/results/other_generator.json`` and prints a table.
@@ -25,8 +27,8 @@ import numpy as np
 
 RESULTS = Path(__file__).with_name("results")
 ABDOMEN = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "abdomen"
-CLASSES = {"a": {"hu": 40.0, "length": 0.7, "amplitude": 25.0, "irregularity": 0.10},
-           "b": {"hu": 55.0, "length": 1.6, "amplitude": 18.0, "irregularity": 0.25}}
+CLASSES = {"a": {"hu": 45.0, "length": 0.8, "amplitude": 20.0, "irregularity": 0.12},
+           "b": {"hu": 50.0, "length": 1.3, "amplitude": 20.0, "irregularity": 0.22}}
 
 
 def insert_lesion(ct, kidney, rng, params):

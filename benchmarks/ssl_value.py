@@ -53,6 +53,8 @@ def main(argv=None):
     parser.add_argument("--tag", default="", help="an ablation's name: its own run and results file")
     parser.add_argument("--intensity", type=float, default=None, help="ablation: views' intensity change (recipe: 0.02)")
     parser.add_argument("--gamma", default=None, help="ablation: views' gamma range lo,hi (recipe: none)")
+    parser.add_argument("--no-lesion-masks", dest="lesion_masks", action="store_false",
+                        help="ablation: an archive without masks (crops of enhancing tissue only, no lesion views)")
     args = parser.parse_args(argv)
 
     from ssl_rcc.data import PreprocessConfig, build_cache
@@ -63,12 +65,14 @@ def main(argv=None):
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ssl-value-"))
     timings = {}
-    cases, archive = work / "cases" / "cases.csv", work / "archive"
-    if not (args.reuse and cases.is_file() and (archive / "cases.csv").is_file()):
-        start = time.perf_counter()
+    cases, archive = work / "cases" / "cases.csv", work / ("archive_masks" if args.lesion_masks else "archive")
+    start = time.perf_counter()
+    if not (args.reuse and cases.is_file()):
         generate_phantoms(work / "cases", n=args.n, seed=args.seed, balanced=True, overwrite=True)
-        generate_phantoms(archive, n=args.archive, seed=args.seed + 1, unlabeled=True, overwrite=True)
-        timings["phantoms_s"] = time.perf_counter() - start
+    if not (args.reuse and (archive / "cases.csv").is_file()):
+        generate_phantoms(archive, n=args.archive, seed=args.seed + 1, unlabeled=True, masks=args.lesion_masks,
+                          overwrite=True)
+    timings["phantoms_s"] = time.perf_counter() - start
     runs = {"SSL": work / f"run_ssl{'_' + args.tag if args.tag else ''}",
             "untrained": work / ("run_untrained" if args.method != "mae" else "run_untrained_vit")}
     common = dict(method=args.method, cache=work / "cache", accelerator=args.accelerator, overwrite=True, progress=False,

@@ -91,11 +91,13 @@ def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False):
     """
     from .aif import plasma_aif, write_aif_csv
     from .io import output_file, read_times
-    from .options import haematocrit, number
+    from .options import haematocrit
+    from .workflow import check_delay, check_frame_times
 
-    hct, delay = haematocrit(hct), number(delay, "delay", "s")
+    hct = haematocrit(hct)
     t = read_times(times)
-    cp = plasma_aif(name, t, hct=hct, delay_s=delay)
+    check_frame_times(t, times)
+    cp = plasma_aif(name, t, hct=hct, delay_s=check_delay(delay, t))
     with output_file(out, overwrite=overwrite) as tmp:
         write_aif_csv(tmp, t, cp)
     return str(out)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,7 @@ __all__ = [
     "load_image",
     "read_times",
     "read_scalar_or_image",
+    "check_same_grid",
     "save_image",
     "maps_dataset",
     "output_directory",
@@ -66,10 +68,14 @@ def read_times(path, *, n_frames=None):
     if not path.is_file():
         raise KineticsInputError(f"{path}: times file not found.")
     try:
-        t = np.loadtxt(path, dtype=float, ndmin=1, delimiter=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file: refused below, in one sentence
+            t = np.loadtxt(path, dtype=float, ndmin=1, delimiter=None)
     except ValueError:
         raise KineticsInputError(f"{path}: the times file has a line that is not a number.") from None
     t = t.reshape(-1)
+    if t.size == 0:
+        raise KineticsInputError(f"{path}: the times file holds no time.")
     if not np.all(np.isfinite(t)):
         raise KineticsInputError(f"{path}: {np.sum(~np.isfinite(t))} of the {t.size} times are not finite.")
     if np.any(np.diff(t) <= 0):
@@ -80,15 +86,32 @@ def read_times(path, *, n_frames=None):
     return t
 
 
-def read_scalar_or_image(value, *, name, shape, unit):
-    """A per-voxel quantity given either as a number or as a NIfTI path; returns float or (shape) array."""
+GRID_TOLERANCE_MM = 0.01  # largest difference between two affines' entries that still means one grid
+
+
+def check_same_grid(path, affine, like_affine, name="mask", *, error=KineticsInputError):
+    """KineticsInputError unless ``affine`` (of the file ``path``) equals ``like_affine`` within
+    :data:`GRID_TOLERANCE_MM`: a map or mask of the same shape on another grid (shifted, another
+    orientation) would label the wrong voxels without any other sign. ``error``: the exception class
+    raised (ssl_rcc passes its own)."""
+    difference = float(np.max(np.abs(np.asarray(affine, float) - np.asarray(like_affine, float))))
+    if difference > GRID_TOLERANCE_MM:
+        raise error(f"{path}: the {name}'s affine differs from its image's by up to {difference:.3g} mm "
+                                 "(another grid or orientation); resample it onto the image first.")
+
+
+def read_scalar_or_image(value, *, name, shape, unit, affine=None):
+    """A per-voxel quantity given either as a number or as a NIfTI path; returns float or (shape) array.
+    With ``affine``, the file must lie on that grid (:func:`check_same_grid`)."""
     try:
         return float(value)
     except (TypeError, ValueError):
         pass
-    data, _, _ = load_image(value, ndim=3, name=name)
+    data, file_affine, _ = load_image(value, ndim=3, name=name)
     if data.shape != tuple(shape):
         raise KineticsInputError(f"{value}: the {name} has shape {data.shape}, the series {tuple(shape)}.")
+    if affine is not None:
+        check_same_grid(value, file_affine, affine, name)
     return np.asarray(data, dtype=float)
 
 

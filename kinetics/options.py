@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import KineticsInputError
 
-__all__ = ["available_cpus", "worker_count", "number", "haematocrit", "flip_angles"]
+__all__ = ["available_cpus", "worker_count", "number", "plausible", "haematocrit", "flip_angles", "PLAUSIBLE"]
 
 
 def available_cpus() -> int:
@@ -51,6 +51,27 @@ def number(value, name, unit="", *, integer=False, positive=False, low=None, hig
     return x
 
 
+# Plausible ranges of acquisition values in the units the commands ask for, and the slip that usually
+# puts a value outside them: a TR or T1 in milliseconds or a relaxivity per molar fits nothing, or fits
+# wrongly, without any error, so such values are refused rather than fitted.
+PLAUSIBLE = {
+    "tr": (1e-4, 0.1, "s", "an SPGR repetition time", "milliseconds? 4 ms is 0.004 s"),
+    "t10": (0.05, 10.0, "s", "a pre-contrast T1", "milliseconds? 1400 ms is 1.4 s"),
+    "r1": (0.5, 50.0, "/s/mM", "a contrast agent's relaxivity", "per molar? 4500 /s/M is 4.5 /s/mM"),
+}
+
+
+def plausible(value, name, kind=None):
+    """``value`` as a positive float inside the :data:`PLAUSIBLE` range of ``kind`` (default ``name``),
+    or a KineticsInputError that names the range and the usual unit slip."""
+    low, high, unit, what, slip = PLAUSIBLE[kind or name]
+    x = number(value, name, unit, positive=True)
+    if not low <= x <= high:
+        raise KineticsInputError(f"{name}: {x:g} {unit} is not a plausible value for {what} ({low:g}-{high:g} {unit}); "
+                                 f"{slip}")
+    return x
+
+
 def haematocrit(value):
     """Haematocrit in [0, 1)."""
     h = number(value, "hct")
@@ -60,10 +81,14 @@ def haematocrit(value):
 
 
 def flip_angles(value, name="fa"):
-    """Flip angles (degrees) from '2,5,10' or a sequence, each in (0, 90]."""
+    """Flip angles (degrees) from '2,5,10' or a sequence, each in (0, 90]; all of them under 1 degree
+    is refused as radians (a 10 degree angle is 0.17 rad)."""
     items = value.split(",") if isinstance(value, str) else np.atleast_1d(value).tolist()
     angles = [number(a, name, "degrees") for a in items]
     for a in angles:
         if not 0 < a <= 90:
             raise KineticsInputError(f"{name}: flip angle {a:g} degrees is outside (0, 90].")
+    if max(angles) < 1.0:
+        raise KineticsInputError(f"{name}: flip angles of {', '.join(f'{a:g}' for a in angles)} degrees are not "
+                                 f"plausible; radians? give degrees ({angles[-1]:g} rad is {np.degrees(angles[-1]):.3g} degrees).")
     return angles

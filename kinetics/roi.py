@@ -10,7 +10,7 @@ import pandas as pd
 from .errors import KineticsInputError
 from .fit import fit_curves
 from .io import output_file
-from .options import haematocrit, number
+from .options import haematocrit, number, plausible
 from .registry import get_model
 from .renal import patlak_rutland, single_kidney_function
 from .signal import concentration_from_signal
@@ -91,8 +91,8 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
         convert = dict(tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline)
         if t10 is None:
             raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
-        tissue = concentration_from_signal(tissue, t10_s=number(t10, "t10", "s", positive=True), **convert)
-        cp = concentration_from_signal(cp, t10_s=number(t10_aif, "t10_aif", "s", positive=True), **convert) / (1.0 - hct)
+        tissue = concentration_from_signal(tissue, t10_s=plausible(t10, "t10"), **convert)
+        cp = concentration_from_signal(cp, t10_s=plausible(t10_aif, "t10_aif", "t10"), **convert) / (1.0 - hct)
     rows = {"roi": rois}
     if model == "patlak_rutland":
         pr = patlak_rutland(t_s, tissue, cp)

@@ -11,12 +11,12 @@ import numpy as np
 from . import aif as aif_mod
 from .errors import KineticsInputError
 from .fit import check_method, fit_curves
-from .io import load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
-from .options import flip_angles, haematocrit, number
+from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
+from .options import PLAUSIBLE, flip_angles, haematocrit, number, plausible
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
 
-__all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "INPUTS"]
+__all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "check_delay", "INPUTS"]
 
 log = logging.getLogger("kinetics")
 INPUTS = ("concentration", "signal")
@@ -25,11 +25,23 @@ AIF_NAMES = sorted(aif_mod.POPULATION_AIFS) + ["auto"]
 
 def check_frame_times(t_s, source):
     """Reject frame times whose spacing says they are not in seconds (milliseconds, typically)."""
+    if np.size(t_s) < 2:
+        raise KineticsInputError(f"{source}: {np.size(t_s)} frame times; a dynamic series needs at least 2.")
     spacing = float(np.median(np.diff(t_s)))
     if spacing > 60.0:
         raise KineticsInputError(
             f"{source}: frames are {spacing:g} s apart; give the times in seconds (milliseconds are a common slip)."
         )
+
+
+def check_delay(delay_s, t_s, name="delay"):
+    """A bolus start (s) at or after the first frame and before the last, else a KineticsInputError
+    (an AIF that starts after the series is all zeros; one given in ms starts long after it)."""
+    delay = number(delay_s, name, "s")
+    if not t_s[0] - 60.0 <= delay < t_s[-1]:
+        raise KineticsInputError(f"{name}: a bolus starting at {delay:g} s is outside the series ({t_s[0]:g}-{t_s[-1]:g} s); "
+                                 "give seconds from the first frame's clock.")
+    return delay
 
 
 def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
@@ -56,8 +68,7 @@ def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
             if not np.isfinite(aif_delay_s):
                 aif_delay_s = float(t_s[0])
             log.info("population AIF placed at the bolus arrival time %.1f s", aif_delay_s)
-        delay = number(aif_delay_s, "aif_delay", "s")
-        return aif_mod.plasma_aif(name, t_s, hct=hct, delay_s=delay)
+        return aif_mod.plasma_aif(name, t_s, hct=hct, delay_s=check_delay(aif_delay_s, t_s, "aif_delay"))
     if name == "auto":
         if conc is None:
             raise KineticsInputError("aif: 'auto' needs a DCE series to search.")
@@ -80,37 +91,44 @@ def signal_options(tr, fa, r1, baseline, n_frames, source):
         raise KineticsInputError(
             "signal input: give the repetition time --tr (s), the flip angle --fa (degrees) and --baseline (frames)."
         )
-    tr = number(tr, "tr", "s", positive=True)
+    tr = plausible(tr, "tr")
     fa = flip_angles(fa)
     if len(fa) != 1:
         raise KineticsInputError(f"fa: {len(fa)} flip angles given; a DCE series has one.")
-    r1 = number(r1, "r1", "/s/mM", positive=True)
+    r1 = plausible(r1, "r1")
     baseline = number(baseline, "baseline", "frames", integer=True)
     if not 1 <= baseline < n_frames:
         raise KineticsInputError(f"{source}: --baseline {baseline} pre-contrast frames for a series of {n_frames} frames.")
     return tr, fa[0], r1, baseline
 
 
-def _t10(t10, spatial, roi):
+def _t10(t10, spatial, roi, affine=None):
     if t10 is None:
         raise KineticsInputError("signal input: give the pre-contrast T1 --t10 as seconds or a NIfTI map.")
-    value = read_scalar_or_image(t10, name="T10 map", shape=spatial, unit="s")
+    value = read_scalar_or_image(t10, name="T10 map", shape=spatial, unit="s", affine=affine)
     if np.ndim(value) == 0:
-        return number(value, "t10", "s", positive=True)
+        return plausible(value, "t10")
     bad = ~(value > 0) & (roi if roi is not None else True)
     if bad.all():
         raise KineticsInputError(f"{t10}: the T10 map has no positive value where the fit is asked.")
+    low, high, *_ = PLAUSIBLE["t10"]
+    median = float(np.median(value[~bad & (roi if roi is not None else True)]))
+    if not low <= median <= high:
+        raise KineticsInputError(f"{t10}: the T10 map's median is {median:g} s, not a plausible T1 ({low:g}-{high:g} s); "
+                                 "a map in milliseconds?")
     if bad.any():
         log.warning("%s: %d voxels with T10 <= 0 or not finite are left unfitted", t10, int(bad.sum()))
     return np.where(value > 0, value, np.nan)
 
 
-def _mask(mask, spatial):
+def _mask(mask, spatial, affine=None):
     if mask is None:
         return None
-    m, _, _ = load_image(mask, ndim=3, name="mask")
+    m, mask_affine, _ = load_image(mask, ndim=3, name="mask")
     if m.shape != tuple(spatial):
         raise KineticsInputError(f"{mask}: the mask has shape {m.shape}, the images {tuple(spatial)}.")
+    if affine is not None:
+        check_same_grid(mask, mask_affine, affine)
     roi = m > 0
     if not roi.any():
         raise KineticsInputError(f"{mask}: the mask selects no voxel.")
@@ -159,10 +177,10 @@ def fit_dce(
     spatial, n_frames = series.shape[:3], series.shape[3]
     t_s = read_times(times, n_frames=n_frames)
     check_frame_times(t_s, times)
-    roi = _mask(mask, spatial)
+    roi = _mask(mask, spatial, affine)
     if input == "signal":
         tr, fa, r1, baseline = signal_options(tr, fa, r1, baseline, n_frames, dce)
-        t10_value = _t10(t10, spatial, roi)
+        t10_value = _t10(t10, spatial, roi, affine)
     if denoise:
         if input != "signal":
             raise KineticsInputError(
@@ -201,6 +219,8 @@ def fit_dce(
         full[index] = values
         return full.reshape(spatial)
 
+    if not result.fit_ok.any():
+        raise KineticsInputError(no_fit_message(conc.reshape(-1, n_frames)[index] if roi is not None else matrix, cp, input))
     maps = {name: image(v) for name, v in result.params.items()}
     options = dict(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
@@ -225,6 +245,22 @@ def fit_dce(
     return out
 
 
+def no_fit_message(curves, cp, input) -> str:
+    """The sentence of a fit in which no voxel could be fitted, naming the likely cause."""
+    n = len(curves)
+    finite = np.isfinite(curves).all(axis=1)
+    if not np.isfinite(cp).all() or np.nanmax(np.abs(cp)) <= 0:
+        cause = "the AIF is zero or not finite on the frame times (check its times and --aif-delay, in seconds)"
+    elif not finite.any():
+        cause = ("every curve has a frame that is not finite" + (
+            ", or a signal above the SPGR maximum for this T10, TR and flip angle (check --t10 and --tr in seconds, "
+            "--fa in degrees)" if input == "signal" else ""))
+    else:
+        cause = ("no curve fits the model within its bounds (check the units: times and --tr in s, --t10 in s, "
+                 "--r1 in /s/mM, concentrations in mM)")
+    return f"no voxel could be fitted (0 of {n}): {cause}."
+
+
 def t1_map(vfa, fa, *, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):
     """T1 map (s) from a variable flip angle series file (x, y, z, n_fa); writes ``out`` (NIfTI).
 
@@ -240,24 +276,32 @@ def t1_map(vfa, fa, *, tr, out, method="nonlinear", b1=None, mask=None, overwrit
     if method not in ("nonlinear", "linear"):
         raise KineticsInputError(f"method: unknown method {method!r}; expected 'nonlinear' or 'linear'.")
     angles = np.array(flip_angles(fa))
-    tr = number(tr, "tr", "s", positive=True)
+    tr = plausible(tr, "tr")
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
     data, affine, header = load_image(vfa, ndim=4, name="VFA series")
     if angles.size != data.shape[-1]:
         raise KineticsInputError(f"{vfa}: {data.shape[-1]} volumes for {angles.size} flip angles.")
-    roi = _mask(mask, data.shape[:3])
+    roi = _mask(mask, data.shape[:3], affine)
     roi = np.ones(data.shape[:3], bool) if roi is None else roi
     b1_map = None
     if b1 is not None:
-        b1_map = np.broadcast_to(read_scalar_or_image(b1, name="B1 map", shape=data.shape[:3], unit="1"), data.shape[:3])
+        b1_map = np.broadcast_to(read_scalar_or_image(b1, name="B1 map", shape=data.shape[:3], unit="1", affine=affine), data.shape[:3])
         b1_roi = b1_map[roi]
         if not np.all((b1_roi > 0) & (b1_roi * angles.max() <= 90)):
             raise KineticsInputError(f"{b1}: B1 must be positive and keep every flip angle within 90 degrees.")
     fit_fn = vfa_t1_nonlinear if method == "nonlinear" else vfa_t1_linear
     t1 = np.full(data.shape[:3], np.nan, dtype=np.float32)
     t1[roi] = fit_fn(data[roi], angles, tr_s=tr, b1=None if b1_map is None else b1_map[roi]).t1_s
+    low, high, *_ = PLAUSIBLE["t10"]
+    implausible = np.isfinite(t1) & ((t1 < low) | (t1 > high))  # background and noise fit T1s of hours
+    if implausible.any():
+        if implausible.sum() == np.isfinite(t1).sum():
+            raise KineticsInputError(f"{vfa}: no voxel has a plausible T1 ({low:g}-{high:g} s); check --tr (s) and --fa (degrees).")
+        log.warning("%d of %d voxels have a T1 outside %g-%g s (background or noise) and are set to NaN%s",
+                    int(implausible.sum()), int(roi.sum()), low, high, "" if mask is not None else "; --mask fits tissue only")
+        t1[implausible] = np.nan
     with output_file(out, overwrite=overwrite) as tmp:
         save_image(tmp, t1, affine, header)
     return out

@@ -21,14 +21,16 @@ def demo(out="runs/demo", overwrite=False, seed=0):
 
 
 def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, workers=None, size=96,
-             overwrite=False):
+             overwrite=False, masks=None):
     """Write synthetic renal cases (multi-phase CT, DCE-MRI, masks, labels) and DIR/cases.csv.
 
     Args:
         out: output directory.
         n: number of cases.
         seed: random seed; the same seed gives the same cases.
-        unlabeled: CT volumes only (no labels, masks or DCE), for pretraining.
+        unlabeled: CT volumes only (no labels or DCE), for pretraining.
+        masks: write kidney and tumour masks (default: for labelled cases only); an unlabeled archive
+            with masks stands for one segmented by a model, and lets pretraining crop the lesions.
         balanced: equal subtype frequencies instead of the surgical-series priors.
         preview: also write preview.png, a montage of a few cases per subtype.
         workers: processes (default: all cores).
@@ -38,7 +40,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
     from .phantoms import generate_phantoms
 
     return str(generate_phantoms(out, n=n, seed=seed, unlabeled=unlabeled, balanced=balanced, preview=preview,
-                                 workers=workers, size=size, overwrite=overwrite))
+                                 workers=workers, size=size, overwrite=overwrite, masks=masks))
 
 
 def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max_steps=None, max_time=None, batch_size=None,

@@ -153,7 +153,8 @@ def _pretraining_section(tmp, seed, steps=24):
     from .phantoms import generate_phantoms
     from .pretrain import pretrain
 
-    archive = generate_phantoms(tmp / "archive", n=8, seed=seed + 1, unlabeled=True, size=64).parent
+    # with kidney and lesion masks, as a segmentation model would give them: pretraining crops the lesions
+    archive = generate_phantoms(tmp / "archive", n=8, seed=seed + 1, unlabeled=True, masks=True, size=64).parent
     start = time.perf_counter()
     # the CPU recipe (resnet10_slim, 32^3 crops scaled 0.75-2x at 1.5 mm) at a demo's batch size
     run = pretrain(archive, method="simclr", out=tmp / "pretrain", max_steps=steps, batch_size=16, recipe="cpu",

@@ -103,7 +103,7 @@ def test_t1map_and_aif_and_dro_commands(dro_dir, tmp_path, capsys):
     assert code == 2 and "snr: -5 must be positive" in captured.err
     mask = np.zeros((25, 20, 3), np.uint8)
     mask[:5] = 1
-    save_image(tmp_path / "m.nii.gz", mask, np.eye(4))
+    save_image(tmp_path / "m.nii.gz", mask, nib.load(str(dro_dir / "vfa.nii.gz")).affine)
     code, _ = run(["t1map", "--vfa", dro_dir / "vfa.nii.gz", "--fa", "2,5,10,15", "--tr", 0.004, "--mask", tmp_path / "m.nii.gz",
                    "--out", tmp_path / "masked_t10.nii.gz"], capsys)
     masked = load(tmp_path / "masked_t10.nii.gz")
@@ -142,6 +142,12 @@ def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
     assert code == 0 and pr.loc["left", "gfr_ml_min"] > pr.loc["right", "gfr_ml_min"] > 0
 
 
+def _shifted(affine, mm):
+    moved = np.array(affine, float)
+    moved[0, 3] += mm
+    return moved
+
+
 @pytest.fixture
 def bad_inputs(dro_dir, tmp_path):
     three_d = tmp_path / "three_d.nii.gz"
@@ -153,7 +159,15 @@ def bad_inputs(dro_dir, tmp_path):
     write_aif_csv(tmp_path / "short_aif.csv", np.arange(0, 100, 5.0), np.ones(20))
     (tmp_path / "exists").mkdir()
     (tmp_path / "ms.txt").write_text("\n".join(str(5000 * i) for i in range(60)))
-    save_image(tmp_path / "empty_mask.nii.gz", np.zeros((25, 20, 3), np.uint8), np.eye(4))
+    t10 = nib.load(str(dro_dir / "t10_true.nii.gz"))
+    save_image(tmp_path / "empty_mask.nii.gz", np.zeros((25, 20, 3), np.uint8), t10.affine)
+    save_image(tmp_path / "t10_ms.nii.gz", np.asarray(t10.dataobj) * 1000.0, t10.affine)  # a map in milliseconds
+    dce = nib.load(str(dro_dir / "dce.nii.gz"))
+    series = np.asarray(dce.dataobj).astype(np.float32)
+    series[..., 30] = np.nan  # a frame lost in every voxel
+    save_image(tmp_path / "nan_frame.nii.gz", series, dce.affine)
+    shape = series.shape[:3]
+    save_image(tmp_path / "shifted_mask.nii.gz", np.ones(shape, np.uint8), _shifted(dce.affine, 50.0))  # 50 mm off
     base = ["fit", "--dce", dro_dir / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
             "--input", "signal", "--t10", 1.2, "--tr", 0.004, "--fa", 15, "--baseline", 5]
     return tmp_path, base
@@ -178,6 +192,14 @@ def bad_inputs(dro_dir, tmp_path):
     ({"--dce": "missing.nii.gz"}, "DCE series file not found"),
     ({"--out": "exists"}, "output directory exists"),
     ({"--model": "tofts2"}, "unknown model 'tofts2'"),
+    # unit slips that used to fit nothing, or fit wrongly, with exit 0
+    ({"--tr": 4}, "tr: 4 s is not a plausible value for an SPGR repetition time (0.0001-0.1 s); milliseconds?"),
+    ({"--t10": 1400}, "t10: 1400 s is not a plausible value for a pre-contrast T1 (0.05-10 s); milliseconds?"),
+    ({"--t10": "t10_ms.nii.gz"}, "the T10 map's median is"),
+    ({"--fa": 0.26}, "radians? give degrees (0.26 rad is 14.9 degrees)"),
+    ({"--r1": 4500}, "r1: 4500 /s/mM is not a plausible value for a contrast agent's relaxivity"),
+    ({"--mask": "shifted_mask.nii.gz"}, "the mask's affine differs from its image's by up to 50 mm"),
+    ({"--dce": "nan_frame.nii.gz"}, "no voxel could be fitted (0 of 1500): every curve has a frame that is not finite"),
 ])
 def test_bad_input_one_sentence_exit_2_no_output(bad_inputs, capsys, change, message):
     tmp_path, base = bad_inputs
@@ -196,8 +218,40 @@ def test_bad_input_one_sentence_exit_2_no_output(bad_inputs, capsys, change, mes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".maps")]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["aif", "parker", "--times", "ms.txt"], "frames are 5000 s apart; give the times in seconds"),
+    (["aif", "parker", "--times", "times.txt", "--delay", 10000], "a bolus starting at 10000 s is outside the series"),
+    (["aif", "parker", "--times", "empty.txt"], "the times file holds no time"),
+    (["t1map", "--vfa", "vfa.nii.gz", "--fa", "2,5,10,15", "--tr", 5], "tr: 5 s is not a plausible value"),
+    (["t1map", "--vfa", "vfa.nii.gz", "--fa", "0.035,0.087,0.17,0.26", "--tr", 0.005], "radians?"),
+])
+def test_aif_and_t1map_refuse_unit_slips(dro_dir, tmp_path, capsys, args, message):
+    (tmp_path / "ms.txt").write_text("\n".join(str(5000 * i) for i in range(60)))
+    (tmp_path / "empty.txt").write_text("")
+    named = {"ms.txt": tmp_path / "ms.txt", "empty.txt": tmp_path / "empty.txt", "times.txt": dro_dir / "times.txt",
+             "vfa.nii.gz": dro_dir / "vfa.nii.gz"}
+    code, captured = run([named.get(a, a) for a in args] + ["--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in captured.err and captured.err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_module_entry_point_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kinetics", "fit", "--dce", tmp_path / "none.nii.gz", "--times",
                            tmp_path / "t.txt", "--aif", "parker", "--out", tmp_path / "o"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("DCE series file not found.")
+
+
+def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning(dro_dir, tmp_path, caplog):
+    from kinetics.workflow import t1_map
+
+    vfa = nib.load(str(dro_dir / "vfa.nii.gz"))
+    data = np.asarray(vfa.dataobj).astype(np.float32)
+    data[:3] = np.random.default_rng(0).normal(5.0, 3.0, size=data[:3].shape)  # unmasked background: noise
+    save_image(tmp_path / "vfa.nii.gz", data, vfa.affine)
+    fa = ",".join(str(a) for a in json.loads((dro_dir / "dro.json").read_text())["vfa_fa_deg"])
+    with caplog.at_level("WARNING", logger="kinetics"):
+        t1_map(tmp_path / "vfa.nii.gz", fa, tr=0.004, out=tmp_path / "t1.nii.gz")
+    t1 = load(tmp_path / "t1.nii.gz")
+    assert np.nanmax(t1) <= 10.0 and np.isnan(t1[:3]).any() and np.isfinite(t1[3:]).all()
+    assert "have a T1 outside 0.05-10 s (background or noise) and are set to NaN; --mask fits tissue only" in caplog.text

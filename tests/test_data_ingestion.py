@@ -207,6 +207,7 @@ def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen
     (tmp_path / "archive" / "loose").mkdir()
     shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "loose" / "mask.nii.gz")  # no image beside it
     shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "Roe^Richard" / "tumor_mask.nii.gz")
+    shutil.copy(abdomen / "example_seg.nii.gz", tmp_path / "archive" / "Roe^Richard" / "liver_mask.nii.gz")
     dicom = tmp_path / "archive" / "series"
     shutil.copytree(abdomen / "example_ct_dicom", dicom)
     (dicom / "README").write_text("exported by a PACS")  # a stray file in a series folder
@@ -215,9 +216,11 @@ def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen
     assert len(items) == 3 and "ct" in by_id and by_id["ct"].mask.endswith("ct_kidney_mask.nii.gz")
     other = next(i for i in items if i.kind == "nifti" and i.case_id != "ct")
     assert other.mask is None and "Roe" not in other.case_id and "Doe" not in other.case_id
+    assert other.lesion_mask.endswith("tumor_mask.nii.gz") and by_id["ct"].lesion_mask is None
     reasons = [r for _, r in rejected]
     assert "a mask file without one image to pair with in its folder" in reasons
-    assert "a mask that is not a kidney mask (name it *kidney_mask or IMAGE_mask)" in reasons
+    assert ("a mask that is neither a kidney mask (*kidney_mask, IMAGE_mask) nor a lesion mask (*tumor_mask, "
+            "*lesion_mask)") in reasons
     pd.DataFrame({"image": ["series", "", "Doe^Jane/ct.nii.gz"]}).to_csv(tmp_path / "archive" / "list.csv", index=False)
     items, rejected = scan_archive(tmp_path / "archive" / "list.csv")
     assert [i.kind for i in items] == ["dicom", "nifti"] and not any("README" in f for f in items[0].files)

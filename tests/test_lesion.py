@@ -7,7 +7,7 @@ import pytest
 
 from ssl_rcc.data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
 from ssl_rcc.data.crops import box_crop, centred_crop, lesion_box
-from ssl_rcc.data.views import tissue_centre
+from ssl_rcc.data.views import LESION_VIEW_ZOOM, lesion_views, make_views, tissue_centre
 from ssl_rcc.features.image import lesion_crop, lesion_descriptors
 from ssl_rcc.health import effective_rank, representation_health
 
@@ -100,3 +100,48 @@ def test_the_lesion_region_gives_what_the_whole_volume_gives_and_is_cached(rng, 
     for a, b, c in zip(first, again, uncached):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_pretraining_views_of_a_lesion_are_its_cube_at_its_scale(rng):
+    lesion = np.zeros((60, 60, 60), bool)
+    lesion[20:40, 25:35, 30:45] = True
+    centre, side = lesion_box(lesion)
+    views = lesion_views(lesion, rng, 200)
+    for at, view_side in views:
+        assert LESION_VIEW_ZOOM[0] * side <= view_side <= LESION_VIEW_ZOOM[1] * side
+        assert np.all(np.abs(at - centre) <= (side - view_side) / 2 + 1e-9)  # the view stays inside the cube
+    sides = np.array([s for _, s in views])
+    assert sides.max() - sides.min() > 0.1 * side  # not one fixed crop
+
+
+def test_pretraining_crops_the_lesion_of_a_segmented_real_ct(abdomen_dir, tmp_path):
+    """A real CT with a kidney mask and a lesion mask (here the left kidney stands for the lesion): the
+    cache keeps both as one label map, and a lesion sample is the lesion's cube at the lesion's scale."""
+    import shutil
+
+    from ssl_rcc.data import build_cache
+    from ssl_rcc.data.cache import KIDNEY, LESION, open_cache
+
+    labels = nib.load(abdomen_dir / "example_seg.nii.gz")
+    folder = tmp_path / "archive" / "case"
+    folder.mkdir(parents=True)
+    shutil.copy(abdomen_dir / "example_ct_sm.nii.gz", folder / "ct.nii.gz")
+    seg = np.asarray(labels.dataobj)
+    nib.save(nib.Nifti1Image(np.isin(seg, (2, 3)).astype(np.uint8), labels.affine), folder / "ct_kidney_mask.nii.gz")
+    nib.save(nib.Nifti1Image((seg == 3).astype(np.uint8), labels.affine), folder / "ct_tumor_mask.nii.gz")
+    config = PreprocessConfig(spacing_mm=(3.0,) * 3)
+    build_cache(tmp_path / "archive", tmp_path / "cache", config=config, progress=False)
+    data, mask = open_cache(tmp_path / "cache").load(0)
+    volume = read_nifti(folder / "ct.nii.gz", case_id="ct")
+    _, _, expected = preprocess_volume(volume, config, (seg == 3).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(mask) == LESION, expected > 0)
+    assert (np.asarray(mask) == KIDNEY).sum() > 0.5 * (np.asarray(mask) == LESION).sum()  # the right kidney
+    lesion = np.asarray(mask) == LESION
+    inside = np.zeros_like(lesion, np.float32)[None] + lesion  # the lesion's own label as the image
+    share = float(lesion_crop(inside, lesion, (16,) * 3)[0].mean())  # of the crop the heads embed
+    views = [make_views(inside, mask, np.random.default_rng(seed), (16,) * 3, n_views=2, kidney_prob=0.0,
+                        transform=None, scale=(0.75, 2.0), lesion_prob=lesion_prob)[0].float().mean()
+             for lesion_prob in (1.0, 0.0) for seed in range(8)]
+    # a lesion view shows the lesion at least as much as the embedded crop (it zooms into the cube); crops
+    # of enhancing tissue show it far less
+    assert min(views[:8]) > 0.9 * share and np.mean(views[8:]) < 0.5 * share

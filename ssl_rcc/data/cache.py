@@ -26,16 +26,19 @@ from .preprocess import PreprocessConfig, preprocess_volume
 from .scan import ArchiveItem, load_item, scan_archive, scrub_paths
 from .volume import case_id_for, read_mask
 
-__all__ = ["build_cache", "open_cache", "content_key", "CachedArchive"]
+__all__ = ["build_cache", "open_cache", "content_key", "label_mask", "CachedArchive", "KIDNEY", "LESION"]
 
 log = logging.getLogger("ssl_rcc")
 MIN_VOXELS_PER_AXIS = 8
+KIDNEY, LESION = 1, 2  # labels of the cached mask
 
 
 def content_key(item: ArchiveItem, config: PreprocessConfig) -> str:
-    """SHA-1 of the item's files (and mask) and of the preprocessing config: the cache entry's name."""
+    """SHA-1 of the item's files (and masks) and of the preprocessing config: the cache entry's name."""
     h = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode())
-    for f in list(item.files) + ([item.mask] if item.mask else []):
+    if item.lesion_mask:
+        h.update(b"lesion")  # the same file as kidney or as lesion mask makes another label map
+    for f in list(item.files) + [m for m in (item.mask, item.lesion_mask) if m]:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -48,12 +51,12 @@ def _process(args):
     try:
         key = content_key(item, config)
         path = Path(cache_dir) / f"{key}.npy"
-        mask_path = Path(cache_dir) / f"{key}_mask.npy" if item.mask else None
+        mask_path = Path(cache_dir) / f"{key}_mask.npy" if (item.mask or item.lesion_mask) else None
         if path.is_file() and (mask_path is None or mask_path.is_file()):
             data = np.load(path, mmap_mode="r")
         else:
             volume = load_item(item)
-            mask = read_mask(item.mask, volume) if item.mask else None
+            mask = label_mask(item, volume)
             data, _, mask = preprocess_volume(volume, config, mask)
             if min(data.shape[1:]) < MIN_VOXELS_PER_AXIS:
                 raise InputError(f"{item.files[0]}: {data.shape[1:]} voxels after resampling; too small to crop from.")
@@ -67,6 +70,18 @@ def _process(args):
     except (InputError, OSError, ValueError) as err:
         return {"case_id": item.case_id, "key": "", "shape": "", "modality": item.modality or "", "has_mask": False,
                 "status": "skipped", "reason": scrub_paths(str(err), item)}
+
+
+def label_mask(item: ArchiveItem, volume):
+    """The item's masks as one uint8 label map on the volume's grid (KiTS's convention): :data:`KIDNEY`
+    where the kidney mask is set, :data:`LESION` where the lesion mask is (over the kidney); None without
+    masks. Crops centre on label > 0, lesion views on :data:`LESION`."""
+    if not (item.mask or item.lesion_mask):
+        return None
+    labels = read_mask(item.mask, volume).astype(np.uint8) * KIDNEY if item.mask else np.zeros(volume.data.shape[1:], np.uint8)
+    if item.lesion_mask:
+        labels[read_mask(item.lesion_mask, volume)] = LESION
+    return labels
 
 
 def _save_npy(path: Path, array):

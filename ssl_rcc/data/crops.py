@@ -6,7 +6,9 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["crop_start", "centred_crop", "centred_crop_start", "lesion_box", "box_crop"]
+__all__ = ["crop_start", "centred_crop", "centred_crop_start", "lesion_box", "box_crop", "LESION_MARGIN"]
+
+LESION_MARGIN = 0.2  # of the lesion's largest extent, on each side of its bounding cube
 
 
 def crop_start(shape, patch, rng, *, mask=None):
@@ -70,7 +72,7 @@ def centred_crop_start(shape, patch, *, mask=None) -> np.ndarray:
     return np.clip(centre - patch // 2, 0, padded - patch)
 
 
-def lesion_box(mask, *, margin=0.2, min_side=8.0):
+def lesion_box(mask, *, margin=LESION_MARGIN, min_side=8.0):
     """The cube around a lesion that its crop shows: centre (3,) in voxel coordinates and side in voxels,
     the largest extent of the mask's bounding box times ``1 + 2 * margin`` (a ring of surrounding tissue
     on every side), at least ``min_side``.

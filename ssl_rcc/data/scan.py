@@ -22,12 +22,15 @@ log = logging.getLogger("ssl_rcc")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_COLUMNS = ("image", "ct", "path")  # the first of these present in a CSV holds the image paths
 MASK_COLUMNS = ("kidney_mask", "mask")
+LESION_COLUMNS = ("tumor_mask", "tumour_mask", "lesion_mask")  # a case table's lesion column, first present
+LESION_SUFFIXES = LESION_COLUMNS  # and the file names (``ct_tumor_mask.nii.gz``) of lesion masks in a folder
 
 
 @dataclass
 class ArchiveItem:
-    """One image of an archive: ``kind`` 'nifti' or 'dicom', its ``files``, an optional ``mask``
-    (NIfTI path), a ``case_id`` and a ``modality`` if the archive said it."""
+    """One image of an archive: ``kind`` 'nifti' or 'dicom', its ``files``, an optional kidney ``mask``
+    and ``lesion_mask`` (NIfTI paths; a segmentation model's output will do), a ``case_id`` and a
+    ``modality`` if the archive said it."""
 
     kind: str
     files: list
@@ -35,6 +38,7 @@ class ArchiveItem:
     mask: str | None = None
     modality: str | None = None
     extra: dict = field(default_factory=dict)
+    lesion_mask: str | None = None
 
 
 def _is_nifti(path: Path) -> bool:
@@ -47,25 +51,31 @@ def _is_mask(path: Path) -> bool:
 
 
 def _pair_masks(images, masks):
-    """{image: kidney mask} for kidney masks beside their image (``ct_mask``, ``*kidney_mask`` or ``mask``):
-    the folder's only image, or the image whose stem begins the mask's (``ct.nii.gz`` and
-    ``ct_kidney_mask.nii.gz``); and the masks left unpaired, with the reason."""
+    """({image: kidney mask}, {image: lesion mask}, unpaired) for masks beside their image: kidney masks
+    named ``IMAGE_mask``, ``*kidney_mask`` or ``mask``, lesion masks ``*tumor_mask``, ``*tumour_mask`` or
+    ``*lesion_mask``; each pairs with the folder's only image, or the image whose stem begins the
+    mask's (``ct.nii.gz`` and ``ct_kidney_mask.nii.gz``). Unpaired masks come with the reason."""
     by_folder = defaultdict(list)
     for p in images:
         by_folder[p.parent].append(p)
-    pairs, unpaired = {}, []
+    kidney, lesion, unpaired = {}, {}, []
     for m in masks:
         here, name = by_folder.get(m.parent, []), _stem(m).lower()
         named = [p for p in here if name == _stem(p).lower() + "_mask"]  # ct.nii.gz and ct_mask.nii.gz
-        if not (named or name.endswith("kidney_mask") or name == "mask"):  # a tumour mask must not steer crops
-            unpaired.append((m, "a mask that is not a kidney mask (name it *kidney_mask or IMAGE_mask)"))
+        if name.endswith(LESION_SUFFIXES):
+            pairs = lesion
+        elif named or name.endswith("kidney_mask") or name == "mask":
+            pairs = kidney
+        else:
+            unpaired.append((m, "a mask that is neither a kidney mask (*kidney_mask, IMAGE_mask) nor a lesion "
+                                "mask (*tumor_mask, *lesion_mask)"))
             continue
         match = named or (here if len(here) == 1 else [p for p in here if name.startswith(_stem(p).lower() + "_")])
         if len(match) == 1 and match[0] not in pairs:
             pairs[match[0]] = m
         else:
             unpaired.append((m, "a mask file without one image to pair with in its folder"))
-    return pairs, unpaired
+    return kidney, lesion, unpaired
 
 
 def _dicom_series(files):
@@ -109,7 +119,7 @@ def scan_archive(source, *, hash_ids=False):
         raise InputError(f"{source}: no such folder or CSV file.")
     files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
     nifti = [p for p in files if _is_nifti(p) and not _is_mask(p)]
-    masks, unpaired = _pair_masks(nifti, [p for p in files if _is_mask(p)])
+    masks, lesions, unpaired = _pair_masks(nifti, [p for p in files if _is_mask(p)])
     others = [p for p in files if not _is_nifti(p) and p.suffix.lower() not in (".csv", ".json", ".txt", ".md", ".png")]
     items, seen = [], set()
     for p in nifti:
@@ -121,7 +131,8 @@ def scan_archive(source, *, hash_ids=False):
             # names, which often carry a patient's name or record number
             case_id = stem if stem not in seen else f"{stem}-{case_id_for(str(p.relative_to(source)), prefix='')[1:9]}"
         seen.add(case_id)
-        items.append(ArchiveItem("nifti", [str(p)], case_id, str(masks[p]) if p in masks else None))
+        items.append(ArchiveItem("nifti", [str(p)], case_id, str(masks[p]) if p in masks else None,
+                                 lesion_mask=str(lesions[p]) if p in lesions else None))
     groups, rejected = _dicom_series(others)
     rejected += unpaired
     for (series_key, *_), group in sorted(groups.items(), key=lambda kv: str(kv[1][0])):
@@ -139,6 +150,7 @@ def _scan_csv(path: Path):
     if column is None:
         raise InputError(f"{path}: the CSV needs one of the columns {list(IMAGE_COLUMNS)}; it has {list(table.columns)}.")
     mask_column = next((c for c in MASK_COLUMNS if c in table.columns), None)
+    lesion_column = next((c for c in LESION_COLUMNS if c in table.columns), None)
     items, rejected = [], []
     for i, row in table.iterrows():
         if not str(row[column]).strip():
@@ -146,6 +158,7 @@ def _scan_csv(path: Path):
             continue
         image = (path.parent / str(row[column])).resolve()
         mask = str((path.parent / str(row[mask_column])).resolve()) if mask_column and row[mask_column] else None
+        lesion = str((path.parent / str(row[lesion_column])).resolve()) if lesion_column and row[lesion_column] else None
         case_id = str(row["case_id"]) if "case_id" in table.columns and row["case_id"] else _stem(image)
         modality = str(row["modality"]) if "modality" in table.columns and row["modality"] else None
         if _is_nifti(image) or not image.is_dir():
@@ -156,7 +169,7 @@ def _scan_csv(path: Path):
                 rejected.append((image, "the folder holds no DICOM image slice"))
                 continue
             kind, files = "dicom", [str(f) for f in sorted(max(groups.values(), key=len))]
-        items.append(ArchiveItem(kind, files, case_id, mask, modality))
+        items.append(ArchiveItem(kind, files, case_id, mask, modality, lesion_mask=lesion))
     return items, rejected
 
 
@@ -173,7 +186,7 @@ def load_item(item: ArchiveItem) -> Volume:
 def scrub_paths(message: str, item: ArchiveItem) -> str:
     """The message with every path of the item replaced by its case id: folder and file names of an
     archive often carry patient names or record numbers."""
-    paths = set(item.files) | ({item.mask} if item.mask else set())
+    paths = set(item.files) | {m for m in (item.mask, item.lesion_mask) if m}
     paths |= {str(Path(f).parent) for f in paths}
     for p in sorted(paths, key=len, reverse=True):
         message = message.replace(p, item.case_id)

@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import InputError
 from .cache import build_cache
 from .preprocess import PreprocessConfig
-from .views import check_patch_fits, make_views
+from .views import LESION_PROB, check_patch_fits, make_views
 
 __all__ = ["pack", "ShardIndex", "ShardStream", "is_shard_folder", "FORMAT"]
 
@@ -211,10 +211,12 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, index: ShardIndex, patch, *, batch_size, total_batches, start_batch=0, rank=0, world=1,
-                 n_views=2, seed=0, kidney_prob=0.8, transform=None, device_views=False, buffer=8, turnover=2, scale=None):
+                 n_views=2, seed=0, kidney_prob=0.8, transform=None, device_views=False, buffer=8, turnover=2, scale=None,
+                 lesion_prob=LESION_PROB):
         self.index, self.patch, self.batch_size = index, np.asarray(patch, int), int(batch_size)
         self.total_batches, self.start_batch, self.rank, self.world = int(total_batches), start_batch, int(rank), int(world)
         self.n_views, self.seed, self.kidney_prob = int(n_views), int(seed), float(kidney_prob)
+        self.lesion_prob = float(lesion_prob)
         self.transform, self.device_views = transform, bool(device_views)
         self.buffer, self.turnover = int(buffer), int(turnover)
         self.scale = None if scale is None else tuple(float(f) for f in scale)
@@ -281,4 +283,5 @@ class ShardStream(IterableDataset):
                 rng = np.random.default_rng([self.seed, lane_id, n])
                 image, mask = held[int(rng.integers(self.buffer))]
                 yield make_views(image, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
-                                 transform=None if self.device_views else self.transform, scale=self.scale)
+                                 transform=None if self.device_views else self.transform, scale=self.scale,
+                                 lesion_prob=self.lesion_prob)

@@ -1,7 +1,7 @@
 """Training samples for self-supervised pretraining: random 3D crops and augmented views.
 
-Sample ``i`` of a run is a pure function of (seed, i): which volume, where to crop (kidney-centred when
-a mask exists), which augmentations. A run resumed at step s therefore sees exactly the samples an
+Sample ``i`` of a run is a pure function of (seed, i): which volume, where to crop (the lesion's cube or
+kidney-centred when masks exist), which augmentations. A run resumed at step s therefore sees exactly the samples an
 uninterrupted run would, and each DDP rank takes its own share of every step.
 """
 
@@ -12,13 +12,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
-from .cache import CachedArchive
-from .crops import box_crop, crop_start
+from .cache import LESION, CachedArchive
+from .crops import box_crop, crop_start, lesion_box
 
 VIEW_SCALE_JITTER = 0.1  # the views of one sample differ in scale by at most this fraction
+LESION_VIEW_ZOOM = (0.8, 1.0)  # a lesion view: this fraction of the lesion's cube, anywhere inside it
+LESION_PROB = 0.8  # of a lesion sample, when the volume's mask labels a lesion
 
 __all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits",
-           "tissue_centre"]
+           "tissue_centre", "lesion_views"]
 
 
 class ViewTransform:
@@ -91,6 +93,9 @@ class PretrainDataset(Dataset):
         2 for the contrastive methods (two overlapping crops), 1 for MAE.
     kidney_prob : float
         Probability of a kidney-centred crop when the volume has a mask.
+    lesion_prob : float
+        With ``scale``: probability that a sample is the lesion's cube (the crop the heads embed) when
+        the volume has a lesion mask.
     transform : callable(crop, seed) or None
         Makes a view of a crop in the loader (default :class:`ViewTransform`).
     device_views : bool
@@ -105,11 +110,11 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, archive: CachedArchive, patch, *, n_views=2, seed=0, kidney_prob=0.8, transform=None,
-                 device_views=False, scale=None):
+                 device_views=False, scale=None, lesion_prob=LESION_PROB):
         self.archive, self.patch, self.n_views = archive, np.asarray(patch, int), int(n_views)
         self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
         self.device_views = bool(device_views)
-        self.seed, self.kidney_prob = int(seed), float(kidney_prob)
+        self.seed, self.kidney_prob, self.lesion_prob = int(seed), float(kidney_prob), float(lesion_prob)
         self.transform = transform or ViewTransform()
         check_patch_fits(self.patch, np.max([shape[1:] for shape in archive.shapes], axis=0))
         self.channels = archive.channels
@@ -121,7 +126,8 @@ class PretrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         data, mask = self.archive.load(int(rng.integers(len(self.archive))))
         return make_views(data, mask, rng, self.patch, n_views=self.n_views, kidney_prob=self.kidney_prob,
-                          transform=None if self.device_views else self.transform, scale=self.scale)
+                          transform=None if self.device_views else self.transform, scale=self.scale,
+                          lesion_prob=self.lesion_prob)
 
 
 def check_patch_fits(patch, largest):
@@ -156,7 +162,19 @@ def tissue_centre(data, rng, *, candidates=256, tries=4):
     return None
 
 
-def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale=None):
+def lesion_views(lesion, rng, n_views):
+    """Centres and sides (voxels) of ``n_views`` views of a lesion: each a cube of :data:`LESION_VIEW_ZOOM`
+    of the lesion's cube (:func:`~ssl_rcc.data.crops.lesion_box`, the crop the heads embed) placed
+    anywhere inside it. The views share the lesion's scale, so size stays visible to the network."""
+    centre, side0 = lesion_box(lesion)
+    out = []
+    for _ in range(int(n_views)):
+        zoom = rng.uniform(*LESION_VIEW_ZOOM)
+        out.append((centre + rng.uniform(-1, 1, size=3) * (1 - zoom) * side0 / 2, side0 * zoom))
+    return out
+
+
+def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale=None, lesion_prob=0.0):
     """``(view_0, ..., seeds)`` of one volume (C, X, Y, Z), every choice drawn from ``rng``: a crop
     (kidney-centred with probability ``kidney_prob`` when ``mask`` is given), overlapping crops for the
     other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device.
@@ -164,8 +182,18 @@ def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale
     With ``scale=(lo, hi)``, a sample is a cube of side ``patch`` times a factor drawn in [lo, hi],
     centred on kidney (mask) or enhancing tissue (:func:`tissue_centre`); its views are cubes of that
     side +-:data:`VIEW_SCALE_JITTER`, the first at the centre and the others within a quarter side of
-    it, each resampled to ``patch``."""
+    it, each resampled to ``patch``. With probability ``lesion_prob``, when ``mask`` labels a lesion
+    (:data:`~ssl_rcc.data.cache.LESION`), the views are :func:`lesion_views` instead."""
     patch = np.asarray(patch, int)
+    if scale is not None and lesion_prob > 0 and mask is not None:
+        lesion = np.asarray(mask) == LESION
+        if lesion.any() and rng.random() < lesion_prob:
+            views, seeds = [], []
+            for at, side in lesion_views(lesion, rng, n_views):
+                seeds.append(int(rng.integers(2**31)))
+                crop = box_crop(data, at, side, patch)
+                views.append(torch.from_numpy(crop.astype(np.float16)) if transform is None else transform(crop, seeds[-1]))
+            return (*views, torch.tensor(seeds, dtype=torch.int64))
     if scale is not None:
         use_mask = mask is not None and np.any(mask) and rng.random() < kidney_prob
         if use_mask:

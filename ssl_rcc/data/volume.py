@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from kinetics.io import check_same_grid
+
 from ..errors import InputError
 
 __all__ = ["Volume", "read_nifti", "read_dicom_series", "read_mask", "case_id_for", "MODALITIES"]
@@ -109,8 +111,7 @@ def read_mask(path, like: Volume) -> np.ndarray:
     mask = mask.reshape(mask.shape[:3]) if mask.ndim == 4 and mask.shape[3] == 1 else mask
     if mask.shape != like.data.shape[1:]:
         raise InputError(f"{path}: the mask has shape {mask.shape}, its image {like.data.shape[1:]}.")
-    if not np.allclose(img.affine, like.affine, atol=1e-2):
-        raise InputError(f"{path}: the mask's affine differs from its image's (another grid or orientation).")
+    check_same_grid(path, img.affine, like.affine, error=InputError)
     return mask > 0
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import preprocess_volume, read_mask, read_nifti
-from ..data.crops import box_crop, lesion_box
+from ..data.crops import LESION_MARGIN, box_crop, lesion_box
 from ..errors import InputError
 
 __all__ = ["lesion_crop", "lesion_descriptors", "lesion_region", "preprocessed_lesion", "LESION_MARGIN", "RING_MM"]
 
-LESION_MARGIN = 0.2  # of the tumour's largest extent, on each side of its bounding cube
 RING_MM = 4.5  # width of the peritumoural ring of the descriptors
 
 

@@ -58,19 +58,20 @@ def make_case(seed, labels, *, case_id="case", size=96, with_dce=True, motion_sc
     return Case(case_id, labels, anatomy, ct, affine, dce)
 
 
-def _write_case(case: Case, root: Path, unlabeled: bool) -> dict:
+def _write_case(case: Case, root: Path, unlabeled: bool, masks: bool = True) -> dict:
     """Write one case under ``root/<case_id>/``; returns its row of the case table (relative paths)."""
     folder = root / case.case_id
     folder.mkdir()
     rel = lambda name: f"{case.case_id}/{name}"  # noqa: E731
     save_image(folder / "ct.nii.gz", case.ct, case.affine)
     row = {"case_id": case.case_id, "site": case.labels["site"], "ct": rel("ct.nii.gz")}
+    if masks:
+        save_image(folder / "kidney_mask.nii.gz", case.anatomy.kidney.astype(np.uint8), case.affine)
+        save_image(folder / "tumor_mask.nii.gz", case.anatomy.tumour.astype(np.uint8), case.affine)
+        row.update(kidney_mask=rel("kidney_mask.nii.gz"), tumor_mask=rel("tumor_mask.nii.gz"))
     if unlabeled:
         return row
-    save_image(folder / "kidney_mask.nii.gz", case.anatomy.kidney.astype(np.uint8), case.affine)
-    save_image(folder / "tumor_mask.nii.gz", case.anatomy.tumour.astype(np.uint8), case.affine)
     row.update(subtype=case.labels["subtype"], grade=case.labels["grade"], invasion=case.labels["invasion"],
-               kidney_mask=rel("kidney_mask.nii.gz"), tumor_mask=rel("tumor_mask.nii.gz"),
                diameter_mm=round(case.anatomy.diameter_mm, 1))
     d = case.dce
     if d is not None:
@@ -96,19 +97,22 @@ def _single_threaded():
 
 
 def _make_and_write(job):
-    seed, labels, case_id, root, unlabeled, size = job
+    seed, labels, case_id, root, unlabeled, size, masks = job
     case = make_case(seed, labels, case_id=case_id, size=size, with_dce=not unlabeled)
-    return _write_case(case, Path(root), unlabeled)
+    return _write_case(case, Path(root), unlabeled, masks)
 
 
 def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, preview=False, workers=None,
-                      size=96, overwrite=False):
+                      size=96, overwrite=False, masks=None):
     """Write ``n`` synthetic cases and ``cases.csv`` to ``out``; returns the path of the table.
 
     Parameters
     ----------
     unlabeled : bool
-        Volumes only (CT, no labels, masks or DCE): the archive for self-supervised pretraining.
+        Volumes only (CT, no labels or DCE): the archive for self-supervised pretraining.
+    masks : bool or None
+        Write kidney and tumour masks (as a segmentation model would give them); None: for labelled
+        cases only. An unlabeled archive with masks lets pretraining crop the lesions.
     balanced : bool
         Equal subtype frequencies instead of the surgical-series priors.
     preview : bool
@@ -129,7 +133,9 @@ def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, previe
     width = max(4, len(str(n - 1)))
     n_workers = min(n, workers or available_cpus())
     with output_directory(out, overwrite=overwrite) as tmp:
-        jobs = [(s, lab, f"case_{i:0{width}d}", str(tmp), unlabeled, size) for i, (s, lab) in enumerate(zip(case_seeds, labels))]
+        masks = (not unlabeled) if masks is None else bool(masks)
+        jobs = [(s, lab, f"case_{i:0{width}d}", str(tmp), unlabeled, size, masks)
+                for i, (s, lab) in enumerate(zip(case_seeds, labels))]
         if n_workers > 1:
             with ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_single_threaded) as pool:
                 rows = list(pool.map(_make_and_write, jobs, chunksize=1))
@@ -138,7 +144,8 @@ def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, previe
         table = pd.DataFrame(rows)
         table.to_csv(tmp / "cases.csv", index=False)
         (tmp / "phantoms.json").write_text(json.dumps(
-            {"n": n, "seed": seed, "unlabeled": bool(unlabeled), "balanced": bool(balanced), "size": size}, indent=2))
+            {"n": n, "seed": seed, "unlabeled": bool(unlabeled), "masks": masks, "balanced": bool(balanced),
+             "size": size}, indent=2))
         if preview and not unlabeled:
             from .preview import preview_montage
 
