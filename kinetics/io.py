@@ -25,6 +25,7 @@ __all__ = [
     "read_times",
     "read_scalar_or_image",
     "check_same_grid",
+    "follow_umask",
     "save_image",
     "maps_dataset",
     "output_directory",
@@ -160,6 +161,18 @@ def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attr
     return ds
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read by setting: Python has no getter
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path, *, directory):
+    """mkdtemp and mkstemp create 0700 / 0600; give the output the mode any other tool would (umask)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _check_parent(path):
     parent = path.parent
     if parent.exists() and not parent.is_dir():
@@ -172,7 +185,9 @@ def output_directory(path, *, overwrite=False):
     """Yield a temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
 
     An existing ``path`` raises unless ``overwrite``; on any error the temporary directory is removed
-    and an existing ``path`` is left as it was.
+    and an existing ``path`` is left as it was. Without ``overwrite`` the name is reserved at the start
+    (an empty directory, made atomically), so a second run to the same ``path`` is refused then instead
+    of silently replacing the first one's output at the end.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -180,13 +195,26 @@ def output_directory(path, *, overwrite=False):
     if path.exists() and not overwrite:
         raise KineticsInputError(f"{path}: output directory exists; choose another or pass --overwrite.")
     _check_parent(path)
+    reserved = False
+    if not overwrite:
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise KineticsInputError(f"{path}: output directory exists; choose another or pass --overwrite.") from None
+        reserved = True
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    follow_umask(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if reserved:
+            with contextlib.suppress(OSError):
+                path.rmdir()
         raise
-    if path.exists():
+    if reserved:
+        tmp.rename(path)  # onto the empty reservation: atomic
+    elif path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
         path.rename(old / path.name)
         tmp.rename(path)
@@ -212,9 +240,22 @@ def output_file(path, *, overwrite=False):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    follow_umask(tmp, directory=False)
     try:
         yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if another run wrote path meanwhile, where a rename would replace it
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise KineticsInputError(f"{path}: written by another run meanwhile; it is left as it was (pass --overwrite "
+                                 "to replace it).") from None
+    except OSError:  # a file system without hard links: the check above has to do
+        os.replace(tmp, path)
+        return
+    tmp.unlink()

@@ -255,3 +255,42 @@ def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning(dro_dir, tmp
     t1 = load(tmp_path / "t1.nii.gz")
     assert np.nanmax(t1) <= 10.0 and np.isnan(t1[:3]).any() and np.isfinite(t1[3:]).all()
     assert "have a T1 outside 0.05-10 s (background or noise) and are set to NaN; --mask fits tissue only" in caplog.text
+
+
+def test_two_runs_to_one_output_never_replace_each_other(tmp_path):
+    """The second of two runs writing the same output is refused; the first one's output stays whole."""
+    from kinetics.errors import KineticsInputError
+    from kinetics.io import output_directory, output_file
+
+    maps = tmp_path / "maps"
+    with output_directory(maps) as first:
+        (first / "ktrans.nii.gz").write_text("first run")
+        with pytest.raises(KineticsInputError, match="output directory exists"):
+            with output_directory(maps) as second:
+                (second / "ktrans.nii.gz").write_text("second run")
+    assert (maps / "ktrans.nii.gz").read_text() == "first run"
+    curve = tmp_path / "aif.csv"
+    with pytest.raises(KineticsInputError, match="written by another run meanwhile; it is left as it was"):
+        with output_file(curve) as tmp:
+            tmp.write_text("this run")
+            curve.write_text("another run, finished first")
+    assert curve.read_text() == "another run, finished first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aif.csv", "maps"]  # no temporary left
+    with output_file(curve, overwrite=True) as tmp:
+        tmp.write_text("replaced on purpose")
+    assert curve.read_text() == "replaced on purpose"
+
+
+def test_outputs_follow_the_umask(dro_dir, tmp_path, capsys):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        code, _ = run(["fit", "--dce", dro_dir / "conc.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+                       "--method", "llsq", "--model", "patlak", "--out", tmp_path / "maps"], capsys)
+        assert code == 0 and run(["aif", "parker", "--times", dro_dir / "times.txt", "--out", tmp_path / "aif.csv"], capsys)[0] == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "maps").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "maps").iterdir()} == {0o644}
+    assert (tmp_path / "aif.csv").stat().st_mode & 0o777 == 0o644

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kinetics.io import follow_umask
+
 from ..errors import InputError
 from .cache import build_cache
 from .preprocess import PreprocessConfig
@@ -108,6 +110,7 @@ def pack(data, out, *, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite
         n_shards = min(shards or max(1, int(np.ceil(float16_bytes / (shard_mb * 2**20)))), len(archive))
         order = np.random.default_rng(int(seed)).permutation(len(archive))
         staging = Path(tempfile.mkdtemp(prefix=".pack-", dir=out.parent if out.parent.exists() else None))
+        follow_umask(staging, directory=True)
         try:
             counts = [0] * n_shards
             names = [f"shard-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kinetics.io import follow_umask
+
 __all__ = ["FeatureCache", "file_digest", "default_cache_dir"]
 
 _DIGESTS: dict = {}  # (path, size, mtime_ns) -> sha1: a file is read once per process
@@ -91,6 +93,7 @@ class FeatureCache:
         folder = self.root / block
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=Path(name).suffix, dir=folder)
+        follow_umask(tmp, directory=False)
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, folder / name)
