@@ -7,10 +7,12 @@ RUN/run.json (the options), RUN/cache/ (preprocessed volumes, unless --cache poi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from kinetics.options import number
 
 from .data import PreprocessConfig, build_cache
 from .data.cache import open_cache
+from .data.volume import case_id_for
 from .data.batch_views import BatchViewTransform
 from .data.shards import ShardIndex, ShardStream, is_shard_folder
 from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
@@ -78,6 +81,26 @@ def export_encoder(module, run_dir: Path, config: dict):
         tmp.write_text(json.dumps(meta, indent=2))
 
 
+def _removes_a_failed_new_run(train):
+    """``train`` (pretrain's body), except that a run directory it created is removed again when an
+    input error stops it before anything was trained (no checkpoint, no encoder), so that the corrected
+    command is not refused with "run directory exists"."""
+
+    @functools.wraps(train)
+    def wrapper(data, *, out, resume=False, **options):
+        run = Path(out)
+        new = not resume and not _secondary_rank() and not (run.exists() and any(run.iterdir()))
+        try:
+            return train(data, out=out, resume=resume, **options)
+        except InputError:
+            if new and run.is_dir() and not (run / "checkpoints").exists() and not (run / "encoder.pt").exists():
+                shutil.rmtree(run, ignore_errors=True)
+            raise
+
+    return wrapper
+
+
+@_removes_a_failed_new_run
 def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=None, resume=False,
              overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=None,
              warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=None, cache=None, vit_patch=None,
@@ -172,8 +195,6 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
             raise InputError(f"{run}: run directory exists; pass --resume to continue it or --overwrite to replace it.")
         if not (run / "run.json").is_file():
             raise InputError(f"{run}: not a pretraining run (no run.json); --overwrite only replaces runs.")
-        import shutil
-
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     stream = is_shard_folder(data)
@@ -215,7 +236,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     options = dict(identity, recipe=recipe, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr,
                    warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=chosen["intensity"],
                    gamma=chosen["gamma"], normalise_target=chosen["normalise_target"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
-                   seed=int(seed), data=str(data), augment="device" if on_device else "loader",
+                   seed=int(seed), data=case_id_for(str(Path(data).resolve()), prefix="data") if hash_ids else str(data),
+                   augment="device" if on_device else "loader",
                    n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
                    source="shards" if stream else "cache")
     if not secondary:

@@ -157,6 +157,7 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
 def test_bad_pretraining_input(archive, tmp_path, capsys, args, message):
     code = main(["pretrain", "--data", str(archive), "--out", str(tmp_path / "run"), "--max-steps", "1"] + SMALL + args)
     assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # the corrected command is not refused with "run directory exists"
 
 
 def test_existing_run_resume_of_another_architecture_and_wrong_weights(archive, tmp_path, capsys):
@@ -233,8 +234,12 @@ def test_untrained_export_resume_from_run_json_and_a_time_limit(archive, tmp_pat
     assert not (untrained / "checkpoints").exists()
     meta = json.loads((untrained / "encoder.json").read_text())
     assert meta["steps"] == 0 and json.loads((untrained / "run.json").read_text())["steps_trained"] == 0
+    named = tmp_path / "Doe^Jane_MRN-483920"  # an archive folder named after a patient
+    named.symlink_to(archive, target_is_directory=True)
     again = tmp_path / "again"
-    assert main(base + ["--out", str(again), "--max-steps", "0", "--patch", "24", "--seed", "4"]) == 0
+    assert main(["pretrain", "--data", str(named), "--method", "simclr"] + SMALL +
+                ["--out", str(again), "--max-steps", "0", "--patch", "24", "--seed", "4", "--hash-ids"]) == 0
+    assert "Doe" not in (again / "run.json").read_text() + (again / "encoder.json").read_text()
     first, second = (torch.load(r / "encoder.pt", weights_only=True) for r in (untrained, again))
     assert all(torch.equal(first[k], second[k]) for k in first)  # the from-scratch baseline is the seed's initialisation
     encoder, _ = load_encoder(untrained / "encoder.pt")
