@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from .training import AtomicCheckpointIO, MetricsCSV, PretrainData
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from .training import AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData
 
     from .recipes import RUN_OPTIONS, recipe_defaults
 
@@ -293,6 +296,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         callbacks.append(monitor)
     checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
                                   save_top_k=0, save_on_train_epoch_end=False)
+    on_sigterm = CheckpointOnSigterm(last)
     trainer = pl.Trainer(
         max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
         devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
@@ -300,7 +304,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         # normalisation that keeps absolute levels (GroupNorm or InstanceNorm centre each sample, losing
         # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
         sync_batchnorm=world > 1 and use_cuda,
-        accumulate_grad_batches=accumulate, callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv")],
+        accumulate_grad_batches=accumulate,
+        callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm],
         logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
         enable_model_summary=False, default_root_dir=str(run),
@@ -313,6 +318,15 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    except SIGTERMException:
+        if trainer.is_global_zero and on_sigterm.saved_step is not None:
+            steps = on_sigterm.saved_step
+            export_encoder(module, run, dict(encoder_meta, steps=steps))
+            run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by="sigterm"), indent=2))
+            log.warning("stopped by SIGTERM after %d of %d steps; the checkpoint is saved: continue with "
+                        "python -m ssl_rcc pretrain --data %s --method %s --out %s --resume", steps, max_steps, data,
+                        method, run)
+        raise SystemExit(128 + signal.SIGTERM) from None  # what a shell reports for a job ended by SIGTERM
     except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
         raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
     except RuntimeError as err:

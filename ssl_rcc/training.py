@@ -74,6 +74,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise InputError(f"{path}: not a readable checkpoint (truncated or another format: {type(err).__name__}).") from None
 
 
+class CheckpointOnSigterm(pl.Callback):
+    """Save ``path`` (the run's last.ckpt) when the job is sent SIGTERM, what SLURM and Kubernetes send
+    before killing it: Lightning then stops at the end of the step by raising ``SIGTERMException``, and
+    this hook runs before its teardown, on every process (saving is collective under DDP)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.saved_step = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = int(trainer.global_step)
+
+
 class MetricsCSV(pl.Callback):
     """Append one row per optimiser step (step, train_loss, lr) to ``path``; on resume, drop rows past
     the restored step so that the curve stays continuous."""

@@ -85,6 +85,27 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(archive, tmp_path, met
     np.testing.assert_allclose(resumed["lr"], expected["lr"], rtol=1e-6)
 
 
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(archive, tmp_path):
+    """What SLURM and Kubernetes send before killing a job: the run stops at the end of the step with a
+    checkpoint, an encoder and the command that continues it."""
+    args = ["pretrain", "--data", str(archive), "--method", "simclr", "--max-steps", "200", "--patch", "24"] + SMALL
+    run = tmp_path / "terminated"
+    proc = run_cli(args + ["--out", str(run)])
+    deadline = time.time() + 600
+    while time.time() < deadline and not ((run / "metrics.csv").is_file() and len(metrics(run)) >= 2):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    err, _ = proc.communicate(timeout=300)  # stdout and stderr together
+    assert proc.returncode == 128 + signal.SIGTERM
+    options = json.loads((run / "run.json").read_text())
+    assert options["stopped_by"] == "sigterm" and 2 <= options["steps_trained"] < 200
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "encoder.pt").is_file()
+    assert "stopped by SIGTERM after" in err.decode() and f"--out {run} --resume" in err.decode()
+    assert run_cli(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--resume",
+                    "--max-steps", str(options["steps_trained"] + 1), "--workers", "0"]).wait(timeout=600) == 0
+    assert metrics(run)["step"].tolist() == list(range(1, options["steps_trained"] + 2))
+
+
 def test_ddp_with_two_cpu_processes(archive, tmp_path):
     run = tmp_path / "ddp"
     proc = run_cli(["pretrain", "--data", str(archive), "--method", "simclr", "--out", str(run), "--max-steps", "2",
