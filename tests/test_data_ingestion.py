@@ -225,3 +225,16 @@ def test_folder_scans_pair_masks_and_name_repeated_stems_without_folders(abdomen
     items, rejected = scan_archive(tmp_path / "archive" / "list.csv")
     assert [i.kind for i in items] == ["dicom", "nifti"] and not any("README" in f for f in items[0].files)
     assert [r for _, r in rejected] == ["row 3 has no image path"]
+
+
+def test_segmentations_not_named_as_masks_are_skipped_not_trained_on(abdomen, tmp_path):
+    """TotalSegmentator and nnU-Net write *_seg.nii.gz or segmentation.nii.gz: label maps, not images."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(abdomen / "example_ct_sm.nii.gz", archive / "ct.nii.gz")
+    shutil.copy(abdomen / "example_mr_sm.nii.gz", archive / "mr.nii.gz")
+    shutil.copy(abdomen / "example_seg.nii.gz", archive / "ct_seg.nii.gz")
+    cached = build_cache(archive, tmp_path / "cache", config=PreprocessConfig(spacing_mm=(4.0,) * 3), progress=False)
+    assert sorted(cached.manifest["case_id"]) == ["ct", "mr"]
+    reasons = pd.read_csv(tmp_path / "cache" / "skipped.csv")["reason"].tolist()
+    assert len(reasons) == 1 and "a label map (" in reasons[0] and "not an image; name masks *kidney_mask" in reasons[0]

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import InputError
@@ -173,10 +174,39 @@ def _scan_csv(path: Path):
     return items, rejected
 
 
+MAX_LABELS = 1000  # TotalSegmentator writes 117 classes
+
+
+def label_count(data) -> int | None:
+    """The number of labels if ``data`` (C, X, Y, Z) looks like a segmentation, else None: non-negative
+    integers, at most :data:`MAX_LABELS` distinct values (on a strided sample of 200,000 voxels), and
+    piecewise constant (over 90% of the labelled voxels equal their neighbour along x). CT spans values
+    below zero; MR, even 8-bit, varies from voxel to voxel inside the body."""
+    volume = np.asarray(data)
+    flat = volume.reshape(-1)
+    sample = np.asarray(flat[:: max(1, flat.size // 200_000)], np.float64)
+    if sample.size == 0 or sample.min() < 0 or not np.all(sample == np.round(sample)):
+        return None
+    n = len(np.unique(sample))
+    if n > MAX_LABELS:
+        return None
+    first = volume[0] if volume.ndim == 4 else volume
+    labelled = first[:-1] != 0
+    if not labelled.any() or np.mean((first[:-1] == first[1:])[labelled]) < 0.9:
+        return None
+    return n
+
+
 def load_item(item: ArchiveItem) -> Volume:
-    """Read an archive item's image (raises InputError with the file and the problem)."""
+    """Read an archive item's image (raises InputError with the file and the problem, also for a
+    segmentation whose name does not say it is a mask)."""
     if item.kind == "nifti":
-        return read_nifti(item.files[0], modality=item.modality, case_id=item.case_id)
+        volume = read_nifti(item.files[0], modality=item.modality, case_id=item.case_id)
+        labels = label_count(volume.data)
+        if labels is not None:
+            raise InputError(f"{item.files[0]}: a label map ({labels} integer values), not an image; name masks "
+                             "*kidney_mask or *tumor_mask to pair them with their image.")
+        return volume
     volume = read_dicom_series(item.files, case_id=item.case_id)
     if item.modality:
         volume.modality = item.modality
