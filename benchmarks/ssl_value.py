@@ -184,8 +184,8 @@ def _write(args, run, timings, auc, paired, fusion, health, training):
                                                                      "max_steps")},
                 "timings": timings, "training": training, "auc": auc, "ssl_minus_untrained": paired,
                 "fusion_minus_block": fusion, "embedding_health": health}
-    name = f"ssl_value{'_' + args.tag if args.tag else ''}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2))
+    stem = f"ssl_value{'_' + args.tag if args.tag else ''}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2))
     names = ["embedding (SSL)", "embedding (untrained)", "image (SSL)", "descriptors", "first-order radiomics", "radiomic", "fusion"]
     fig, axes = plt.subplots(1, len(auc) + 1, figsize=(4.2 * (len(auc) + 1), 3.4), constrained_layout=True, squeeze=False)
     for ax, (task, rows) in zip(axes[0], auc.items()):
@@ -200,7 +200,7 @@ def _write(args, run, timings, auc, paired, fusion, health, training):
     ax = axes[0][-1]
     ax.plot(np.arange(1, len(training["loss"]) + 1), training["loss"], lw=0.8)
     ax.set(xlabel="step", ylabel=f"{args.method} loss", title=f"pretraining ({run['recipe']} recipe)")
-    fig.savefig(RESULTS / f"{name}.png", dpi=100)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
     print("| task | labels per class | " + " | ".join(names) + " | SSL - untrained (embedding) |")
     print("|---|---|" + "---|" * (len(names) + 1))
     for task, rows in auc.items():

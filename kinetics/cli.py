@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import sys
@@ -57,6 +58,16 @@ def run_cli(commands, argv, prog):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if debug or err.errno not in FILE_SYSTEM_ERRORS:
+            raise
+        print(f"error: {err.filename or 'output'}: cannot write or read there ({err.strerror}).", file=sys.stderr)
+        return 2
     return 0
+
+
+# where the file system, not the program, refused: a read-only or full disk, a missing permission
+FILE_SYSTEM_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                      errno.ENAMETOOLONG}
 
 

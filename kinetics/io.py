@@ -202,12 +202,14 @@ def output_directory(path, *, overwrite=False):
         except FileExistsError:
             raise KineticsInputError(f"{path}: output directory exists; choose another or pass --overwrite.") from None
         reserved = True
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    follow_umask(tmp, directory=True)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        follow_umask(tmp, directory=True)
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if reserved:
             with contextlib.suppress(OSError):
                 path.rmdir()

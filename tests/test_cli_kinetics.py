@@ -294,3 +294,23 @@ def test_outputs_follow_the_umask(dro_dir, tmp_path, capsys):
     assert (tmp_path / "maps").stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "maps").iterdir()} == {0o644}
     assert (tmp_path / "aif.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unwritable_output_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """A read-only or full disk, or a folder without write permission (simulated: tests may run as root)."""
+    import errno
+    import tempfile
+
+    from ssl_rcc.__main__ import main as ssl_main
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    for main_of, args in ((main, ["dro", "--out", tmp_path / "dro"]),
+                          (ssl_main, ["phantoms", "--out", tmp_path / "phantoms", "--n", "1", "--size", "32"])):
+        code = main_of([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code == 2 and err == f"error: {tmp_path}: cannot write or read there (Permission denied).\n"
+    assert list(tmp_path.iterdir()) == []

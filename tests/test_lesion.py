@@ -109,7 +109,8 @@ def test_pretraining_views_of_a_lesion_are_its_cube_at_its_scale(rng):
     views = lesion_views(lesion, rng, 200)
     for at, view_side in views:
         assert LESION_VIEW_ZOOM[0] * side <= view_side <= LESION_VIEW_ZOOM[1] * side
-        assert np.all(np.abs(at - centre) <= (side - view_side) / 2 + 1e-9)  # the view stays inside the cube
+        # a smaller view lies inside the lesion's cube, a larger one holds it
+        assert np.all(np.abs(at - centre) <= abs(side - view_side) / 2 + 1e-9)
     sides = np.array([s for _, s in views])
     assert sides.max() - sides.min() > 0.1 * side  # not one fixed crop
 

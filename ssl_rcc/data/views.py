@@ -16,7 +16,7 @@ from .cache import LESION, CachedArchive
 from .crops import box_crop, crop_start, lesion_box
 
 VIEW_SCALE_JITTER = 0.1  # the views of one sample differ in scale by at most this fraction
-LESION_VIEW_ZOOM = (0.8, 1.0)  # a lesion view: this fraction of the lesion's cube, anywhere inside it
+LESION_VIEW_ZOOM = (0.85, 1.1)  # a lesion view: this fraction of the lesion's cube (most keep its ring)
 LESION_PROB = 0.8  # of a lesion sample, when the volume's mask labels a lesion
 
 __all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits",
@@ -164,8 +164,10 @@ def tissue_centre(data, rng, *, candidates=256, tries=4):
 
 def lesion_views(lesion, rng, n_views):
     """Centres and sides (voxels) of ``n_views`` views of a lesion: each a cube of :data:`LESION_VIEW_ZOOM`
-    of the lesion's cube (:func:`~ssl_rcc.data.crops.lesion_box`, the crop the heads embed) placed
-    anywhere inside it. The views share the lesion's scale, so size stays visible to the network."""
+    times the lesion's cube (:func:`~ssl_rcc.data.crops.lesion_box`, the crop the heads embed), shifted
+    by at most half the difference of the sides: a smaller view lies inside the cube, a larger one holds
+    it. The views share the lesion's scale, so size stays visible to the network, and most keep the
+    ring of tissue around the lesion, where invasion shows."""
     centre, side0 = lesion_box(lesion)
     out = []
     for _ in range(int(n_views)):
