@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .errors import KineticsInputError
+from .provenance import invoked
 
 __all__ = ["check_options", "run_cli"]
 
@@ -52,7 +53,8 @@ def run_cli(commands, argv, prog):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         check_options(commands, argv, prog)
-        fire.Fire(commands, command=argv, name=prog)
+        with invoked(prog, argv):  # recorded in every output's provenance
+            fire.Fire(commands, command=argv, name=prog)
     except KineticsInputError as err:
         if debug:
             raise

@@ -13,6 +13,7 @@ from .errors import KineticsInputError
 from .fit import check_method, fit_curves
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, number, plausible
+from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
 
@@ -228,6 +229,7 @@ def fit_dce(
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
         motion_correct=bool(motion_correct), denoise=bool(denoise),
         n_fitted=int(index.size), n_ok=int(result.fit_ok.sum()),
+        provenance=provenance("kinetics", {"dce": dce, "times": times, "aif": aif, "t10": t10, "mask": mask}),
     )
     with output_directory(out, overwrite=overwrite) as tmp:
         for name, values in maps.items():

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from kinetics.io import output_file
+from kinetics.provenance import provenance
 
 from .data import load_item, preprocess_volume, scan_archive
 from .data.cases import read_case_table
@@ -121,7 +122,15 @@ def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, has
     if not rows:
         raise InputError(f"{data}: no image could be embedded ({skipped} skipped).")
     frame = pd.DataFrame(rows, columns=["case_id"] + [f"e{i}" for i in range(len(rows[0]) - 1)])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    origin = provenance("ssl_rcc", {"encoder": encoder_path, "encoder_json": Path(encoder_path).with_suffix(".json")},
+                        command=not hash_ids)
+    # in the file's schema metadata: pandas.read_parquet ignores it, pyarrow.parquet.read_schema(path).metadata has it
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"ssl_rcc": json.dumps(origin).encode()})
     with output_file(out, overwrite=overwrite) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     log.info("embedded %d images (%d skipped) into %s", len(rows), skipped, out)
     return out

@@ -22,6 +22,7 @@ import torch
 
 from kinetics.io import output_file
 from kinetics.options import number
+from kinetics.provenance import provenance
 
 from .data import PreprocessConfig, build_cache
 from .data.cache import open_cache
@@ -242,7 +243,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
                    seed=int(seed), data=case_id_for(str(Path(data).resolve()), prefix="data") if hash_ids else str(data),
                    augment="device" if on_device else "loader",
                    n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
-                   source="shards" if stream else "cache")
+                   source="shards" if stream else "cache", provenance=provenance("ssl_rcc", command=not hash_ids))
     if not secondary:
         run_file.write_text(json.dumps(options, indent=2))
     pl.seed_everything(int(seed), workers=True, verbose=False)

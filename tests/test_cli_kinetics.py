@@ -43,6 +43,12 @@ def test_fit_signal_series_recovers_truth(dro_dir, tmp_path, capsys):
     ktrans, truth = load(out / "ktrans.nii.gz"), load(dro_dir / "ktrans_true.nii.gz")
     assert np.mean(np.abs(ktrans - truth) <= 0.005 + 0.1 * truth) >= 0.95
     np.testing.assert_allclose(nib.load(str(out / "ktrans.nii.gz")).affine, nib.load(str(dro_dir / "dce.nii.gz")).affine)
+    origin = json.loads((out / "fit.json").read_text())["provenance"]
+    from kinetics.provenance import file_digest
+
+    assert origin["package"] == "kinetics" and origin["version"] and origin["command"].startswith("python -m kinetics fit --dce ")
+    assert origin["inputs_sha1"] == {k: file_digest(dro_dir / f) for k, f in
+                                     (("dce", "dce.nii.gz"), ("times", "times.txt"), ("aif", "aif.csv"), ("t10", "t10_true.nii.gz"))}
     ds = xr.open_dataset(out / "maps.nc", engine="h5netcdf")
     assert ds["ktrans"].attrs["units"] == "/min" and ds["ktrans"].dims == ("x", "y", "z")
     np.testing.assert_allclose(ds["ktrans"].values, ktrans, equal_nan=True)

@@ -148,6 +148,13 @@ def test_embeddings_of_real_scans_are_finite(tmp_path, abdomen_dir):
     table = pd.read_parquet(tmp_path / "e.parquet")
     assert table["case_id"].tolist() == ["ct", "mr"] and np.isfinite(table.drop(columns="case_id").to_numpy()).all()
     assert table.shape[1] == 1 + json.loads((run / "encoder.json").read_text())["out_dim"]
+    import pyarrow.parquet as pq
+
+    from kinetics.provenance import file_digest
+
+    origin = json.loads(pq.read_schema(tmp_path / "e.parquet").metadata[b"ssl_rcc"])
+    assert origin["inputs_sha1"]["encoder"] == file_digest(run / "encoder.pt") and origin["version"]
+    assert json.loads((run / "run.json").read_text())["provenance"]["command"].startswith("python -m ssl_rcc pretrain --data ")
     dicom = abdomen / "example_ct_dicom"
     assert main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(dicom.parent / "example_ct_dicom"),
                  "--out", str(tmp_path / "d.parquet")]) == 0

@@ -17,29 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from kinetics.io import follow_umask
+from kinetics.provenance import file_digest  # noqa: F401  (re-exported: the features use it)
 
 __all__ = ["FeatureCache", "file_digest", "default_cache_dir"]
 
-_DIGESTS: dict = {}  # (path, size, mtime_ns) -> sha1: a file is read once per process
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/ssl-rcc/features`` (``~/.cache/ssl-rcc/features``)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ssl-rcc" / "features"
-
-
-def file_digest(path) -> str:
-    """SHA-1 of a file's bytes (hex)."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha1()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 class FeatureCache:

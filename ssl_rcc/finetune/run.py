@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 
 from kinetics.io import output_directory, output_file
 from kinetics.options import number
+from kinetics.provenance import command_line, git_commit
 
 from .. import __version__
 from ..data.cases import read_case_table
@@ -187,8 +187,7 @@ def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="
                                                                          labels[final_rows])
     metrics = {s: _metrics_for(r, task=task, blocks=blocks, protocol=protocol, shots=s if s == "all" else int(s),
                                repeats=repeats, test_site=test_site) for s, r in results.items()}
-    provenance = {"ssl_rcc_version": __version__, "command": " ".join(["python -m ssl_rcc"] + sys.argv[1:])
-                  if Path(sys.argv[0]).name in ("__main__.py", "ssl_rcc") else "(Python API)",
+    provenance = {"ssl_rcc_version": __version__, "git_commit": git_commit(), "command": command_line("ssl_rcc"),
                   "cases_sha1": file_digest(cases), "seed": seed, "n_boot": n_boot,
                   "encoder_sha1": file_digest(encoder_pt) if encoder_pt else None,
                   "encoder": None if encoder_pt is None else ("none (untrained)" if str(encoder) == "none" else Path(encoder).name)}
@@ -342,7 +341,8 @@ def evaluate_predictions(predictions, cases, *, out, n_boot=1000, seed=0, overwr
     result = {"main": "predictions", "records": {"predictions": [(y, proba, threshold)]}}
     document = {"task": task.name, "classes": list(task.classes), "n_test": int(len(y)), **summary,
                 "per_site": _per_site([(y, proba, threshold, sites, resamples)], len(task.classes)),
-                "provenance": {"ssl_rcc_version": __version__, "predictions_sha1": file_digest(predictions),
+                "provenance": {"ssl_rcc_version": __version__, "git_commit": git_commit(),
+                               "command": command_line("ssl_rcc"), "predictions_sha1": file_digest(predictions),
                                "cases_sha1": file_digest(cases), "n_boot": n_boot, "seed": seed}}
     with output_directory(out, overwrite=overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False, default=_jsonable))
