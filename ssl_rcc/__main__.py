@@ -26,7 +26,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
 
     Args:
         out: output directory.
-        n: number of cases.
+        n: number of cases (on disk about 8 MB each, 3.6 MB unlabeled; a progress bar shows the time left).
         seed: random seed; the same seed gives the same cases.
         unlabeled: CT volumes only (no labels or DCE), for pretraining.
         masks: write kidney and tumour masks (default: for labelled cases only); an unlabeled archive
@@ -40,7 +40,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
     from .phantoms import generate_phantoms
 
     return str(generate_phantoms(out, n=n, seed=seed, unlabeled=unlabeled, balanced=balanced, preview=preview,
-                                 workers=workers, size=size, overwrite=overwrite, masks=masks))
+                                 workers=workers, size=size, overwrite=overwrite, masks=masks, progress=True))
 
 
 def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max_steps=None, max_time=None, batch_size=None,

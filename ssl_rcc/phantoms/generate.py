@@ -103,7 +103,7 @@ def _make_and_write(job):
 
 
 def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, preview=False, workers=None,
-                      size=96, overwrite=False, masks=None):
+                      size=96, overwrite=False, masks=None, progress=False):
     """Write ``n`` synthetic cases and ``cases.csv`` to ``out``; returns the path of the table.
 
     Parameters
@@ -121,6 +121,9 @@ def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, previe
         Processes; None uses every core available.
     size : int
         CT grid edge in voxels (96 at 1.5 mm by default; the field of view is kept at 144 mm).
+    progress : bool
+        A progress bar with the time left. Disk: about 8 MB a labelled case (CT, DCE series, maps),
+        3.6 MB an unlabeled one (96^3 voxels, 4 phases).
     """
     from kinetics.options import number
 
@@ -136,11 +139,23 @@ def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, previe
         masks = (not unlabeled) if masks is None else bool(masks)
         jobs = [(s, lab, f"case_{i:0{width}d}", str(tmp), unlabeled, size, masks)
                 for i, (s, lab) in enumerate(zip(case_seeds, labels))]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="phantoms", unit="case", leave=False)
+        rows = []
         if n_workers > 1:
             with ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_single_threaded) as pool:
-                rows = list(pool.map(_make_and_write, jobs, chunksize=1))
+                for row in pool.map(_make_and_write, jobs, chunksize=1):
+                    rows.append(row)
+                    bar is not None and bar.update()
         else:
-            rows = [_make_and_write(job) for job in jobs]
+            for job in jobs:
+                rows.append(_make_and_write(job))
+                bar is not None and bar.update()
+        if bar is not None:
+            bar.close()
         table = pd.DataFrame(rows)
         table.to_csv(tmp / "cases.csv", index=False)
         (tmp / "phantoms.json").write_text(json.dumps(
