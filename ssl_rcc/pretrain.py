@@ -128,7 +128,7 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from .training import AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData
+    from .training import AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData, StepProgressBar
 
     from .recipes import RUN_OPTIONS, recipe_defaults
 
@@ -306,7 +306,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
         # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
         sync_batchnorm=world > 1 and use_cuda,
         accumulate_grad_batches=accumulate,
-        callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm],
+        callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm]
+        + ([StepProgressBar(batch_size * world)] if progress else []),
         logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
         enable_model_summary=False, default_root_dir=str(run),

@@ -74,6 +74,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise InputError(f"{path}: not a readable checkpoint (truncated or another format: {type(err).__name__}).") from None
 
 
+class StepProgressBar(pl.callbacks.TQDMProgressBar):
+    """The run's steps (a run is one pass of its step sampler, so "Epoch 0" says nothing), with the
+    time left and the volumes per second; a resumed run's bar starts at its restored step."""
+
+    def __init__(self, volumes_per_batch: int):
+        super().__init__()
+        self.volumes_per_batch = int(volumes_per_batch)
+
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        bar.total = (bar.total or 0) + done  # the sampler yields only the batches left
+        bar.initial = bar.n = done
+        bar.set_description("pretraining batches")
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        rate = self.train_progress_bar.format_dict.get("rate") if self.train_progress_bar is not None else None
+        if rate:
+            items["volumes/s"] = f"{rate * self.volumes_per_batch:.1f}"
+        return items
+
+
 class CheckpointOnSigterm(pl.Callback):
     """Save ``path`` (the run's last.ckpt) when the job is sent SIGTERM, what SLURM and Kubernetes send
     before killing it: Lightning then stops at the end of the step by raising ``SIGTERMException``, and
