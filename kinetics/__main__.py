@@ -52,6 +52,7 @@ def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=No
         out: output CSV.
         model: 2cfm | patlak_rutland | tofts | extended_tofts | patlak | 2cxm | 2cum.
         volume_ml: kidney volume (mL), a number or {roi: mL}; adds single-kidney GFR/RPF (mL/min).
+        t10: tissue T10 (s) for signal input, a number or {roi: s} (e.g. "{LK: 1.3, RK: 1.4}").
         t10_aif: blood T10 (s) for a signal AIF.
         Other options as for fit.
     """

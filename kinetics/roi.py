@@ -43,15 +43,24 @@ def read_curves(path):
     return table
 
 
-def _volumes(volume_ml, rois):
-    if volume_ml is None:
+def _per_roi(value, rois, name, check):
+    """One value per ROI from a number (the same for all) or a mapping ROI -> value, each passed
+    through ``check(value, name)``; None stays None."""
+    if value is None:
         return None
-    if isinstance(volume_ml, dict):
-        missing = sorted(set(rois) - set(volume_ml))
+    if isinstance(value, dict):
+        missing = sorted(set(rois) - set(value))
         if missing:
-            raise KineticsInputError(f"volume_ml: no volume for ROI(s) {missing}.")
-        return np.array([number(volume_ml[r], f"volume_ml[{r}]", "mL", positive=True) for r in rois])
-    return np.full(len(rois), number(volume_ml, "volume_ml", "mL", positive=True))
+            raise KineticsInputError(f"{name}: no value for ROI(s) {missing}.")
+        unknown = sorted(set(value) - set(rois))
+        if unknown:
+            raise KineticsInputError(f"{name}: ROI(s) {unknown} are not columns of the curves; they are {rois}.")
+        return np.array([check(value[r], f"{name}[{r}]") for r in rois])
+    return np.full(len(rois), check(value, name))
+
+
+def _volumes(volume_ml, rois):
+    return _per_roi(volume_ml, rois, "volume_ml", lambda v, n: number(v, n, "mL", positive=True))
 
 
 def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
@@ -61,7 +70,8 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
 
     ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
     ``input="concentration"`` the AIF column is plasma concentration (mM); with ``input="signal"``
-    every column is SPGR signal, converted with ``t10`` (tissue, s) and ``t10_aif`` (blood, s), and the
+    every column is SPGR signal, converted with ``t10`` (tissue, s; a number, or a dict ROI -> s) and
+    ``t10_aif`` (blood, s), and the
     AIF divided by ``1 - hct``. ``model`` is any of :data:`kinetics.registry.MODELS` or
     ``patlak_rutland``. With ``volume_ml`` (a number, or a dict ROI -> mL) the renal models also give
     single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM).
@@ -91,7 +101,9 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
         convert = dict(tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline)
         if t10 is None:
             raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
-        tissue = concentration_from_signal(tissue, t10_s=plausible(t10, "t10"), **convert)
+        # one T10 for every ROI, or {roi: T10}: two kidneys with their own measured T1 in one call
+        t10_rois = _per_roi(t10, rois, "t10", lambda v, n: plausible(v, n, "t10"))
+        tissue = concentration_from_signal(tissue, t10_s=t10_rois, **convert)
         cp = concentration_from_signal(cp, t10_s=plausible(t10_aif, "t10_aif", "t10"), **convert) / (1.0 - hct)
     rows = {"roi": rois}
     if model == "patlak_rutland":

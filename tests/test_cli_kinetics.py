@@ -148,6 +148,31 @@ def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
     assert code == 0 and pr.loc["left", "gfr_ml_min"] > pr.loc["right", "gfr_ml_min"] > 0
 
 
+def test_fit_roi_takes_a_t10_per_kidney(tmp_path, capsys):
+    """Two kidneys with their own measured T1 in one call (signal input), as two calls would fit them."""
+    from kinetics.signal import signal_from_concentration
+
+    t = np.arange(0, 300, 2.0)
+    cp = plasma_aif("parker", t, delay_s=10.0)
+    kidneys = {"LK": (two_compartment_filtration(t, cp, 220.0, 0.25, 30.0, 120.0), 1.3),
+               "RK": (two_compartment_filtration(t, cp, 150.0, 0.2, 15.0, 120.0), 1.5)}
+    acquisition = dict(tr_s=0.004, fa_deg=15.0, r1_per_mM_s=4.5, s0=1000.0)
+    columns = {"time_s": t, "aorta": signal_from_concentration(cp * (1 - 0.42), t10_s=1.6, **acquisition)}
+    columns.update({k: signal_from_concentration(c, t10_s=t10, **acquisition) for k, (c, t10) in kidneys.items()})
+    pd.DataFrame(columns).to_csv(tmp_path / "curves.csv", index=False)
+    base = ["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm", "--input", "signal",
+            "--tr", 0.004, "--fa", 15, "--baseline", 5, "--volume-ml", 150]
+    assert run(base + ["--t10", "{LK: 1.3, RK: 1.5}", "--out", tmp_path / "both.csv"], capsys)[0] == 0
+    both = pd.read_csv(tmp_path / "both.csv").set_index("roi")
+    np.testing.assert_allclose(both.loc["LK", "gfr_ml_min"], 0.30 * 150, rtol=0.03)
+    np.testing.assert_allclose(both.loc["RK", "gfr_ml_min"], 0.15 * 150, rtol=0.03)
+    assert run(base + ["--t10", 1.5, "--out", tmp_path / "one.csv"], capsys)[0] == 0  # right only is right
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "one.csv").set_index("roi").loc["RK", "gfr_ml_min"],
+                               both.loc["RK", "gfr_ml_min"], rtol=1e-6)
+    code, captured = run(base + ["--t10", "{LK: 1.3}", "--out", tmp_path / "x.csv"], capsys)
+    assert code == 2 and "t10: no value for ROI(s) ['RK']" in captured.err
+
+
 def _shifted(affine, mm):
     moved = np.array(affine, float)
     moved[0, 3] += mm
