@@ -43,6 +43,14 @@ def read_curves(path):
     return table
 
 
+def _frames(index, t_s) -> str:
+    """'frames 12-14 (24-28 s)' for frame indices (0-based in, 1-based out)."""
+    first, last = int(index[0]), int(index[-1])
+    if first == last:
+        return f"frame {first + 1} ({t_s[first]:g} s)"
+    return f"frames {first + 1}-{last + 1} ({t_s[first]:g}-{t_s[last]:g} s)"
+
+
 def _per_roi(value, rois, name, check):
     """One value per ROI from a number (the same for all) or a mapping ROI -> value, each passed
     through ``check(value, name)``; None stays None."""
@@ -105,6 +113,13 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
         t10_rois = _per_roi(t10, rois, "t10", lambda v, n: plausible(v, n, "t10"))
         tissue = concentration_from_signal(tissue, t10_s=t10_rois, **convert)
         cp = concentration_from_signal(cp, t10_s=plausible(t10_aif, "t10_aif", "t10"), **convert) / (1.0 - hct)
+        lost = np.flatnonzero(~np.isfinite(cp))
+        if lost.size:  # a saturated peak: S/(S0 sin FA) above the SPGR maximum has no real R1
+            raise KineticsInputError(
+                f"{curves}: the AIF column {aif_column!r} has {lost.size} frame(s) with no real concentration "
+                f"({_frames(lost, t_s)}): their signal exceeds the SPGR maximum for T10 {t10_aif:g} s, TR {tr:g} s, "
+                f"FA {fa:g} degrees (saturation at the bolus peak, or a wrong --t10-aif); give the AIF as concentration "
+                "(--input concentration) or check the acquisition values.")
     rows = {"roi": rois}
     if model == "patlak_rutland":
         pr = patlak_rutland(t_s, tissue, cp)

@@ -171,6 +171,14 @@ def test_fit_roi_takes_a_t10_per_kidney(tmp_path, capsys):
                                both.loc["RK", "gfr_ml_min"], rtol=1e-6)
     code, captured = run(base + ["--t10", "{LK: 1.3}", "--out", tmp_path / "x.csv"], capsys)
     assert code == 2 and "t10: no value for ROI(s) ['RK']" in captured.err
+    # an aorta saturated at the bolus peak: one sentence naming the frames, not a message about a window
+    peak = np.argmax(cp)
+    columns["aorta"][peak - 1:peak + 2] *= 3.0
+    pd.DataFrame(columns).to_csv(tmp_path / "saturated.csv", index=False)
+    code, captured = run(["fit-roi", "--curves", tmp_path / "saturated.csv"] + base[3:] + ["--t10", 1.4, "--out", tmp_path / "s.csv"],
+                         capsys)
+    assert code == 2 and f"has 3 frame(s) with no real concentration (frames {peak}-{peak + 2}" in captured.err
+    assert "exceeds the SPGR maximum for T10 1.6 s" in captured.err and not (tmp_path / "s.csv").exists()
 
 
 def _shifted(affine, mm):
