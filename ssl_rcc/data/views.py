@@ -16,7 +16,7 @@ from .cache import LESION, CachedArchive
 from .crops import box_crop, crop_start, lesion_box
 
 VIEW_SCALE_JITTER = 0.1  # the views of one sample differ in scale by at most this fraction
-LESION_VIEW_ZOOM = (0.85, 1.1)  # a lesion view: this fraction of the lesion's cube (most keep its ring)
+LESION_VIEW_ZOOM = (0.8, 1.0)  # a lesion view: this fraction of the lesion's cube (most keep its ring)
 LESION_PROB = 0.8  # of a lesion sample, when the volume's mask labels a lesion
 
 __all__ = ["ViewTransform", "IntensityViewTransform", "PretrainDataset", "StepSampler", "make_views", "check_patch_fits",
