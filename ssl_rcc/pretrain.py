@@ -128,7 +128,8 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from .training import AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData, StepProgressBar
+    from .training import (AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData, StepProgressBar,
+                           quiet_lightning)
 
     from .recipes import RUN_OPTIONS, recipe_defaults
 
@@ -298,44 +299,41 @@ def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=Non
     checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
                                   save_top_k=0, save_on_train_epoch_end=False)
     on_sigterm = CheckpointOnSigterm(last)
-    trainer = pl.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
-        devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
-        # BatchNorm over every GPU's samples: per-device batches are small, and BatchNorm is the
-        # normalisation that keeps absolute levels (GroupNorm or InstanceNorm centre each sample, losing
-        # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
-        sync_batchnorm=world > 1 and use_cuda,
-        accumulate_grad_batches=accumulate,
-        callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm]
-        + ([StepProgressBar(batch_size * world)] if progress else []),
-        logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
-        enable_model_summary=False, default_root_dir=str(run),
-        max_time=None if max_time is None else timedelta(minutes=float(max_time)),
-    )
-    import warnings
-
     # Lightning cannot see that StepSampler resumes by itself (it starts at the restored step)
-    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
-    except SIGTERMException:
-        if trainer.is_global_zero and on_sigterm.saved_step is not None:
-            steps = on_sigterm.saved_step
-            export_encoder(module, run, dict(encoder_meta, steps=steps))
-            run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by="sigterm"), indent=2))
-            log.warning("stopped by SIGTERM after %d of %d steps; the checkpoint is saved: continue with "
-                        "python -m ssl_rcc pretrain --data %s --method %s --out %s --resume", steps, max_steps, data,
-                        method, run)
-        raise SystemExit(128 + signal.SIGTERM) from None  # what a shell reports for a job ended by SIGTERM
-    except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
-        raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
-    except RuntimeError as err:
-        text = str(err)
-        if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
-            raise InputError(f"{last}: the checkpoint does not fit a {architecture} {method} model ({str(err).splitlines()[0]}).") from None
-        raise
+    with quiet_lightning(".*your dataloader is not resumable.*"):
+        trainer = pl.Trainer(
+            max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
+            devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
+            # BatchNorm over every GPU's samples: per-device batches are small, and BatchNorm is the
+            # normalisation that keeps absolute levels (GroupNorm or InstanceNorm centre each sample, losing
+            # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
+            sync_batchnorm=world > 1 and use_cuda,
+            accumulate_grad_batches=accumulate,
+            callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm]
+            + ([StepProgressBar(batch_size * world)] if progress else []),
+            logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
+            enable_model_summary=False, default_root_dir=str(run),
+            max_time=None if max_time is None else timedelta(minutes=float(max_time)),
+        )
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        except SIGTERMException:
+            if trainer.is_global_zero and on_sigterm.saved_step is not None:
+                steps = on_sigterm.saved_step
+                export_encoder(module, run, dict(encoder_meta, steps=steps))
+                run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by="sigterm"), indent=2))
+                log.warning("stopped by SIGTERM after %d of %d steps; the checkpoint is saved: continue with "
+                            "python -m ssl_rcc pretrain --data %s --method %s --out %s --resume", steps, max_steps, data,
+                            method, run)
+            raise SystemExit(128 + signal.SIGTERM) from None  # what a shell reports for a job ended by SIGTERM
+        except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
+            raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
+        except RuntimeError as err:
+            text = str(err)
+            if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
+                raise InputError(f"{last}: the checkpoint does not fit a {architecture} {method} model ({str(err).splitlines()[0]}).") from None
+            raise
     trainer.save_checkpoint(last, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.is_global_zero:
         steps = int(trainer.global_step)

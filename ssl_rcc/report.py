@@ -8,7 +8,8 @@ __all__ = ["map_figure", "markdown_table"]
 
 
 def map_figure(path, panels, *, title, slice_index=None):
-    """Save a row of image panels (each ``(label, 3D array, vmin, vmax, cmap)``) at one z slice as PNG."""
+    """Save a row of image panels (each ``(label, 3D array, vmin, vmax, cmap)``) at one z slice as PNG,
+    each with its colour bar; voxels without a value (NaN) are grey and the panel's title says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,8 +18,12 @@ def map_figure(path, panels, *, title, slice_index=None):
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), constrained_layout=True)
     for ax, (label, volume, vmin, vmax, cmap) in zip(np.atleast_1d(axes), panels):
         z = volume.shape[2] // 2 if slice_index is None else slice_index
-        im = ax.imshow(volume[:, :, z].T, origin="lower", vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
-        ax.set_title(label, fontsize=9)
+        shown = volume[:, :, z].T
+        colours = plt.get_cmap(cmap).copy()
+        colours.set_bad("0.6")
+        im = ax.imshow(shown, origin="lower", vmin=vmin, vmax=vmax, cmap=colours, interpolation="nearest")
+        missing = int(np.isnan(shown).sum())
+        ax.set_title(label + (f"\ngrey: {missing} voxels not fitted" if missing else ""), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.8)

@@ -3,9 +3,11 @@ representation health."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,38 @@ from .data.views import PretrainDataset, StepSampler
 from .errors import InputError
 from .health import representation_health
 
-__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV", "RepresentationHealth"]
+__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV", "RepresentationHealth", "quiet_lightning"]
 
 log = logging.getLogger("ssl_rcc")
+
+# Lightning's notices that say nothing about this run (hardware it will not use, advertisements)
+LIGHTNING_NOTICES = ("GPU available:", "TPU available:", "HPU available:", "Tip:", "LitLogger")
+# warnings raised inside Lightning about Lightning or about settings chosen on purpose
+LIGHTNING_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*", ".*does not have many workers.*",
+                      ".*smaller than the logging interval.*")
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record):
+        message = record.getMessage()
+        return not any(notice in message for notice in LIGHTNING_NOTICES)
+
+
+@contextlib.contextmanager
+def quiet_lightning(*ignore: str):
+    """Lightning without its notices (hardware, tips) and its own deprecation warnings, plus the
+    warnings matching the ``ignore`` patterns, for the duration of the block only: the filters are
+    restored afterwards, so a caller's own warning settings are left as they were."""
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    notices = _DropNotices()
+    logger.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            for pattern in LIGHTNING_WARNINGS + ignore:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        logger.removeFilter(notices)
 
 
 class PretrainData(pl.LightningDataModule):
@@ -82,13 +113,19 @@ class StepProgressBar(pl.callbacks.TQDMProgressBar):
         super().__init__()
         self.volumes_per_batch = int(volumes_per_batch)
 
+    @property
+    def train_description(self):
+        return "pretraining batches"
+
     def on_train_epoch_start(self, trainer, *args):
-        super().on_train_epoch_start(trainer, *args)
+        # Lightning's reset, without its "Epoch 0" description
         bar = self.train_progress_bar
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        total = self.total_train_batches
+        bar.reset(total=(None if total == float("inf") else int(total)) if total is not None else None)
         bar.total = (bar.total or 0) + done  # the sampler yields only the batches left
         bar.initial = bar.n = done
-        bar.set_description("pretraining batches")
+        bar.refresh()
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)

@@ -1,8 +1,11 @@
 """The demo pipeline writes its report, figure and the accuracy it claims."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ssl_rcc.demo import run_demo
 
@@ -23,3 +26,16 @@ def test_demo_report_on_the_dro(tmp_path):
     assert set(summary["finetune"]["baselines"]) == {"image", "kinetic", "radiomic"}
     assert 0 <= summary["finetune"]["auc"]["mean"] <= 1
     assert "![Grad-CAM](gradcam.png)" in text and (report.parent / "gradcam.png").stat().st_size > 10_000
+    # what the report states is true of what it shows
+    out = report.parent
+    assert "ssl-rcc " in text and "commit" in text and " UTC" in text  # version, commit, command, date
+    run = json.loads((out / "pretrain" / "run.json").read_text())
+    assert Path(run["data"]).is_dir() and Path(run["data"]).parent == out  # not the renamed staging folder
+    for path in out.rglob("*.json"):
+        assert f"/.{out.name}." not in path.read_text(), path
+    link = re.search(r"\[docs/phantoms.md\]\(([^)]+)\)", text)
+    assert link and (out / link.group(1)).resolve().is_file()
+    table = pd.read_csv(out / "phantoms" / "cases.csv", keep_default_na=False)
+    for subtype, count in table["subtype"].value_counts().items():  # the subtype table gives the true counts
+        assert re.search(rf"\| {subtype} \| {count} \|", text), subtype
+    assert re.search(r"The loss went from \d+\.\d\d to \d+\.\d\d", text)

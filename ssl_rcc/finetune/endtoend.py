@@ -13,16 +13,14 @@ gives a binary task's threshold. With ``encoder`` untrained it is the usual supe
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models import Encoder
+from ..training import quiet_lightning
 from .heads import BlockScaler, youden_threshold
 
 __all__ = ["FinetuneHead", "FinetuneClassifier"]
@@ -128,19 +126,6 @@ def _inner_split(y_index, seed, fraction=0.2):
     return np.setdiff1d(np.arange(len(y_index)), validation), validation
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning's per-Trainer notices (GPU available, tips) off while a head trains: a few-label
-    evaluation builds a Trainer per draw, and the notices would bury the run's own log."""
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 class FinetuneHead:
     """The encoder and a linear head trained end to end (see the module docstring).
 
@@ -193,9 +178,7 @@ class FinetuneHead:
                           if len(validation) else None)
             module = _lightning_module(self.net, self.lr, self.seed)
             callbacks = _callbacks(self.unfreeze_at_epoch, self.encoder_lr_factor, self.patience, val_loader is not None)
-            with warnings.catch_warnings(), _quiet_lightning():
-                warnings.filterwarnings("ignore", ".*does not have many workers.*")
-                warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+            with quiet_lightning():
                 trainer = pl.Trainer(max_epochs=self.epochs, accelerator=self.accelerator, devices=1, logger=False,
                                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                      callbacks=callbacks, num_sanity_val_steps=0, log_every_n_steps=1)
