@@ -43,7 +43,7 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
 
 def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
             fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            overwrite=False):
+            pr_form="plot", window_s=None, uptake_s=90.0, overwrite=False):
     """Fit ROI curves (CSV: time_s, the AIF column, one column per ROI); one row of parameters per ROI.
 
     Args:
@@ -54,13 +54,18 @@ def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=No
         volume_ml: kidney volume (mL), a number or {roi: mL}; adds single-kidney GFR/RPF (mL/min).
         t10: tissue T10 (s) for signal input, a number or {roi: s} (e.g. "{LK: 1.3, RK: 1.4}").
         t10_aif: blood T10 (s) for a signal AIF.
+        pr_form: patlak_rutland only: plot (C/cp against integral(cp)/cp, the default) | time (C against cp
+            and integral(cp)).
+        window_s: patlak_rutland only: frames used, "start,end" in s; default from the AIF peak (plot) or
+            the bolus arrival (time) to uptake_s after the arrival.
+        uptake_s: patlak_rutland only: length of the uptake phase after the bolus arrival (s).
         Other options as for fit.
     """
     from .roi import fit_roi as run
 
     return str(run(curves, aif_column=aif_column, out=out, model=model, input=input, t10=t10, t10_aif=t10_aif,
                    tr=tr, fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
-                   volume_ml=volume_ml, overwrite=overwrite))
+                   volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s, overwrite=overwrite))
 
 
 def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):

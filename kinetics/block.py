@@ -4,7 +4,8 @@
 (n_times, n_voxels) array: in that layout the running integrals and convolutions over time run as
 whole contiguous rows, and the dot products over time as matrix-vector products or one ``einsum``.
 The order of work is: screen the curves (non-finite, flat, not enhancing), linear fit (optionally
-over trial delays), nonlinear fit, quality (rmse, r2, fit_ok).
+over trial delays), nonlinear fit, quality (rmse, r2) and the status of every voxel
+(:mod:`kinetics.status`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .models import SECONDS_PER_MINUTE
 from .optimize import levenberg_marquardt
 from .registry import ModelSpec
 from .separable import fit_tofts_separable
+from .status import AT_BOUND, ESTIMATE_NOT_FINITE, INPUT_NOT_FINITE, NOT_CONVERGED, NOT_ENHANCING, OK
 
 __all__ = ["BlockOptions", "fit_block"]
 
@@ -177,8 +179,9 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
 
     Returns
     -------
-    params : (n, k) ndarray, the model's parameters (then the delay, when fitted)
-    quality : (rmse, r2, ok), each (n,)
+    params : (n, k) ndarray, the model's parameters (then the delay, when fitted); a parameter that
+        ended on (or, for a linear fit, beyond) a bound is set to that bound
+    quality : (rmse, r2, status), each (n,); status holds :mod:`kinetics.status` codes
     """
     n_times, n = ct.shape
     k = len(spec.params)
@@ -187,7 +190,8 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     cc = _dot(ct, ct)
     sst = cc - total * total / n_times
     mean = total / n_times
-    valid = np.isfinite(sst) & (sst > n_times * (_FLAT * mean) ** 2)
+    finite_input = np.isfinite(sst)
+    valid = finite_input & (sst > n_times * (_FLAT * mean) ** 2)
     with np.errstate(invalid="ignore", over="ignore"):
         valid &= _enhancing(ct, cpt, options.min_enhancement_z, np.maximum(sst, 0.0))
     lower = np.array(spec.lower + ((options.delay_bounds_s[0],) if options.fit_delay else ()))
@@ -217,8 +221,14 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         p[rows, :k], converged[rows], sse[rows] = _nonlinear(
             spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter
         )
-    # quality of the final parameters
+    # on an upper bound, or beyond a bound (linear fits are unbounded): kept at the bound, flagged
     finite = converged & _all_finite(p)
+    beyond = finite & _any_beyond(p, lower - 1e-9 * (np.abs(lower) + 1.0), upper - 1e-6 * (np.abs(upper) + 1.0))
+    if beyond.any():
+        clipped = np.clip(p[beyond], lower, upper)
+        sse[beyond] = np.where(np.all(clipped == p[beyond], axis=-1), sse[beyond], np.nan)  # moved: recompute
+        p[beyond] = clipped
+    # quality of the final parameters
     todo = np.flatnonzero(finite & ~np.isfinite(sse))
     if todo.size:
         every = _dense(todo, n)  # compute on every column and keep those to do
@@ -231,10 +241,11 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     with np.errstate(invalid="ignore", divide="ignore"):
         rmse = np.where(finite, np.sqrt(sse / n_times), np.nan)
         r2 = np.where(finite, 1.0 - sse / sst, np.nan)
-    # on an upper bound, or below a lower one (linear fits are unbounded)
-    beyond = _any_beyond(p, lower - 1e-9 * (np.abs(lower) + 1.0), upper - 1e-6 * (np.abs(upper) + 1.0))
-    ok = finite & ~beyond & np.isfinite(rmse)
-    return p, (rmse, r2, ok)
+    status = np.select(
+        [~finite_input, ~valid, ~converged, ~(finite & np.isfinite(rmse)), beyond],
+        [INPUT_NOT_FINITE, NOT_ENHANCING, NOT_CONVERGED, ESTIMATE_NOT_FINITE, AT_BOUND], OK,
+    )
+    return p, (rmse, r2, status)
 
 
 def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):

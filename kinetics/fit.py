@@ -3,7 +3,8 @@
 One engine, ``fit_curves``, serves every model in :data:`kinetics.registry.MODELS`: a linear fit
 (closed form, optionally over a grid of arterial delays) gives each voxel its parameters or the seed of
 a bounded Levenberg-Marquardt iteration run on all voxels together. Voxels are processed in chunks so
-memory stays bounded. Failures are data: they come back as NaN with ``fit_ok=False``.
+memory stays bounded. Failures are data: every voxel comes back with a ``fit_status`` code saying why it
+has the estimate it has (NaN where it has none).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import KineticsInputError
 from .options import worker_count
 from .pool import for_each_chunk, shared_zeros, use_processes
 from .registry import get_model
+from .status import AT_BOUND, OK, OUTSIDE, has_estimate
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS", "CHUNK_SIZE"]
 
@@ -42,8 +44,13 @@ class CurveFit:
         on noise-free data it bottoms out near 1e-8 of the curve's scale instead of at zero.
     r2 : (n_voxels,) ndarray
     fit_ok : (n_voxels,) bool ndarray
-        False where the input was not finite, flat or not enhancing, or the fit did not converge,
-        gave a non-finite value or ended on an upper bound.
+        ``fit_status == ok``: False where the input was not finite, flat or not enhancing, or the fit
+        did not converge, gave a non-finite value or ended on a bound.
+    fit_status : (n_voxels,) uint8 ndarray
+        Why each voxel has the estimate it has: a :mod:`kinetics.status` code (ok, at_bound,
+        input_not_finite, not_enhancing, not_converged, estimate_not_finite, ...).
+    at_bound : dict of str to int
+        Per model parameter, how many ``at_bound`` voxels have it on a bound.
     """
 
     model: str
@@ -52,6 +59,8 @@ class CurveFit:
     rmse: np.ndarray = None
     r2: np.ndarray = None
     fit_ok: np.ndarray = None
+    fit_status: np.ndarray = None
+    at_bound: dict = field(default_factory=dict)
 
 
 def check_method(method):
@@ -139,8 +148,11 @@ def fit_curves(
         A voxel counts as enhancing when its mean concentration after the AIF peak exceeds this
         many standard errors (noise estimated from second differences over time). Others get NaN.
     failed : {"nan", "keep"}
-        - ``"nan"``: parameters of voxels with ``fit_ok=False`` are set to NaN.
-        - ``"keep"``: their last estimates are kept, for inspection; ``fit_ok`` still says False.
+        - ``"nan"``: parameters of voxels without an estimate (status other than ``ok`` and
+          ``at_bound``) are set to NaN; an ``at_bound`` voxel keeps its parameters, the one on the
+          bound at the bound.
+        - ``"keep"``: every voxel's last estimates are kept (an ``at_bound`` one's on its bound), for
+          inspection; ``fit_status`` says why each is not ``ok``.
     workers : int or None
         Cores fitting chunks at once; None uses every core available to the process. They are
         forked processes (see :mod:`kinetics.pool`) on Linux, from 50,000 voxels of a numpy array,
@@ -170,7 +182,7 @@ def fit_curves(
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = worker_count(workers)
     processes = use_processes(n_workers, n, conc_mM)
-    # one row per output: parameters, rmse, r2, fit_ok; filled chunk by chunk, by whichever worker.
+    # one row per output: parameters, rmse, r2, fit_status; filled chunk by chunk, by whichever worker.
     # The maps returned are its rows: no copy, as fresh memory is slow to touch on virtual machines
     table = (shared_zeros if processes else np.empty)((len(names) + 3, n))
 
@@ -184,17 +196,21 @@ def fit_curves(
     for_each_chunk(run, chunks, n_workers, processes)
     out = dict(zip(names, table))
     rmse, r2 = table[-3], table[-2]
-    ok = table[-1] == 1.0
+    status = table[-1].astype(np.uint8)
+    bounded = status == AT_BOUND
+    at_bound = {name: int(np.sum(bounded & ((out[name] <= lo) | (out[name] >= hi))))
+                for name, lo, hi in zip(spec.params, spec.lower, spec.upper)}
     if failed == "nan":
+        without = ~has_estimate(status)
         for name in names:
-            np.copyto(out[name], np.nan, where=~ok)
+            np.copyto(out[name], np.nan, where=without)
     params = {name: out[name] for name in spec.params}
     params.update(spec.derived(params))
     units = dict(zip(spec.params, spec.units)) | spec.derived_units
     if fit_delay:
         params["delay"] = out["delay"]
         units["delay"] = "s"
-    return CurveFit(spec.name, params, units, rmse, r2, ok)
+    return CurveFit(spec.name, params, units, rmse, r2, status == OK, status, at_bound)
 
 
 def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
@@ -204,14 +220,15 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     ----------
     conc_mM : (..., n_times) ndarray, mM
     mask : None or (...) bool ndarray
-        Voxels to fit; None fits every voxel. Voxels outside get NaN and ``fit_ok=False``.
+        Voxels to fit; None fits every voxel. Voxels outside get NaN, ``fit_ok=False`` and the
+        status ``outside_mask``.
     **options
         Passed to :func:`fit_curves`.
 
     Returns
     -------
     CurveFit
-        With ``params``, ``rmse``, ``r2`` and ``fit_ok`` of shape ``conc_mM.shape[:-1]``.
+        With ``params``, ``rmse``, ``r2``, ``fit_ok`` and ``fit_status`` of shape ``conc_mM.shape[:-1]``.
     """
     conc = np.asarray(conc_mM)
     spatial = conc.shape[:-1]
@@ -237,4 +254,5 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     result.params = {name: scatter(v, np.nan) for name, v in result.params.items()}
     result.rmse, result.r2 = scatter(result.rmse, np.nan), scatter(result.r2, np.nan)
     result.fit_ok = scatter(result.fit_ok, False)
+    result.fit_status = scatter(result.fit_status, OUTSIDE)
     return result

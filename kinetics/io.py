@@ -137,7 +137,7 @@ def save_image(path, data, affine, header=None, *, dtype=None):
     nib.save(img, str(path))
 
 
-def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attrs=None):
+def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, fit_status=None, attrs=None):
     """Maps as an ``xarray.Dataset`` with dims (x, y, z), ``units`` attributes and the affine.
 
     Parameters
@@ -146,6 +146,8 @@ def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attr
     units : dict of str to str
     affine : (4, 4) ndarray
         Stored as the ``affine`` attribute (row-major, 16 numbers).
+    fit_status : None or (x, y, z) ndarray
+        :mod:`kinetics.status` codes, stored with CF ``flag_values`` and ``flag_meanings``.
     """
     dims = ("x", "y", "z")
     data_vars = {name: (dims, np.asarray(v, np.float32), {"units": units.get(name, "1")}) for name, v in params.items()}
@@ -155,6 +157,11 @@ def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, attr
         data_vars["r2"] = (dims, np.asarray(r2, np.float32), {"units": "1"})
     if fit_ok is not None:
         data_vars["fit_ok"] = (dims, np.asarray(fit_ok, np.uint8), {"units": "1", "flag_values": "0 1"})
+    if fit_status is not None:
+        from .status import FIT_STATUS
+
+        data_vars["fit_status"] = (dims, np.asarray(fit_status, np.uint8), {
+            "flag_values": " ".join(str(c) for c in FIT_STATUS), "flag_meanings": " ".join(FIT_STATUS.values())})
     ds = xr.Dataset(data_vars)
     ds.attrs.update(attrs or {})
     ds.attrs["affine"] = np.asarray(affine, dtype=float).reshape(-1)

@@ -207,8 +207,30 @@ def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     ktrans = b[:, 0] - kep * vp
     with np.errstate(divide="ignore", invalid="ignore"):
         ve = ktrans / kep
+    # vp >= 0 is a bound: where the free solve puts vp below it, the constrained optimum has vp = 0,
+    # which is the Tofts model (common: tissue with no measurable plasma volume)
+    on_zero = np.isfinite(vp) & (vp < 0)
+    if on_zero.any():
+        tofts = llsq_tofts(t_s, *_voxels(on_zero, conc_mM, cp, axis=axis), axis=-1,
+                           c_dot_c=None if c_dot_c is None else np.reshape(c_dot_c, -1)[on_zero])
+        ktrans, ve, vp, sse = ktrans.copy(), ve.copy(), vp.copy(), sse.copy()
+        ktrans[on_zero] = tofts.params[:, 0] / SECONDS_PER_MINUTE
+        ve[on_zero], vp[on_zero], sse[on_zero] = tofts.params[:, 1], 0.0, tofts.sse
+        kep = np.where(on_zero, 1.0, kep)  # the Tofts fit has checked its own kep
     ok = (ktrans >= 0) & (kep > 0) & (vp >= 0)
     return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve, vp)
+
+
+def _voxels(keep, conc_mM, cp_mM, *, axis):
+    """The curves (voxel-major, (m, n_times)) and input of the voxels ``keep`` (flat, as the fits index
+    them) of ``conc_mM`` with time along ``axis``; a shared (n_times,) input stays as it is."""
+    conc = np.moveaxis(np.asarray(conc_mM, dtype=float), axis, -1)
+    n_times = conc.shape[-1]
+    curves = conc.reshape(-1, n_times)[keep]
+    cp = np.asarray(cp_mM, dtype=float)
+    if cp.ndim > 1:
+        cp = np.broadcast_to(np.moveaxis(cp, axis, -1), conc.shape).reshape(-1, n_times)[keep]
+    return curves, cp
 
 
 def llsq_patlak(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):

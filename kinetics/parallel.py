@@ -60,7 +60,8 @@ def fit_dataarray(conc_mM: xr.DataArray, cp_mM, *, model="extended_tofts", fit_d
     Returns
     -------
     xarray.Dataset
-        One variable per parameter (with ``units``), plus ``rmse``, ``r2`` and ``fit_ok``.
+        One variable per parameter (with ``units``), plus ``rmse``, ``r2``, ``fit_ok`` and ``fit_status``
+        (:mod:`kinetics.status` codes).
     """
     spec = get_model(model)
     if "t" not in conc_mM.dims:
@@ -74,15 +75,15 @@ def fit_dataarray(conc_mM: xr.DataArray, cp_mM, *, model="extended_tofts", fit_d
 
     def block(c):
         res = fit_image(c, t, cp, model=spec.name, fit_delay=fit_delay, **options)
-        return tuple(res.params[n] for n in names) + (res.rmse, res.r2, res.fit_ok)
+        return tuple(res.params[n] for n in names) + (res.rmse, res.r2, res.fit_ok, res.fit_status)
 
     if conc_mM.chunks is not None:
         conc_mM = conc_mM.chunk({"t": -1})
     outputs = xr.apply_ufunc(
-        block, conc_mM, input_core_dims=[["t"]], output_core_dims=[[]] * (len(names) + 3),
-        dask="parallelized", output_dtypes=[float] * (len(names) + 2) + [bool],
+        block, conc_mM, input_core_dims=[["t"]], output_core_dims=[[]] * (len(names) + 4),
+        dask="parallelized", output_dtypes=[float] * (len(names) + 2) + [bool, np.uint8],
     )
-    ds = xr.Dataset({name: out for name, out in zip(names + ["rmse", "r2", "fit_ok"], outputs)})
+    ds = xr.Dataset({name: out for name, out in zip(names + ["rmse", "r2", "fit_ok", "fit_status"], outputs)})
     for name in names:
         ds[name].attrs["units"] = probe.units[name]
     ds["rmse"].attrs["units"] = "mM"

@@ -12,8 +12,9 @@ from .fit import fit_curves
 from .io import output_file
 from .options import haematocrit, number, plausible
 from .registry import get_model
-from .renal import patlak_rutland, single_kidney_function
+from .renal import PATLAK_RUTLAND_FORMS, patlak_rutland, single_kidney_function
 from .signal import concentration_from_signal
+from .status import FIT_STATUS, INPUT_NOT_FINITE, conversion_status
 from .workflow import INPUTS, check_frame_times, signal_options
 
 __all__ = ["fit_roi", "read_curves", "RENAL_MODELS"]
@@ -67,13 +68,25 @@ def _per_roi(value, rois, name, check):
     return np.full(len(rois), check(value, name))
 
 
+def _window(value):
+    """``(start, end)`` seconds from a pair or a "start,end" string, checked."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        start, end = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise KineticsInputError(f"window_s: {value!r} is not two times in seconds (\"start,end\").") from None
+    if not (np.isfinite(start) and np.isfinite(end) and start < end):
+        raise KineticsInputError(f"window_s: ({start:g}, {end:g}) s needs finite times with start < end.")
+    return start, end
+
+
 def _volumes(volume_ml, rois):
     return _per_roi(volume_ml, rois, "volume_ml", lambda v, n: number(v, n, "mL", positive=True))
 
 
 def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
             fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            overwrite=False):
+            pr_form="plot", window_s=None, uptake_s=90.0, overwrite=False):
     """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
 
     ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
@@ -82,10 +95,19 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
     ``t10_aif`` (blood, s), and the
     AIF divided by ``1 - hct``. ``model`` is any of :data:`kinetics.registry.MODELS` or
     ``patlak_rutland``. With ``volume_ml`` (a number, or a dict ROI -> mL) the renal models also give
-    single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM).
+    single-kidney ``gfr_ml_min`` (and ``rpf_ml_min``, ``rbf_ml_min`` for 2CFM). ``pr_form``,
+    ``window_s`` and ``uptake_s`` choose the Patlak-Rutland form and frames
+    (:func:`kinetics.renal.patlak_rutland`).
     """
     if model != "patlak_rutland":
         get_model(model)
+        if window_s is not None or pr_form != "plot":
+            raise KineticsInputError("window_s, pr_form: options of --model patlak_rutland only.")
+    elif pr_form not in PATLAK_RUTLAND_FORMS:
+        raise KineticsInputError(f"pr_form: unknown Patlak-Rutland form {pr_form!r}; expected one of {list(PATLAK_RUTLAND_FORMS)}.")
+    if window_s is not None:
+        window_s = _window(window_s)
+    uptake_s = number(uptake_s, "uptake_s", "s", positive=True)
     if input not in INPUTS:
         raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
     if volume_ml is not None and model not in RENAL_MODELS:
@@ -111,7 +133,9 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
             raise KineticsInputError("signal input: give the tissue T10 --t10 (s).")
         # one T10 for every ROI, or {roi: T10}: two kidneys with their own measured T1 in one call
         t10_rois = _per_roi(t10, rois, "t10", lambda v, n: plausible(v, n, "t10"))
+        signal = tissue
         tissue = concentration_from_signal(tissue, t10_s=t10_rois, **convert)
+        reason = conversion_status(signal, tissue, t10_rois)
         cp = concentration_from_signal(cp, t10_s=plausible(t10_aif, "t10_aif", "t10"), **convert) / (1.0 - hct)
         lost = np.flatnonzero(~np.isfinite(cp))
         if lost.size:  # a saturated peak: S/(S0 sin FA) above the SPGR maximum has no real R1
@@ -120,15 +144,18 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
                 f"({_frames(lost, t_s)}): their signal exceeds the SPGR maximum for T10 {t10_aif:g} s, TR {tr:g} s, "
                 f"FA {fa:g} degrees (saturation at the bolus peak, or a wrong --t10-aif); give the AIF as concentration "
                 "(--input concentration) or check the acquisition values.")
+    else:
+        reason = np.zeros(len(rois), np.uint8)
     rows = {"roi": rois}
     if model == "patlak_rutland":
-        pr = patlak_rutland(t_s, tissue, cp)
-        rows.update(ft=pr.ft, vp=pr.vp, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
+        pr = patlak_rutland(t_s, tissue, cp, form=pr_form, window_s=window_s, uptake_s=uptake_s)
+        rows.update(ft=pr.ft, vp=pr.vp, form=pr.form, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
         flows = dict(ft_ml_100ml_min=pr.ft)
     else:
         res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=bool(fit_delay))
         rows.update(res.params)
-        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int))
+        status = np.where((res.fit_status == INPUT_NOT_FINITE) & (reason != 0), reason, res.fit_status)
+        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int), fit_status=[FIT_STATUS[c] for c in status])
         flows = dict(ft_ml_100ml_min=res.params["ft"], fp_ml_100ml_min=res.params["fp"]) if model == "2cfm" else {}
     if volumes is not None:
         rows["volume_ml"] = volumes

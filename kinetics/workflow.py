@@ -16,6 +16,7 @@ from .options import PLAUSIBLE, flip_angles, haematocrit, number, plausible
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
+from .status import FIT_STATUS, INPUT_NOT_FINITE, OUTSIDE, conversion_status, has_estimate, status_counts
 
 __all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "check_delay", "INPUTS"]
 
@@ -162,8 +163,9 @@ def fit_dce(
     """Fit a DCE-MRI series file and write the maps to ``out``; returns the output directory.
 
     Writes ``<param>.nii.gz`` for each model and derived parameter (Ktrans and kep in /min, volumes as
-    fractions), ``rmse.nii.gz`` (mM), ``r2.nii.gz``, ``fit_ok.nii.gz`` (uint8), ``maps.nc`` (all of them,
-    with units) and ``fit.json`` (the options). Every input is checked before anything is written.
+    fractions), ``rmse.nii.gz`` (mM), ``r2.nii.gz``, ``fit_ok.nii.gz`` (uint8), ``fit_status.nii.gz``
+    (uint8 :mod:`kinetics.status` codes: why each voxel has the estimate it has), ``maps.nc`` (all of them,
+    with units) and ``fit.json`` (the options, the count per status and per parameter at a bound). Every input is checked before anything is written.
     See ``python -m kinetics fit --help`` for the options.
     """
     spec = get_model(model)
@@ -198,11 +200,13 @@ def fit_dce(
         from .preprocess import denoise_mppca
 
         series = denoise_mppca(series, mask=roi)
+    reason = None  # why a voxel's curve has no finite concentration, where the signal says (signal input)
     if input == "signal":
         with np.errstate(invalid="ignore", divide="ignore"):
             conc = concentration_from_signal(
                 series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline, dtype=np.float32
             )
+        reason = conversion_status(series, conc, t10_value)
         del series
     else:
         conc = series
@@ -220,15 +224,22 @@ def fit_dce(
         full[index] = values
         return full.reshape(spatial)
 
-    if not result.fit_ok.any():
+    status = result.fit_status
+    if reason is not None:  # the engine saw a non-finite curve; the conversion knows why
+        why = reason.reshape(-1)[index]
+        status = np.where((status == INPUT_NOT_FINITE) & (why != OUTSIDE), why, status).astype(np.uint8)
+    if not has_estimate(status).any():
         raise KineticsInputError(no_fit_message(conc.reshape(-1, n_frames)[index] if roi is not None else matrix, cp, input))
     maps = {name: image(v) for name, v in result.params.items()}
+    counts = status_counts(status)
     options = dict(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
         fit_delay=bool(fit_delay), t10=None if t10 is None else str(t10), tr=tr, fa=fa, r1=r1,
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
         motion_correct=bool(motion_correct), denoise=bool(denoise),
-        n_fitted=int(index.size), n_ok=int(result.fit_ok.sum()),
+        n_fitted=int(index.size), n_ok=int(result.fit_ok.sum()), fit_status=counts,
+        at_bound={name: n for name, n in result.at_bound.items() if n},
+        status_codes={str(code): name for code, name in FIT_STATUS.items()},
         provenance=provenance("kinetics", {"dce": dce, "times": times, "aif": aif, "t10": t10, "mask": mask}),
     )
     with output_directory(out, overwrite=overwrite) as tmp:
@@ -237,14 +248,18 @@ def fit_dce(
         save_image(tmp / "rmse.nii.gz", image(result.rmse).astype(np.float32), affine, header)
         save_image(tmp / "r2.nii.gz", image(result.r2).astype(np.float32), affine, header)
         save_image(tmp / "fit_ok.nii.gz", image(result.fit_ok, False).astype(np.uint8), affine, header)
+        save_image(tmp / "fit_status.nii.gz", image(status, OUTSIDE).astype(np.uint8), affine, header)
         ds = maps_dataset(
             maps, result.units, affine=affine, rmse=image(result.rmse), r2=image(result.r2),
-            fit_ok=image(result.fit_ok, False), attrs={"model": spec.name, "method": method},
+            fit_ok=image(result.fit_ok, False), fit_status=image(status, OUTSIDE),
+            attrs={"model": spec.name, "method": method},
         )
         ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
         (tmp / "fit.json").write_text(json.dumps(options, indent=2))
-    log.info("wrote %s (%d of %d voxels fitted)", out, options["n_ok"], index.size)
+    log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], index.size,
+             ", ".join(f"{name} {n}" for name, n in counts.items()))
     return out
+
 
 
 def no_fit_message(curves, cp, input) -> str:

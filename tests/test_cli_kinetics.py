@@ -15,6 +15,7 @@ from kinetics.aif import plasma_aif, write_aif_csv
 from kinetics.dro import make_dro, write_dro
 from kinetics.io import save_image
 from kinetics.models import two_compartment_filtration
+from kinetics.status import STATUS_CODE
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,33 @@ def test_fit_signal_series_recovers_truth(dro_dir, tmp_path, capsys):
     ds = xr.open_dataset(out / "maps.nc", engine="h5netcdf")
     assert ds["ktrans"].attrs["units"] == "/min" and ds["ktrans"].dims == ("x", "y", "z")
     np.testing.assert_allclose(ds["ktrans"].values, ktrans, equal_nan=True)
+    ds.close()
+
+
+def test_every_voxel_has_a_status_with_its_reason(dro_dir, tmp_path, capsys):
+    """A voxel without T10 and one with a saturated frame are counted under their own reason in
+    fit_status.nii.gz, maps.nc and fit.json, not lumped in with the rest."""
+    meta = json.loads((dro_dir / "dro.json").read_text())
+    dce, affine = load(dro_dir / "dce.nii.gz").astype(np.float32), nib.load(str(dro_dir / "dce.nii.gz")).affine
+    t10 = load(dro_dir / "t10_true.nii.gz").astype(np.float32)
+    t10[0, 0, 0] = np.nan
+    dce[1, 0, 0, 20] = 50 * dce[1, 0, 0, 0]  # above the SPGR maximum for its T10
+    save_image(tmp_path / "dce.nii.gz", dce, affine)
+    save_image(tmp_path / "t10.nii.gz", t10, affine)
+    out = tmp_path / "maps"
+    code, _ = run(["fit", "--dce", tmp_path / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+                   "--input", "signal", "--t10", tmp_path / "t10.nii.gz", "--tr", meta["tr_s"], "--fa", meta["fa_deg"],
+                   "--baseline", meta["baseline_frames"], "--out", out], capsys)
+    assert code == 0
+    status = load(out / "fit_status.nii.gz")
+    assert status[0, 0, 0] == STATUS_CODE["t10_missing"] and status[1, 0, 0] == STATUS_CODE["above_signal_maximum"]
+    np.testing.assert_array_equal(status == STATUS_CODE["ok"], load(out / "fit_ok.nii.gz") == 1)
+    counts = json.loads((out / "fit.json").read_text())["fit_status"]
+    assert counts["t10_missing"] == 1 and counts["above_signal_maximum"] == 1
+    assert sum(counts.values()) == status.size and counts["ok"] >= 0.9 * status.size
+    ds = xr.open_dataset(out / "maps.nc", engine="h5netcdf")
+    assert "above_signal_maximum" in ds["fit_status"].attrs["flag_meanings"]
+    np.testing.assert_array_equal(ds["fit_status"].values, status)
     ds.close()
 
 
@@ -146,6 +174,15 @@ def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
     pr = pd.read_csv(tmp_path / "pr.csv").set_index("roi")
     # Patlak-Rutland underestimates FT once tubular outflow starts; the order of the kidneys is kept
     assert code == 0 and pr.loc["left", "gfr_ml_min"] > pr.loc["right", "gfr_ml_min"] > 0
+    assert pr.loc["left", "window_start_s"] == t[np.argmax(cp)]  # the plot, from the aortic peak
+    assert (rows["fit_status"] == "ok").all()
+    code, _ = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "patlak_rutland",
+                   "--pr-form", "time", "--window-s", "20,80", "--out", tmp_path / "prt.csv"], capsys)
+    prt = pd.read_csv(tmp_path / "prt.csv").set_index("roi")
+    assert code == 0 and prt.loc["left", "window_start_s"] == 20 and prt.loc["left", "window_end_s"] == 80
+    code, captured = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
+                          "--window-s", "20,80", "--out", tmp_path / "bad.csv"], capsys)
+    assert code == 2 and "options of --model patlak_rutland only" in captured.err
 
 
 def test_fit_roi_takes_a_t10_per_kidney(tmp_path, capsys):

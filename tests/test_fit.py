@@ -13,6 +13,7 @@ from kinetics import KineticsInputError
 from kinetics.aif import plasma_aif
 from kinetics.fit import fit_curves, fit_image
 from kinetics.models import extended_tofts, patlak as patlak_model, two_compartment_exchange, two_compartment_filtration
+from kinetics.status import FIT_STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_nonlinear_is_no_worse_than_linear_on_noisy_data(rng):
     assert err["nlls"] <= err["llsq"] * 1.05
 
 
-def test_bad_voxels_give_nan_and_not_ok(rng):
+def test_bad_voxels_give_nan_not_ok_and_their_reason(rng):
     truth, conc = planted(rng, n=6)
     conc[0, 10] = np.nan  # missing sample
     conc[1] = 0.0  # flat
@@ -61,24 +62,48 @@ def test_bad_voxels_give_nan_and_not_ok(rng):
     conc[3] = 0.2  # flat and non-zero
     res = fit_curves(conc, T, CP)
     assert res.fit_ok.tolist() == [False, False, False, False, True, True]
+    assert [FIT_STATUS[c] for c in res.fit_status] == ["input_not_finite"] + ["not_enhancing"] * 3 + ["ok"] * 2
     for values in res.params.values():
         assert np.all(np.isnan(values[:4])) and np.all(np.isfinite(values[4:]))
 
 
-def test_failed_policy_keep_reports_estimates_but_not_ok():
-    """A curve whose best fit needs ve > 1 ends on the bound: NaN by default, kept on request."""
+@pytest.mark.parametrize("method", ["llsq", "nlls"])
+def test_a_voxel_on_a_bound_keeps_its_estimates_with_the_flag(method):
+    """A curve whose best fit needs ve > 1 ends on the bound: its parameters stay numbers, ve at 1, and its
+    status says at_bound (it used to lose every parameter)."""
     conc = extended_tofts(T, CP, np.array([0.05, 0.2]), np.array([2.5, 0.3]), np.array([0.02, 0.02]))
-    strict, keep = fit_curves(conc, T, CP), fit_curves(conc, T, CP, failed="keep")
-    assert strict.fit_ok.tolist() == keep.fit_ok.tolist() == [False, True]
-    assert np.isnan(strict.params["ktrans"][0]) and keep.params["ve"][0] == pytest.approx(1.0)
-    assert np.isfinite(keep.params["ktrans"][0])
+    res = fit_curves(conc, T, CP, method=method)
+    assert res.fit_ok.tolist() == [False, True]
+    assert [FIT_STATUS[c] for c in res.fit_status] == ["at_bound", "ok"]
+    assert res.params["ve"][0] == pytest.approx(1.0) and np.isfinite(res.params["ktrans"][0])
+    assert np.isfinite(res.rmse[0]) and res.at_bound == {"ktrans": 0, "ve": 1, "vp": 0}
+    keep = fit_curves(conc, T, CP, method=method, failed="keep")
+    np.testing.assert_allclose(keep.params["ve"], res.params["ve"])
+
+
+def test_linear_extended_tofts_puts_a_negative_vp_on_zero(rng):
+    """Tissue with no plasma volume: the free linear solve gives vp below 0 for some voxels, where the
+    constrained optimum is the Tofts fit with vp = 0 (they used to come back NaN)."""
+    n = 400
+    kt, ve = rng.uniform(0.02, 0.4, n), rng.uniform(0.1, 0.5, n)
+    conc = extended_tofts(T, CP, kt, ve, np.zeros(n)) + rng.normal(0.0, 1e-4, (n, T.size))
+    res = fit_curves(conc, T, CP, model="extended_tofts", method="llsq")
+    assert np.all(res.fit_status == 1)
+    assert np.sum(res.params["vp"] == 0.0) >= 10 and np.all(res.params["vp"] >= 0)
+    assert np.all(np.abs(res.params["ktrans"] - kt) <= 0.005 + 0.1 * kt)
+    assert np.all(np.abs(res.params["ve"] - ve) <= 0.05)
+    tofts = fit_curves(conc, T, CP, model="tofts", method="llsq")  # the same numbers as the reduced model
+    zero = res.params["vp"] == 0.0
+    np.testing.assert_allclose(res.params["ktrans"][zero], tofts.params["ktrans"][zero], rtol=1e-9)
 
 
 def test_linear_fit_below_a_lower_bound_is_not_ok(rng):
     conc = -patlak_model(T, CP, np.array([0.05]), np.array([0.05])) + rng.normal(0, 1e-4, (1, T.size))
     conc = np.vstack([conc, patlak_model(T, CP, np.array([0.05]), np.array([0.05]))])
     res = fit_curves(conc, T, CP, model="patlak", method="llsq", min_enhancement_z=-np.inf, failed="keep")
-    assert res.params["ktrans"][0] < 0 and res.fit_ok.tolist() == [False, True]
+    # the unbounded linear solve gives Ktrans < 0: the voxel is kept on the bound, and says so
+    assert res.params["ktrans"][0] == 0.0 and res.fit_ok.tolist() == [False, True]
+    assert [FIT_STATUS[c] for c in res.fit_status] == ["at_bound", "ok"] and res.at_bound["ktrans"] == 1
 
 
 def test_two_compartment_exchange_derived_values_have_the_right_units():

@@ -12,13 +12,35 @@ T = np.arange(0, 300, 2.0)
 CP = plasma_aif("parker", T, delay_s=10.0)
 
 
+@pytest.mark.parametrize("form", ["plot", "time"])
 @pytest.mark.parametrize("window", [None, (40.0, 120.0)])
-def test_patlak_rutland_is_exact_for_pure_uptake(window):
-    """Without tubular outflow the plot is a line: any window recovers FT (the integral starts at t0)."""
+def test_patlak_rutland_is_exact_for_pure_uptake(window, form):
+    """Without tubular outflow the relation is exact: either form and any window recover FT (the
+    integral starts at t0)."""
     kidney = patlak(T, CP, np.array([0.30, 0.15]), np.array([0.5, 0.3]))  # FT 30 and 15 mL/100mL/min
-    res = patlak_rutland(T, kidney, CP, window_s=window)
+    res = patlak_rutland(T, kidney, CP, window_s=window, form=form)
     np.testing.assert_allclose(res.ft, [30.0, 15.0], rtol=1e-6)
     np.testing.assert_allclose(res.vp, [0.5, 0.3], atol=1e-6)
+    assert res.form == form
+
+
+def test_patlak_rutland_plot_starts_at_the_aortic_peak_and_is_the_plot():
+    """The default is the classic plot, C/cp against integral(cp)/cp from the AIF's peak to 90 s after
+    the arrival; the time form starts at the arrival."""
+    kidney = two_compartment_filtration(T, CP, 220.0, 0.25, 30.0, 180.0)
+    plot, time = patlak_rutland(T, kidney, CP), patlak_rutland(T, kidney, CP, form="time")
+    assert plot.form == "plot" and plot.window_s[0] == T[np.argmax(CP)] and time.window_s[0] < plot.window_s[0]
+    assert plot.window_s[1] == time.window_s[1]
+    use = (T >= plot.window_s[0]) & (T <= plot.window_s[1])
+    from kinetics.convolution import cumulative_integral
+
+    x, y = cumulative_integral(T, CP)[use] / CP[use], kidney[use] / CP[use]
+    slope = np.polyfit(x, y, 1)[0] * 60 * 100  # the plot drawn by hand, in mL/100mL/min
+    assert plot.ft[0] == pytest.approx(slope, rel=1e-9)
+    with pytest.raises(KineticsInputError, match="form"):
+        patlak_rutland(T, kidney, CP, form="graphical")
+    with pytest.raises(KineticsInputError, match="window_s"):
+        patlak_rutland(T, kidney, CP, window_s=(100.0, 40.0))
 
 
 def test_patlak_rutland_underestimates_once_tubules_drain():
