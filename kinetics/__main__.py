@@ -41,9 +41,9 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
                        fit_delay=fit_delay, motion_correct=motion_correct, denoise=denoise, overwrite=overwrite))
 
 
-def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
-            fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            pr_form="plot", window_s=None, uptake_s=90.0, overwrite=False):
+def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concentration", t10=None, t10_aif=1.6,
+            tr=None, fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
+            pr_form="plot", window_s=None, uptake_s=90.0, study=None, overwrite=False):
     """Fit ROI curves (CSV: time_s, the AIF column, one column per ROI); one row of parameters per ROI.
 
     Args:
@@ -59,13 +59,27 @@ def fit_roi(curves, aif_column, out, model="2cfm", input="concentration", t10=No
         window_s: patlak_rutland only: frames used, "start,end" in s; default from the AIF peak (plot) or
             the bolus arrival (time) to uptake_s after the arrival.
         uptake_s: patlak_rutland only: length of the uptake phase after the bolus arrival (s).
+        study: instead of --curves, a CSV with one row per scan (curves, and optionally scan_id, t10 or
+            t10_<ROI>, volume_ml or volume_ml_<ROI>, tr, fa, r1, baseline, hct, t10_aif, aif_column,
+            input, uptake_s); every scan is fitted in this process into one --out table.
         Other options as for fit.
     """
+    options = dict(aif_column=aif_column, model=model, input=input, t10=t10, t10_aif=t10_aif, tr=tr, fa=fa, r1=r1,
+                   baseline=baseline, hct=hct, method=method, fit_delay=fit_delay, volume_ml=volume_ml,
+                   pr_form=pr_form, window_s=window_s, uptake_s=uptake_s)
+    if out is None:
+        raise KineticsInputError("fit-roi: give --out, the output CSV.")
+    if study is not None:
+        if curves is not None:
+            raise KineticsInputError("fit-roi: give --curves (one scan) or --study (a table of scans), not both.")
+        from .study import fit_study
+
+        return str(fit_study(study, out=out, overwrite=overwrite, **options))
+    if curves is None or aif_column is None:
+        raise KineticsInputError("fit-roi: give --curves and --aif-column (or --study).")
     from .roi import fit_roi as run
 
-    return str(run(curves, aif_column=aif_column, out=out, model=model, input=input, t10=t10, t10_aif=t10_aif,
-                   tr=tr, fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
-                   volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s, overwrite=overwrite))
+    return str(run(curves, out=out, overwrite=overwrite, **options))
 
 
 def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):

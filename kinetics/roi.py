@@ -17,7 +17,7 @@ from .signal import concentration_from_signal
 from .status import FIT_STATUS, INPUT_NOT_FINITE, conversion_status
 from .workflow import INPUTS, check_frame_times, signal_options
 
-__all__ = ["fit_roi", "read_curves", "RENAL_MODELS"]
+__all__ = ["fit_roi", "roi_parameters", "read_curves", "RENAL_MODELS"]
 
 RENAL_MODELS = ("2cfm", "patlak_rutland")
 
@@ -99,6 +99,22 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
     ``window_s`` and ``uptake_s`` choose the Patlak-Rutland form and frames
     (:func:`kinetics.renal.patlak_rutland`).
     """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    rows = roi_parameters(curves, aif_column=aif_column, model=model, input=input, t10=t10, t10_aif=t10_aif, tr=tr,
+                          fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
+                          volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s)
+    with output_file(out, overwrite=overwrite) as tmp:
+        rows.to_csv(tmp, index=False, float_format="%.6g")
+    return out
+
+
+def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
+                   fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
+                   pr_form="plot", window_s=None, uptake_s=90.0) -> pd.DataFrame:
+    """The table :func:`fit_roi` writes (one row per ROI: parameters, quality, ``fit_status``, renal
+    function), as a DataFrame; the same arguments but ``out``."""
     if model != "patlak_rutland":
         get_model(model)
         if window_s is not None or pr_form != "plot":
@@ -113,9 +129,6 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
     if volume_ml is not None and model not in RENAL_MODELS:
         raise KineticsInputError(f"volume_ml: single-kidney function needs --model {' or '.join(RENAL_MODELS)}.")
     hct = haematocrit(hct)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
     table = read_curves(curves)
     if aif_column not in table.columns:
         raise KineticsInputError(f"{curves}: no AIF column {aif_column!r}; columns are {list(table.columns)}.")
@@ -160,6 +173,4 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
     if volumes is not None:
         rows["volume_ml"] = volumes
         rows.update(single_kidney_function(volume_ml=volumes, hct=hct, **flows))
-    with output_file(out, overwrite=overwrite) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
-    return out
+    return pd.DataFrame(rows)

@@ -390,3 +390,58 @@ def test_an_unwritable_output_is_one_sentence(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert code == 2 and err == f"error: {tmp_path}: cannot write or read there (Permission denied).\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def _renography_study(folder, n_scans, rng):
+    """``n_scans`` signal-input scans of two kidneys with their own T1s and volumes; the truth per scan."""
+    from kinetics.signal import signal_from_concentration
+
+    t = np.arange(0, 300, 2.0)
+    cp = plasma_aif("parker", t, delay_s=10.0)
+    acquisition = dict(tr_s=0.004, fa_deg=15.0, r1_per_mM_s=4.5, s0=1000.0)
+    rows, truth = [], {}
+    for i in range(n_scans):
+        ft = rng.uniform(10, 40, 2)
+        t10 = rng.uniform(1.1, 1.6, 2)
+        columns = {"time_s": t, "aorta": signal_from_concentration(cp * (1 - 0.42), t10_s=1.6, **acquisition)}
+        for roi, f, t1 in zip(("LK", "RK"), ft, t10):
+            columns[roi] = signal_from_concentration(two_compartment_filtration(t, cp, 200.0, 0.25, f, 120.0), t10_s=t1,
+                                                     **acquisition)
+        pd.DataFrame(columns).to_csv(folder / f"scan{i}.csv", index=False)
+        rows.append({"scan_id": f"S{i:03d}", "curves": f"scan{i}.csv", "t10_LK": t10[0], "t10_RK": t10[1],
+                     "volume_ml_LK": 150, "volume_ml_RK": 120, "tr": 0.004, "fa": 15, "baseline": 5})
+        truth[f"S{i:03d}"] = {"LK": ft[0] / 100 * 150, "RK": ft[1] / 100 * 120}
+    pd.DataFrame(rows).to_csv(folder / "study.csv", index=False)
+    return folder / "study.csv", truth
+
+
+def test_fit_roi_study_fits_every_scan_in_one_call(tmp_path, capsys, rng):
+    """A study table of scans, each with its own T1 per kidney and volumes, gives one table whose rows
+    are what one fit-roi call per scan gives."""
+    study, truth = _renography_study(tmp_path, 6, rng)
+    out = tmp_path / "all.csv"
+    code, _ = run(["fit-roi", "--study", study, "--aif-column", "aorta", "--model", "2cfm", "--input", "signal",
+                   "--out", out], capsys)
+    assert code == 0
+    rows = pd.read_csv(out)
+    assert list(rows.columns[:2]) == ["scan_id", "roi"] and len(rows) == 12 and (rows["fit_status"] == "ok").all()
+    for _, r in rows.iterrows():
+        assert r["gfr_ml_min"] == pytest.approx(truth[r["scan_id"]][r["roi"]], rel=0.03)
+    one = tmp_path / "one.csv"
+    code, _ = run(["fit-roi", "--curves", tmp_path / "scan2.csv", "--aif-column", "aorta", "--model", "2cfm", "--input",
+                   "signal", "--tr", 0.004, "--fa", 15, "--baseline", 5, "--t10", "{LK: %r, RK: %r}" % tuple(
+                       pd.read_csv(study).loc[2, ["t10_LK", "t10_RK"]]), "--volume-ml", "{LK: 150, RK: 120}", "--out", one],
+                  capsys)
+    assert code == 0
+    np.testing.assert_allclose(pd.read_csv(one)["gfr_ml_min"], rows[rows["scan_id"] == "S002"]["gfr_ml_min"], rtol=1e-5)
+    # a bad row: one sentence naming it, nothing written
+    table = pd.read_csv(study)
+    table.loc[3, "t10_RK"] = 1400  # ms
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    code, captured = run(["fit-roi", "--study", tmp_path / "bad.csv", "--aif-column", "aorta", "--input", "signal",
+                          "--out", tmp_path / "bad_out.csv"], capsys)
+    assert code == 2 and "row 5 (scan S003)" in captured.err and "t10" in captured.err
+    assert not (tmp_path / "bad_out.csv").exists()
+    code, captured = run(["fit-roi", "--study", study, "--curves", tmp_path / "scan0.csv", "--aif-column", "aorta",
+                          "--out", tmp_path / "x.csv"], capsys)
+    assert code == 2 and "not both" in captured.err
