@@ -10,7 +10,7 @@ from .errors import KineticsInputError
 
 def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10=None, tr=None, fa=None,
         r1=4.5, baseline=None, hct=0.42, aif_delay=None, mask=None, method="nlls", fit_delay=False,
-        motion_correct=False, denoise=False, overwrite=False):
+        motion_correct=False, denoise=False, max_iter=100, overwrite=False):
     """Fit a pharmacokinetic model to every voxel of a DCE-MRI series and write maps.
 
     Args:
@@ -32,18 +32,20 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
         fit_delay: also estimate the arterial delay per voxel (s).
         motion_correct: register every frame to the mean first (dipy, mutual information).
         denoise: MP-PCA denoising of the series first (dipy).
+        max_iter: iterations of the nonlinear fit (voxels that need more get the status not_converged).
         overwrite: replace an existing output directory.
     """
     from .workflow import fit_dce
 
     return str(fit_dce(dce, times, aif, out=out, model=model, input=input, t10=t10, tr=tr, fa=fa, r1=r1,
                        baseline=baseline, hct=hct, aif_delay=aif_delay, mask=mask, method=method,
-                       fit_delay=fit_delay, motion_correct=motion_correct, denoise=denoise, overwrite=overwrite))
+                       fit_delay=fit_delay, motion_correct=motion_correct, denoise=denoise, max_iter=max_iter,
+                       overwrite=overwrite))
 
 
 def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concentration", t10=None, t10_aif=1.6,
             tr=None, fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            pr_form="plot", window_s=None, uptake_s=90.0, study=None, overwrite=False):
+            pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100, study=None, overwrite=False):
     """Fit ROI curves (CSV: time_s, the AIF column, one column per ROI); one row of parameters per ROI.
 
     Args:
@@ -59,6 +61,7 @@ def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concent
         window_s: patlak_rutland only: frames used, "start,end" in s; default from the AIF peak (plot) or
             the bolus arrival (time) to uptake_s after the arrival.
         uptake_s: patlak_rutland only: length of the uptake phase after the bolus arrival (s).
+        max_iter: iterations of the nonlinear fit (an ROI that needs more gets the status not_converged).
         study: instead of --curves, a CSV with one row per scan (curves, and optionally scan_id, t10 or
             t10_<ROI>, volume_ml or volume_ml_<ROI>, tr, fa, r1, baseline, hct, t10_aif, aif_column,
             input, uptake_s); every scan is fitted in this process into one --out table.
@@ -66,7 +69,7 @@ def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concent
     """
     options = dict(aif_column=aif_column, model=model, input=input, t10=t10, t10_aif=t10_aif, tr=tr, fa=fa, r1=r1,
                    baseline=baseline, hct=hct, method=method, fit_delay=fit_delay, volume_ml=volume_ml,
-                   pr_form=pr_form, window_s=window_s, uptake_s=uptake_s)
+                   pr_form=pr_form, window_s=window_s, uptake_s=uptake_s, max_iter=max_iter)
     if out is None:
         raise KineticsInputError("fit-roi: give --out, the output CSV.")
     if study is not None:

@@ -19,7 +19,7 @@ from .errors import KineticsInputError
 from .options import worker_count
 from .pool import for_each_chunk, shared_zeros, use_processes
 from .registry import get_model
-from .status import AT_BOUND, OK, OUTSIDE, has_estimate
+from .status import AT_BOUND, IMPLAUSIBLE, OK, OUTSIDE, has_estimate
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS", "CHUNK_SIZE"]
 
@@ -197,6 +197,8 @@ def fit_curves(
     out = dict(zip(names, table))
     rmse, r2 = table[-3], table[-2]
     status = table[-1].astype(np.uint8)
+    if spec.implausible is not None:  # a physical constraint the box bounds cannot express
+        status[has_estimate(status) & spec.implausible(out)] = IMPLAUSIBLE
     bounded = status == AT_BOUND
     at_bound = {name: int(np.sum(bounded & ((out[name] <= lo) | (out[name] >= hi))))
                 for name, lo, hi in zip(spec.params, spec.lower, spec.upper)}

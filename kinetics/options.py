@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import KineticsInputError
 
-__all__ = ["available_cpus", "worker_count", "number", "plausible", "haematocrit", "flip_angles", "PLAUSIBLE"]
+__all__ = ["available_cpus", "worker_count", "number", "plausible", "haematocrit", "flip_angles", "iterations", "PLAUSIBLE"]
 
 
 def available_cpus() -> int:
@@ -92,3 +92,14 @@ def flip_angles(value, name="fa"):
         raise KineticsInputError(f"{name}: flip angles of {', '.join(f'{a:g}' for a in angles)} degrees are not "
                                  f"plausible; radians? give degrees ({angles[-1]:g} rad is {np.degrees(angles[-1]):.3g} degrees).")
     return angles
+
+
+def iterations(value, name="max_iter") -> int:
+    """A positive whole number of iterations, or one sentence."""
+    try:
+        count = float(value)
+    except (TypeError, ValueError):
+        raise KineticsInputError(f"{name}: {value!r} is not a number of iterations.") from None
+    if not (count >= 1 and count == int(count)):
+        raise KineticsInputError(f"{name}: {value!r} must be a whole number of iterations, at least 1.")
+    return int(count)

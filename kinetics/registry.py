@@ -20,7 +20,9 @@ class ModelSpec:
     ``forward(t_s, cp_mM, *params) -> (n_voxels, n_times)`` with params in ``units``;
     ``linear(t_s, conc_mM, cp_mM, *, axis, c_dot_c) -> LinearFit``; ``derived(params) -> dict`` of extra maps;
     ``jacobian(t_s, cp_mM, *params) -> (curve, (n_voxels, n_times, n_params))``, exact, where a model
-    has one (others get forward differences).
+    has one (others get forward differences); ``implausible(params) -> (n_voxels,) bool``, where a
+    model has a physical constraint its bounds cannot express (the fit's status is then
+    ``implausible``).
     """
 
     name: str
@@ -34,6 +36,7 @@ class ModelSpec:
     derived: Callable[[dict], dict]
     derived_units: dict
     jacobian: Callable | None = None
+    implausible: Callable | None = None
 
 
 def _kep(p):
@@ -50,6 +53,12 @@ def _exchange_derived(p):
     with np.errstate(divide="ignore", invalid="ignore"):
         e = p["ps"] / (fp_per_min + p["ps"])
     return {"e": e, "ktrans": e * fp_per_min}
+
+
+def _filtration_implausible(p):
+    """Filtration above the plasma flow that carries it (a filtration fraction above 1)."""
+    with np.errstate(invalid="ignore"):
+        return p["ft"] > p["fp"]
 
 
 def _filtration_derived(p):
@@ -93,7 +102,7 @@ MODELS: dict[str, ModelSpec] = {
             "2cfm", ("fp", "vp", "ft", "tt"), (_F, _V, _F, "s"), (1e-3, 1e-4, 0.0, 1.0),
             (2000.0, 1.0, 500.0, 3600.0), (200.0, 0.2, 20.0, 120.0),
             models.two_compartment_filtration, linear.llsq_two_compartment_filtration,
-            _filtration_derived, {"ff": _V, "tp": "s"},
+            _filtration_derived, {"ff": _V, "tp": "s"}, implausible=_filtration_implausible,
         ),
     ]
 }

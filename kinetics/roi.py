@@ -10,7 +10,7 @@ import pandas as pd
 from .errors import KineticsInputError
 from .fit import fit_curves
 from .io import output_file
-from .options import haematocrit, number, plausible
+from .options import haematocrit, iterations, number, plausible
 from .registry import get_model
 from .renal import PATLAK_RUTLAND_FORMS, patlak_rutland, single_kidney_function
 from .signal import concentration_from_signal
@@ -86,7 +86,7 @@ def _volumes(volume_ml, rois):
 
 def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
             fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            pr_form="plot", window_s=None, uptake_s=90.0, overwrite=False):
+            pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100, overwrite=False):
     """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
 
     ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With
@@ -104,7 +104,8 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
         raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
     rows = roi_parameters(curves, aif_column=aif_column, model=model, input=input, t10=t10, t10_aif=t10_aif, tr=tr,
                           fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
-                          volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s)
+                          volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s,
+                          max_iter=max_iter)
     with output_file(out, overwrite=overwrite) as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6g")
     return out
@@ -112,7 +113,7 @@ def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10
 
 def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
                    fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-                   pr_form="plot", window_s=None, uptake_s=90.0) -> pd.DataFrame:
+                   pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100) -> pd.DataFrame:
     """The table :func:`fit_roi` writes (one row per ROI: parameters, quality, ``fit_status``, renal
     function), as a DataFrame; the same arguments but ``out``."""
     if model != "patlak_rutland":
@@ -165,7 +166,8 @@ def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t
         rows.update(ft=pr.ft, vp=pr.vp, form=pr.form, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
         flows = dict(ft_ml_100ml_min=pr.ft)
     else:
-        res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=bool(fit_delay))
+        res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=bool(fit_delay),
+                         max_iter=iterations(max_iter))
         rows.update(res.params)
         status = np.where((res.fit_status == INPUT_NOT_FINITE) & (reason != 0), reason, res.fit_status)
         rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int), fit_status=[FIT_STATUS[c] for c in status])

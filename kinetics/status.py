@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FIT_STATUS", "STATUS_CODE", "OUTSIDE", "OK", "AT_BOUND", "INPUT_NOT_FINITE", "T10_MISSING",
-           "ABOVE_SIGNAL_MAXIMUM", "NOT_ENHANCING", "NOT_CONVERGED", "ESTIMATE_NOT_FINITE", "has_estimate",
+           "ABOVE_SIGNAL_MAXIMUM", "NOT_ENHANCING", "NOT_CONVERGED", "ESTIMATE_NOT_FINITE", "IMPLAUSIBLE", "has_estimate",
            "status_counts", "conversion_status"]
 
 OUTSIDE = 0  # not asked for (outside the mask)
@@ -30,11 +30,12 @@ ABOVE_SIGNAL_MAXIMUM = 5  # a frame's signal is above the SPGR maximum for this 
 NOT_ENHANCING = 6  # flat, or its mean after the AIF peak is not significantly above zero
 NOT_CONVERGED = 7  # the nonlinear fit reached its iteration cap, or the linear system was singular
 ESTIMATE_NOT_FINITE = 8  # the fit ended on a non-finite or unphysical value
+IMPLAUSIBLE = 9  # the estimates break a physical constraint of the model (2CFM: filtration FT above plasma flow Fp)
 
 FIT_STATUS = {OUTSIDE: "outside_mask", OK: "ok", AT_BOUND: "at_bound", INPUT_NOT_FINITE: "input_not_finite",
               T10_MISSING: "t10_missing", ABOVE_SIGNAL_MAXIMUM: "above_signal_maximum",
               NOT_ENHANCING: "not_enhancing", NOT_CONVERGED: "not_converged",
-              ESTIMATE_NOT_FINITE: "estimate_not_finite"}
+              ESTIMATE_NOT_FINITE: "estimate_not_finite", IMPLAUSIBLE: "implausible"}
 STATUS_CODE = {name: code for code, name in FIT_STATUS.items()}
 
 

@@ -12,7 +12,7 @@ from . import aif as aif_mod
 from .errors import KineticsInputError
 from .fit import check_method, fit_curves
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
-from .options import PLAUSIBLE, flip_angles, haematocrit, number, plausible
+from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
@@ -157,6 +157,7 @@ def fit_dce(
     fit_delay=False,
     motion_correct=False,
     denoise=False,
+    max_iter=100,
     overwrite=False,
     chunk_size=None,
 ):
@@ -173,6 +174,7 @@ def fit_dce(
         raise KineticsInputError(f"input: unknown input {input!r}; expected one of {list(INPUTS)}.")
     check_method(method)
     hct = haematocrit(hct)
+    max_iter = iterations(max_iter)
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output directory exists; choose another or pass --overwrite.")
@@ -216,7 +218,7 @@ def fit_dce(
     log.info("fitting %s (%s) to %d voxels", spec.name, method, index.size)
     result = fit_curves(
         matrix[index] if roi is not None else matrix, t_s, cp, model=spec.name, method=method,
-        fit_delay=bool(fit_delay), chunk_size=chunk_size,
+        fit_delay=bool(fit_delay), chunk_size=chunk_size, max_iter=max_iter,
     )
 
     def image(values, fill=np.nan):

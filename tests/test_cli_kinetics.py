@@ -183,6 +183,12 @@ def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
     code, captured = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
                           "--window-s", "20,80", "--out", tmp_path / "bad.csv"], capsys)
     assert code == 2 and "options of --model patlak_rutland only" in captured.err
+    code, _ = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
+                   "--max-iter", 1, "--out", tmp_path / "capped.csv"], capsys)
+    assert code == 0 and (pd.read_csv(tmp_path / "capped.csv")["fit_status"] == "not_converged").all()
+    code, captured = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
+                          "--max-iter", 0, "--out", tmp_path / "zero.csv"], capsys)
+    assert code == 2 and "max_iter" in captured.err
 
 
 def test_fit_roi_takes_a_t10_per_kidney(tmp_path, capsys):

@@ -330,3 +330,15 @@ def test_noiseless_extended_tofts_is_recovered_to_high_precision():
     np.testing.assert_allclose(res.params["ve"], truth["ve"], rtol=1e-7)
     np.testing.assert_allclose(res.params["vp"], truth["vp"], atol=1e-8)
     assert np.all(res.rmse <= 1e-8 * np.abs(conc).max())
+
+
+def test_a_filtration_above_the_plasma_flow_is_implausible_not_ok():
+    """2CFM: a curve best fitted with FT above Fp (a filtration fraction above 1) is flagged, not passed
+    as ok (it used to be fit_ok = 1, GFR 233 mL/min against an isotope 3)."""
+    conc = two_compartment_filtration(T, CP, np.array([50.0, 200.0]), np.array([0.2, 0.25]), np.array([80.0, 30.0]),
+                                      np.array([100.0, 120.0]))
+    res = fit_curves(conc, T, CP, model="2cfm")
+    assert [FIT_STATUS[c] for c in res.fit_status] == ["implausible", "ok"]
+    assert np.isnan(res.params["ft"][0]) and res.params["ft"][1] == pytest.approx(30.0, rel=1e-3)
+    kept = fit_curves(conc, T, CP, model="2cfm", failed="keep")
+    assert kept.params["ft"][0] > kept.params["fp"][0]
