@@ -158,6 +158,7 @@ def fit_dce(
     motion_correct=False,
     denoise=False,
     max_iter=100,
+    quality=False,
     overwrite=False,
     chunk_size=None,
 ):
@@ -166,7 +167,8 @@ def fit_dce(
     Writes ``<param>.nii.gz`` for each model and derived parameter (Ktrans and kep in /min, volumes as
     fractions), ``rmse.nii.gz`` (mM), ``r2.nii.gz``, ``fit_ok.nii.gz`` (uint8), ``fit_status.nii.gz``
     (uint8 :mod:`kinetics.status` codes: why each voxel has the estimate it has), ``maps.nc`` (all of them,
-    with units) and ``fit.json`` (the options, the count per status and per parameter at a bound). Every input is checked before anything is written.
+    with units) and ``fit.json`` (the options, the count per status and per parameter at a bound); with
+    ``quality``, ``quality.png`` (the status map and histograms of the first two parameters). Every input is checked before anything is written.
     See ``python -m kinetics fit --help`` for the options.
     """
     spec = get_model(model)
@@ -257,6 +259,11 @@ def fit_dce(
             attrs={"model": spec.name, "method": method},
         )
         ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
+        if quality:
+            from .quality import quality_figure
+
+            quality_figure(tmp / "quality.png", image(status, OUTSIDE), {k: maps[k] for k in spec.params[:2]},
+                           result.units)
         (tmp / "fit.json").write_text(json.dumps(options, indent=2))
     log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], index.size,
              ", ".join(f"{name} {n}" for name, n in counts.items()))

@@ -69,8 +69,9 @@ def test_every_voxel_has_a_status_with_its_reason(dro_dir, tmp_path, capsys):
     out = tmp_path / "maps"
     code, _ = run(["fit", "--dce", tmp_path / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
                    "--input", "signal", "--t10", tmp_path / "t10.nii.gz", "--tr", meta["tr_s"], "--fa", meta["fa_deg"],
-                   "--baseline", meta["baseline_frames"], "--out", out], capsys)
+                   "--baseline", meta["baseline_frames"], "--quality", "--out", out], capsys)
     assert code == 0
+    assert (out / "quality.png").stat().st_size > 10_000
     status = load(out / "fit_status.nii.gz")
     assert status[0, 0, 0] == STATUS_CODE["t10_missing"] and status[1, 0, 0] == STATUS_CODE["above_signal_maximum"]
     np.testing.assert_array_equal(status == STATUS_CODE["ok"], load(out / "fit_ok.nii.gz") == 1)
