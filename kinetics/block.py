@@ -166,7 +166,7 @@ def _linear_with_delay(spec, t, ct, cpt, cc, delays):
     return best
 
 
-def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
+def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions, weights=None):
     """Fit ``spec`` to every column of a time-major block.
 
     Parameters
@@ -176,12 +176,20 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     ct : (n_times, n) float64 C-contiguous ndarray, mM
     cpt : (n_times,) or (n_times, n) ndarray, mM
     options : BlockOptions
+    weights : None or (n_times, n) ndarray of 0 and 1
+        Frames that enter the fit (internal: a block's curves with excluded frames come back here
+        with those frames filled in and weight 0).
 
     Returns
     -------
     params : (n, k) ndarray, the model's parameters (then the delay, when fitted); a parameter that
         ended on (or, for a linear fit, beyond) a bound is set to that bound
-    quality : (rmse, r2, status), each (n,); status holds :mod:`kinetics.status` codes
+    quality : (rmse, r2, status, frames_excluded), each (n,); status holds :mod:`kinetics.status` codes
+
+    With ``method="nlls"``, a curve with some frames not finite (a saturated signal converts to NaN
+    there) is fitted without those frames, as long as :data:`MIN_FRAMES_KEPT` of its frames are left:
+    the frames are filled in by linear interpolation for the screening and the linear seed, and left
+    out of the nonlinear fit and its quality (``frames_excluded`` counts them).
     """
     n_times, n = ct.shape
     k = len(spec.params)
@@ -191,6 +199,11 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
     sst = cc - total * total / n_times
     mean = total / n_times
     finite_input = np.isfinite(sst)
+    gapped = _with_gaps(ct, finite_input, k, options) if weights is None else np.array([], int)
+    if weights is not None:  # the sums over the frames kept
+        kept = weights.sum(0)
+        total_w = np.einsum("tn,tn->n", ct, weights)
+        sst = np.einsum("tn,tn->n", ct * ct, weights) - total_w * total_w / kept
     valid = finite_input & (sst > n_times * (_FLAT * mean) ** 2)
     with np.errstate(invalid="ignore", over="ignore"):
         valid &= _enhancing(ct, cpt, options.min_enhancement_z, np.maximum(sst, 0.0))
@@ -219,7 +232,8 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
             delay = np.where(np.isfinite(p[rows, -1]), p[rows, -1], 0.0)
             cpv = to_time_major(delay_input(t, from_time_major(cpv), delay))
         p[rows, :k], converged[rows], sse[rows] = _nonlinear(
-            spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter
+            spec, t, cv, cpv, cc[rows], seed, lower[:k], upper[:k], options.max_iter,
+            weights=None if weights is None else _columns(weights, rows, n),
         )
     # on an upper bound, or beyond a bound (linear fits are unbounded): kept at the bound, flagged
     finite = converged & _all_finite(p)
@@ -236,19 +250,60 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions):
         if options.fit_delay:
             cpf, q = to_time_major(delay_input(t, from_time_major(cpf), q[:, -1])), q[:, :-1]
         with np.errstate(all="ignore"):  # the columns not kept may hold NaN
-            model_sse = _model_sse(spec, t, cv, cpf, q, ccv)
+            if weights is None:
+                model_sse = _model_sse(spec, t, cv, cpf, q, ccv)
+            else:
+                resid = (cv - spec.forward(t, from_time_major(cpf), *q.T).T) * (weights if every else weights[:, todo])
+                model_sse = _dot(resid, resid)
         sse[todo] = model_sse[todo] if every else model_sse
+    frames = n_times if weights is None else weights.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rmse = np.where(finite, np.sqrt(sse / n_times), np.nan)
+        rmse = np.where(finite, np.sqrt(sse / frames), np.nan)
         r2 = np.where(finite, 1.0 - sse / sst, np.nan)
     status = np.select(
         [~finite_input, ~valid, ~converged, ~(finite & np.isfinite(rmse)), beyond],
         [INPUT_NOT_FINITE, NOT_ENHANCING, NOT_CONVERGED, ESTIMATE_NOT_FINITE, AT_BOUND], OK,
     )
-    return p, (rmse, r2, status)
+    excluded = np.zeros(n) if weights is None else n_times - frames
+    if gapped.size:  # fitted again without their missing frames
+        kept = np.isfinite(ct[:, gapped])
+        filled = _fill_gaps(t, ct[:, gapped], kept)
+        g_p, (g_rmse, g_r2, g_status, g_excluded) = fit_block(
+            spec, t, filled, _columns(cpt, gapped, n), options, weights=kept.astype(float))
+        p[gapped], rmse[gapped], r2[gapped], status[gapped], excluded[gapped] = g_p, g_rmse, g_r2, g_status, g_excluded
+    return p, (rmse, r2, status, excluded)
 
 
-def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
+MIN_FRAMES_KEPT = 0.5  # a curve with missing frames is fitted if at least this fraction of its frames is left
+
+
+def _with_gaps(ct, finite_input, k, options):
+    """Columns whose curves miss some frames but keep enough to fit without them (nlls only)."""
+    bad = np.flatnonzero(~finite_input)
+    if options.method != "nlls" or bad.size == 0:
+        return np.array([], int)
+    kept = np.isfinite(ct[:, bad]).sum(0)
+    return bad[kept >= max(k + 2, int(np.ceil(MIN_FRAMES_KEPT * ct.shape[0])))]
+
+
+def _fill_gaps(t, ct, kept):
+    """``ct`` (n_times, m) with the frames not ``kept`` filled in by linear interpolation in time
+    between the nearest kept frames (the nearest one at either end), all columns at once."""
+    n_times = ct.shape[0]
+    frame = np.arange(n_times)[:, None]
+    before = np.maximum.accumulate(np.where(kept, frame, -1), axis=0)
+    after = np.minimum.accumulate(np.where(kept, frame, n_times)[::-1], axis=0)[::-1]
+    before = np.where(before < 0, after, before)
+    after = np.where(after >= n_times, before, after)
+    columns = np.arange(ct.shape[1])[None, :]
+    y0, y1 = ct[before, columns], ct[after, columns]
+    t0, t1 = t[before], t[after]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(t1 > t0, (t[:, None] - t0) / (t1 - t0), 0.0)
+    return np.where(kept, ct, y0 + share * (y1 - y0))
+
+
+def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter, weights=None):
     """Bounded nonlinear least squares from ``seed``: params (n, k), converged (n,), sse (n,).
 
     The Tofts family goes through variable projection first (fast, exact for interior optima);
@@ -261,7 +316,7 @@ def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
     converged = np.zeros(n, dtype=bool)
     sse = np.full(n, np.nan)
     todo = np.arange(n)
-    if spec.name in _SEPARABLE:
+    if spec.name in _SEPARABLE and weights is None:  # variable projection needs every frame
         kep0 = seed[:, 0] / seed[:, 1] / SECONDS_PER_MINUTE
         with_vp = _SEPARABLE[spec.name]
         sep = fit_tofts_separable(t, ct, cpt, kep0, with_vp=with_vp, max_iter=max_iter, axis=0, c_dot_c=cc)
@@ -295,9 +350,18 @@ def _nonlinear(spec, t, ct, cpt, cc, seed, lower, upper, max_iter):
         evaluate = spec.jacobian or spec.forward
         c_todo = np.ascontiguousarray(ct[:, todo].T)
         cp_todo = from_time_major(_columns(cpt, todo, n))
+        w = None if weights is None else np.ascontiguousarray(weights[:, todo].T)
 
         def curve(q, r):
-            return evaluate(t, cp_todo if cp_todo.ndim == 1 else cp_todo[r], *q.T)
+            out = evaluate(t, cp_todo if cp_todo.ndim == 1 else cp_todo[r], *q.T)
+            if w is None:
+                return out
+            if isinstance(out, tuple):  # frames left out weigh 0 in the residual and its Jacobian
+                return out[0] * w[r], out[1] * w[r][:, :, None]
+            return out * w[r]
+
+        if w is not None:
+            c_todo = c_todo * w
 
         res = levenberg_marquardt(curve, params[todo], c_todo, lower=lower, upper=upper, max_iter=max_iter)
         params[todo], converged[todo], sse[todo] = res.params, res.converged, res.cost

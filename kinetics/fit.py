@@ -51,6 +51,9 @@ class CurveFit:
         input_not_finite, not_enhancing, not_converged, estimate_not_finite, ...).
     at_bound : dict of str to int
         Per model parameter, how many ``at_bound`` voxels have it on a bound.
+    frames_excluded : (n_voxels,) int ndarray
+        Frames left out of each voxel's fit because they were not finite (a saturated signal; nlls
+        only, and only where at least half of the frames are left).
     """
 
     model: str
@@ -61,6 +64,7 @@ class CurveFit:
     fit_ok: np.ndarray = None
     fit_status: np.ndarray = None
     at_bound: dict = field(default_factory=dict)
+    frames_excluded: np.ndarray = None
 
 
 def check_method(method):
@@ -182,9 +186,10 @@ def fit_curves(
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = worker_count(workers)
     processes = use_processes(n_workers, n, conc_mM)
-    # one row per output: parameters, rmse, r2, fit_status; filled chunk by chunk, by whichever worker.
+    # one row per output: parameters, rmse, r2, fit_status, frames excluded; filled chunk by chunk, by
+    # whichever worker.
     # The maps returned are its rows: no copy, as fresh memory is slow to touch on virtual machines
-    table = (shared_zeros if processes else np.empty)((len(names) + 3, n))
+    table = (shared_zeros if processes else np.empty)((len(names) + 4, n))
 
     def run(rows):  # each chunk as a time-major float64 block: one copy, transposed on the way
         ct = to_time_major(conc_mM[rows])
@@ -195,8 +200,9 @@ def fit_curves(
 
     for_each_chunk(run, chunks, n_workers, processes)
     out = dict(zip(names, table))
-    rmse, r2 = table[-3], table[-2]
-    status = table[-1].astype(np.uint8)
+    rmse, r2 = table[-4], table[-3]
+    status = table[-2].astype(np.uint8)
+    excluded = table[-1].astype(np.int32)
     if spec.implausible is not None:  # a physical constraint the box bounds cannot express
         status[has_estimate(status) & spec.implausible(out)] = IMPLAUSIBLE
     bounded = status == AT_BOUND
@@ -212,7 +218,7 @@ def fit_curves(
     if fit_delay:
         params["delay"] = out["delay"]
         units["delay"] = "s"
-    return CurveFit(spec.name, params, units, rmse, r2, status == OK, status, at_bound)
+    return CurveFit(spec.name, params, units, rmse, r2, status == OK, status, at_bound, excluded)
 
 
 def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
@@ -257,4 +263,5 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     result.rmse, result.r2 = scatter(result.rmse, np.nan), scatter(result.r2, np.nan)
     result.fit_ok = scatter(result.fit_ok, False)
     result.fit_status = scatter(result.fit_status, OUTSIDE)
+    result.frames_excluded = scatter(result.frames_excluded, 0)
     return result

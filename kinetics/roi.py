@@ -170,7 +170,8 @@ def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t
                          max_iter=iterations(max_iter))
         rows.update(res.params)
         status = np.where((res.fit_status == INPUT_NOT_FINITE) & (reason != 0), reason, res.fit_status)
-        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int), fit_status=[FIT_STATUS[c] for c in status])
+        rows.update(rmse=res.rmse, r2=res.r2, fit_ok=res.fit_ok.astype(int), fit_status=[FIT_STATUS[c] for c in status],
+                    frames_excluded=res.frames_excluded)
         flows = dict(ft_ml_100ml_min=res.params["ft"], fp_ml_100ml_min=res.params["fp"]) if model == "2cfm" else {}
     if volumes is not None:
         rows["volume_ml"] = volumes

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import aif as aif_mod
 from .errors import KineticsInputError
+from .block import MIN_FRAMES_KEPT
 from .fit import check_method, fit_curves
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
@@ -243,6 +244,7 @@ def fit_dce(
         motion_correct=bool(motion_correct), denoise=bool(denoise),
         n_fitted=int(index.size), n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
+        frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},
         status_codes={str(code): name for code, name in FIT_STATUS.items()},
         provenance=provenance("kinetics", {"dce": dce, "times": times, "aif": aif, "t10": t10, "mask": mask}),
     )
@@ -258,6 +260,8 @@ def fit_dce(
             fit_ok=image(result.fit_ok, False), fit_status=image(status, OUTSIDE),
             attrs={"model": spec.name, "method": method},
         )
+        ds["frames_excluded"] = (("x", "y", "z"), image(result.frames_excluded, 0).astype(np.int16),
+                                 {"long_name": "frames left out of the fit (not finite: above the signal maximum)"})
         ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
         if quality:
             from .quality import quality_figure
@@ -267,6 +271,9 @@ def fit_dce(
         (tmp / "fit.json").write_text(json.dumps(options, indent=2))
     log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], index.size,
              ", ".join(f"{name} {n}" for name, n in counts.items()))
+    if options["frames_excluded"]["voxels"]:
+        log.info("%d voxels were fitted without %d frames that were not finite (a signal above the SPGR maximum)",
+                 options["frames_excluded"]["voxels"], options["frames_excluded"]["frames"])
     return out
 
 
@@ -278,9 +285,13 @@ def no_fit_message(curves, cp, input) -> str:
     if not np.isfinite(cp).all() or np.nanmax(np.abs(cp)) <= 0:
         cause = "the AIF is zero or not finite on the frame times (check its times and --aif-delay, in seconds)"
     elif not finite.any():
-        cause = ("every curve has a frame that is not finite" + (
-            ", or a signal above the SPGR maximum for this T10, TR and flip angle (check --t10 and --tr in seconds, "
-            "--fa in degrees)" if input == "signal" else ""))
+        signal = (": a signal above the SPGR maximum for this T10, TR and flip angle gives such frames (check --t10 and "
+                  "--tr in seconds, --fa in degrees)") if input == "signal" else ""
+        if np.isfinite(curves).mean(axis=1).max() < MIN_FRAMES_KEPT:
+            cause = "every curve misses more than half of its frames (not finite)" + signal
+        else:
+            cause = ("every curve has a frame that is not finite, which the linear fit cannot leave out (--method "
+                     "nlls fits without them)" + signal)
     else:
         cause = ("no curve fits the model within its bounds (check the units: times and --tr in s, --t10 in s, "
                  "--r1 in /s/mM, concentrations in mM)")

@@ -55,14 +55,16 @@ def test_nonlinear_is_no_worse_than_linear_on_noisy_data(rng):
 
 
 def test_bad_voxels_give_nan_not_ok_and_their_reason(rng):
-    truth, conc = planted(rng, n=6)
-    conc[0, 10] = np.nan  # missing sample
+    truth, conc = planted(rng, n=7)
+    conc[0, 5:] = np.nan  # most samples missing
     conc[1] = 0.0  # flat
     conc[2] = rng.normal(0.0, 0.01, T.size)  # noise only: not enhancing
     conc[3] = 0.2  # flat and non-zero
+    conc[6, 10] = np.nan  # one sample missing: fitted without it
     res = fit_curves(conc, T, CP)
-    assert res.fit_ok.tolist() == [False, False, False, False, True, True]
-    assert [FIT_STATUS[c] for c in res.fit_status] == ["input_not_finite"] + ["not_enhancing"] * 3 + ["ok"] * 2
+    assert res.fit_ok.tolist() == [False, False, False, False, True, True, True]
+    assert [FIT_STATUS[c] for c in res.fit_status] == ["input_not_finite"] + ["not_enhancing"] * 3 + ["ok"] * 3
+    assert res.frames_excluded.tolist() == [0] * 6 + [1]
     for values in res.params.values():
         assert np.all(np.isnan(values[:4])) and np.all(np.isfinite(values[4:]))
 
@@ -179,7 +181,8 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     if not pool._can_fork():
         pytest.skip("no fork here (not Linux, or other threads are running)")
     truth, conc = planted(rng, n=500)
-    conc[3, 5] = np.nan
+    conc[3, 5:] = np.nan  # no estimate
+    conc[4, 5] = np.nan  # fitted without one frame
     serial = fit_curves(conc, T, CP, chunk_size=64, workers=1)
     monkeypatch.setattr(pool, "MIN_VOXELS_FOR_PROCESSES", 0)
     assert pool.use_processes(2, conc.shape[0])
@@ -188,7 +191,9 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
         np.testing.assert_array_equal(forked.params[name], serial.params[name])
     np.testing.assert_array_equal(forked.rmse, serial.rmse)
     np.testing.assert_array_equal(forked.fit_ok, serial.fit_ok)
-    assert not forked.fit_ok[3]
+    np.testing.assert_array_equal(forked.fit_status, serial.fit_status)
+    np.testing.assert_array_equal(forked.frames_excluded, serial.frames_excluded)
+    assert not forked.fit_ok[3] and forked.frames_excluded[4] == 1
 
 
 def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
@@ -342,3 +347,26 @@ def test_a_filtration_above_the_plasma_flow_is_implausible_not_ok():
     assert np.isnan(res.params["ft"][0]) and res.params["ft"][1] == pytest.approx(30.0, rel=1e-3)
     kept = fit_curves(conc, T, CP, model="2cfm", failed="keep")
     assert kept.params["ft"][0] > kept.params["fp"][0]
+
+
+def test_frames_that_are_not_finite_are_left_out_not_the_voxel(rng):
+    """A saturated bolus peak converts to NaN frames: the voxel is fitted on the frames left (nlls), as
+    long as half of them are; it used to be lost whole. Fewer frames left: input_not_finite."""
+    truth, conc = planted(rng)
+    peak = int(np.argmax(CP))
+    gapped = conc.copy()
+    gapped[:, peak:peak + 6] = np.nan
+    gapped[:10, :40] = np.nan  # two thirds of the series missing
+    res, full = fit_curves(gapped, T, CP), fit_curves(conc, T, CP)
+    assert [FIT_STATUS[c] for c in res.fit_status[:10]] == ["input_not_finite"] * 10
+    assert np.all(res.frames_excluded[10:] == 6) and np.all(res.frames_excluded[:10] == 0)
+    ok = res.fit_status == 1
+    assert ok[10:].mean() >= 0.95
+    within = np.abs(res.params["ktrans"][ok] - truth["ktrans"][ok]) <= 0.005 + 0.1 * truth["ktrans"][ok]
+    assert within.mean() >= 0.95
+    assert np.nanmedian(res.rmse[ok]) == pytest.approx(np.nanmedian(full.rmse), rel=0.1)  # over the frames kept
+    # a model without an exact Jacobian, noise-free: exact without the frames
+    flows = two_compartment_filtration(T, CP, np.full(3, 200.0), np.full(3, 0.25), np.full(3, 30.0), np.full(3, 120.0))
+    flows[:, peak:peak + 3] = np.nan
+    np.testing.assert_allclose(fit_curves(flows, T, CP, model="2cfm").params["ft"], 30.0, rtol=1e-3)
+    assert np.all(fit_curves(gapped, T, CP, method="llsq").fit_status == 3)  # the linear fit needs every frame
