@@ -370,3 +370,16 @@ def test_frames_that_are_not_finite_are_left_out_not_the_voxel(rng):
     flows[:, peak:peak + 3] = np.nan
     np.testing.assert_allclose(fit_curves(flows, T, CP, model="2cfm").params["ft"], 30.0, rtol=1e-3)
     assert np.all(fit_curves(gapped, T, CP, method="llsq").fit_status == 3)  # the linear fit needs every frame
+
+
+def test_a_curve_gets_the_same_2cfm_fit_alone_or_with_others(rng):
+    """Each curve's fit is its own: the same answer whether it is fitted alone or in a batch."""
+    n = 60
+    flows = (rng.uniform(100, 300, n), rng.uniform(0.15, 0.35, n), rng.uniform(5, 40, n), rng.uniform(60, 240, n))
+    conc = two_compartment_filtration(T, CP, *flows) + rng.normal(0, 0.02, (n, T.size))
+    together = fit_curves(conc, T, CP, model="2cfm")
+    for i in range(0, n, 6):
+        alone = fit_curves(conc[i:i + 1], T, CP, model="2cfm")
+        for name in ("fp", "vp", "ft", "tt"):
+            np.testing.assert_allclose(alone.params[name][0], together.params[name][i], rtol=1e-6, equal_nan=True)
+        assert alone.fit_status[0] == together.fit_status[i]
