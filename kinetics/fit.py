@@ -120,6 +120,7 @@ def fit_curves(
     min_enhancement_z: float = 3.0,
     failed: str = "nan",
     workers: int | None = None,
+    progress: bool = False,
 ) -> CurveFit:
     """Fit ``model`` to every tissue concentration curve.
 
@@ -162,6 +163,8 @@ def fit_curves(
         forked processes (see :mod:`kinetics.pool`) on Linux, from 50,000 voxels of a numpy array,
         when no other Python thread is running (not in Jupyter, for one); threads otherwise.
         Results do not depend on it.
+    progress : bool
+        Show a progress bar (voxels) with the time left.
 
     Returns
     -------
@@ -198,7 +201,21 @@ def fit_curves(
         table[: len(names), rows] = p.T
         table[len(names):, rows] = quality
 
-    for_each_chunk(run, chunks, n_workers, processes)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"fitting {spec.name}", unit="voxel", unit_scale=True, leave=False)
+
+    def advance(done_chunks):
+        bar.n = min(done_chunks * size, n)
+        bar.refresh()
+
+    try:
+        for_each_chunk(run, chunks, n_workers, processes, advance if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     out = dict(zip(names, table))
     rmse, r2 = table[-4], table[-3]
     status = table[-2].astype(np.uint8)

@@ -77,12 +77,14 @@ def _drain(errors) -> list:
     return found
 
 
-def _join(children, errors) -> list:
+def _join(children, errors, on_progress=None, counter=None) -> list:
     """Wait for the children, reading their errors meanwhile: a child blocks on a full pipe (64 KiB,
-    a few large errors) until someone reads it."""
+    a few large errors) until someone reads it. ``on_progress(n)`` hears the chunks taken so far."""
     found = []
     while any(child.is_alive() for child in children):
         found += _drain(errors)
+        if on_progress is not None:
+            on_progress(int(counter[0]))
         for child in children:
             child.join(timeout=0.05)
     return found
@@ -145,7 +147,7 @@ def shared_zeros(shape, dtype=float) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
 
-def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
+def for_each_chunk(job, chunks, workers: int, processes: bool, on_progress=None) -> None:
     """Call ``job(chunk)`` for every chunk on ``workers`` cores; ``job`` writes its own results.
 
     With ``processes`` (see :func:`use_processes`) ``workers`` forked processes take chunks one at a
@@ -154,16 +156,21 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
     that its memory allocator keeps its settings (the workers change theirs); it would not start
     faster anyway, as after the fork its writes copy pages as the workers' do. Where no process can
     be forked, this one does the work. An error in any worker stops the others after their current
-    chunk and is raised here.
+    chunk and is raised here. ``on_progress(n)``, if given, hears how many chunks are done (started,
+    with processes) from time to time.
     """
     workers = min(int(workers), len(chunks))
     if workers <= 1:
-        for chunk in chunks:
+        for done, chunk in enumerate(chunks, 1):
             job(chunk)
+            if on_progress is not None:
+                on_progress(done)
         return
     if not processes:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(job, chunks))
+            for done, _ in enumerate(pool.map(job, chunks), 1):
+                if on_progress is not None:
+                    on_progress(done)
         return
     from threadpoolctl import threadpool_limits
 
@@ -190,7 +197,7 @@ def for_each_chunk(job, chunks, workers: int, processes: bool) -> None:
                 children.append(child)
         if not children:
             _take_chunks(job, chunks, counter, lock)
-        reported = _join(children, errors)
+        reported = _join(children, errors, on_progress, counter)
     except BaseException:
         _next_index(counter, lock, stop_at=len(chunks))  # the children stop after their current chunk
         raise

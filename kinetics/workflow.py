@@ -221,7 +221,7 @@ def fit_dce(
     log.info("fitting %s (%s) to %d voxels", spec.name, method, index.size)
     result = fit_curves(
         matrix[index] if roi is not None else matrix, t_s, cp, model=spec.name, method=method,
-        fit_delay=bool(fit_delay), chunk_size=chunk_size, max_iter=max_iter,
+        fit_delay=bool(fit_delay), chunk_size=chunk_size, max_iter=max_iter, progress=index.size >= PROGRESS_VOXELS,
     )
 
     def image(values, fill=np.nan):
@@ -276,6 +276,9 @@ def fit_dce(
                  options["frames_excluded"]["voxels"], options["frames_excluded"]["frames"])
     return out
 
+
+
+PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)
 
 
 def no_fit_message(curves, cp, input) -> str:

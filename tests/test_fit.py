@@ -383,3 +383,18 @@ def test_a_curve_gets_the_same_2cfm_fit_alone_or_with_others(rng):
         for name in ("fp", "vp", "ft", "tt"):
             np.testing.assert_allclose(alone.params[name][0], together.params[name][i], rtol=1e-6, equal_nan=True)
         assert alone.fit_status[0] == together.fit_status[i]
+
+
+def test_progress_is_reported_and_changes_nothing(rng, capsys):
+    from kinetics.pool import for_each_chunk
+
+    seen = []
+    for_each_chunk(lambda chunk: None, list(range(5)), 1, False, seen.append)
+    assert seen == [1, 2, 3, 4, 5]
+    seen.clear()
+    for_each_chunk(lambda chunk: None, list(range(5)), 2, False, seen.append)  # threads
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    truth, conc = planted(rng, n=300)
+    quiet, shown = fit_curves(conc, T, CP, chunk_size=64), fit_curves(conc, T, CP, chunk_size=64, progress=True)
+    np.testing.assert_array_equal(quiet.params["ktrans"], shown.params["ktrans"])
+    assert "fitting extended_tofts" in capsys.readouterr().err
