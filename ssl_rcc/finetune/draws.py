@@ -73,7 +73,7 @@ def few_label_draws(labels, sites, *, classes, shots, repeats, seed=0, test_site
     if test_site is not None:
         if test_site not in set(sites[rows]):
             raise InputError(f"test_site: {test_site!r} is not a site of the labelled cases; they come from "
-                             f"{sorted(set(sites[rows]))}.")
+                             f"{sorted(str(s) for s in set(sites[rows]))}.")
         pool, test_pool = rows[sites[rows] != test_site], rows[sites[rows] == test_site]
     else:
         pool, test_pool = rows, None
