@@ -53,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--tag", default="", help="an ablation's name: its own run and results file")
     parser.add_argument("--intensity", type=float, default=None, help="ablation: views' intensity change (recipe: 0.02)")
     parser.add_argument("--gamma", default=None, help="ablation: views' gamma range lo,hi (recipe: none)")
+    parser.add_argument("--temperature", type=float, default=None, help="ablation: NT-Xent temperature (recipe: 0.2)")
     parser.add_argument("--no-lesion-masks", dest="lesion_masks", action="store_false",
                         help="ablation: an archive without masks (crops of enhancing tissue only, no lesion views)")
     args = parser.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None):
         gamma = None if args.gamma is None else [float(g) for g in args.gamma.split(",")]
         start = time.perf_counter()
         pretrain(archive, out=runs["SSL"], max_steps=args.steps, max_time=args.minutes, intensity=args.intensity,
-                 gamma=gamma, **common)
+                 gamma=gamma, temperature=args.temperature, **common)
         timings["pretrain_s"] = time.perf_counter() - start
     if not (args.reuse and (runs["untrained"] / "encoder.pt").is_file()):
         pretrain(archive, out=runs["untrained"], max_steps=0, **common)
