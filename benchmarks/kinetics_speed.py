@@ -100,9 +100,9 @@ def dcmri_baseline(signal, t, cp):
 
 
 def accuracy(ktrans, truth):
-    err = np.abs(ktrans - truth)
-    within = err <= 0.005 + 0.1 * truth
-    return float(np.nanmedian(err)), float(np.mean(within))
+    from kinetics.tolerance import within_tolerance
+
+    return float(np.nanmedian(np.abs(ktrans - truth))), float(np.mean(within_tolerance("ktrans", ktrans, truth)))
 
 
 def memory_of_volume_fit(rng, workers):

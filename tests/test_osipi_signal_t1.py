@@ -7,7 +7,6 @@ nonlinear T1 without B1 correction); R1 tolerance atol 0.05 /s, rtol 0.05.
 """
 
 import numpy as np
-import pytest
 
 from kinetics.signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
 from osipi_data import array, read_rows, within

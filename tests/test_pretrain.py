@@ -225,7 +225,6 @@ def test_resume_keeps_the_runs_options_and_refuses_other_ones(archive, tmp_path,
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(archive, tmp_path, monkeypatch):
     from ssl_rcc.errors import InputError
     from ssl_rcc.pretrain import pretrain
-    from ssl_rcc.training import AtomicCheckpointIO
 
     run = tmp_path / "run"
     common = dict(method="simclr", out=run, patch=24, batch_size=2, spacing=3, workers=0, checkpoint_every=1, progress=False)
