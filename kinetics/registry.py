@@ -13,7 +13,7 @@ from .errors import KineticsInputError
 __all__ = ["ModelSpec", "MODELS", "get_model"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One kinetic model as the fitting engine sees it.
 
@@ -75,34 +75,40 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
         ModelSpec(
-            "tofts", ("ktrans", "ve"), (_K, _V), (0.0, 1e-3), (5.0, 1.0), (0.6, 0.2),
-            models.tofts, linear.llsq_tofts, _kep, {"kep": _K}, models.tofts_jacobian,
+            name="tofts", params=("ktrans", "ve"), units=(_K, _V),
+            lower=(0.0, 1e-3), upper=(5.0, 1.0), initial=(0.6, 0.2),
+            forward=models.tofts, linear=linear.llsq_tofts, jacobian=models.tofts_jacobian,
+            derived=_kep, derived_units={"kep": _K},
         ),
         ModelSpec(
-            "extended_tofts", ("ktrans", "ve", "vp"), (_K, _V, _V), (0.0, 1e-3, 0.0), (5.0, 1.0, 1.0),
-            (0.6, 0.2, 0.01), models.extended_tofts, linear.llsq_extended_tofts, _kep, {"kep": _K},
-            models.extended_tofts_jacobian,
+            name="extended_tofts", params=("ktrans", "ve", "vp"), units=(_K, _V, _V),
+            lower=(0.0, 1e-3, 0.0), upper=(5.0, 1.0, 1.0), initial=(0.6, 0.2, 0.01),
+            forward=models.extended_tofts, linear=linear.llsq_extended_tofts, jacobian=models.extended_tofts_jacobian,
+            derived=_kep, derived_units={"kep": _K},
         ),
         ModelSpec(
-            "patlak", ("ktrans", "vp"), (_K, _V), (0.0, 0.0), (5.0, 1.0), (0.05, 0.05),
-            models.patlak, linear.llsq_patlak, lambda p: {}, {}, models.patlak_jacobian,
+            name="patlak", params=("ktrans", "vp"), units=(_K, _V),
+            lower=(0.0, 0.0), upper=(5.0, 1.0), initial=(0.05, 0.05),
+            forward=models.patlak, linear=linear.llsq_patlak, jacobian=models.patlak_jacobian,
+            derived=lambda p: {}, derived_units={},
         ),
         ModelSpec(
-            "2cxm", ("fp", "ps", "ve", "vp"), (_F, _K, _V, _V), (1e-3, 0.0, 1e-3, 1e-4),
-            (200.0, 5.0, 1.0, 1.0), (20.0, 0.6, 0.2, 0.01),
-            models.two_compartment_exchange, linear.llsq_two_compartment_exchange,
-            _exchange_derived, {"e": _V, "ktrans": _K},
+            name="2cxm", params=("fp", "ps", "ve", "vp"), units=(_F, _K, _V, _V),
+            lower=(1e-3, 0.0, 1e-3, 1e-4), upper=(200.0, 5.0, 1.0, 1.0), initial=(20.0, 0.6, 0.2, 0.01),
+            forward=models.two_compartment_exchange, linear=linear.llsq_two_compartment_exchange,
+            derived=_exchange_derived, derived_units={"e": _V, "ktrans": _K},
         ),
         ModelSpec(
-            "2cum", ("fp", "ps", "vp"), (_F, _K, _V), (1e-3, 0.0, 1e-4), (200.0, 5.0, 1.0),
-            (20.0, 0.6, 0.01), models.two_compartment_uptake, linear.llsq_two_compartment_uptake,
-            _exchange_derived, {"e": _V, "ktrans": _K},
+            name="2cum", params=("fp", "ps", "vp"), units=(_F, _K, _V),
+            lower=(1e-3, 0.0, 1e-4), upper=(200.0, 5.0, 1.0), initial=(20.0, 0.6, 0.01),
+            forward=models.two_compartment_uptake, linear=linear.llsq_two_compartment_uptake,
+            derived=_exchange_derived, derived_units={"e": _V, "ktrans": _K},
         ),
         ModelSpec(
-            "2cfm", ("fp", "vp", "ft", "tt"), (_F, _V, _F, "s"), (1e-3, 1e-4, 0.0, 1.0),
-            (2000.0, 1.0, 500.0, 3600.0), (200.0, 0.2, 20.0, 120.0),
-            models.two_compartment_filtration, linear.llsq_two_compartment_filtration,
-            _filtration_derived, {"ff": _V, "tp": "s"}, implausible=_filtration_implausible,
+            name="2cfm", params=("fp", "vp", "ft", "tt"), units=(_F, _V, _F, "s"),
+            lower=(1e-3, 1e-4, 0.0, 1.0), upper=(2000.0, 1.0, 500.0, 3600.0), initial=(200.0, 0.2, 20.0, 120.0),
+            forward=models.two_compartment_filtration, linear=linear.llsq_two_compartment_filtration,
+            derived=_filtration_derived, derived_units={"ff": _V, "tp": "s"}, implausible=_filtration_implausible,
         ),
     ]
 }
