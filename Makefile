@@ -7,7 +7,7 @@ TF_STAMP := $(VENV)/.installed-tf-stamp
 # torch and torchvision pinned here (not in setup.cfg) to the builds this project is tested with.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(TF_STAMP)
 	$(PY) -m pytest -q tests
+
+# the edit-run loop: everything but the whole runs marked slow (make test, which CI runs, has them all)
+test-fast: $(STAMP) $(TF_STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kinetics_speed

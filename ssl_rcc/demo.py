@@ -35,6 +35,7 @@ def run_demo(out, *, overwrite=False, seed=0):
 
     out = Path(out)
     with output_directory(out, overwrite=overwrite) as tmp:
+        log.info("demo 1/5: kinetics on a digital reference object")
         start = time.perf_counter()
         dro = make_dro(seed=seed)
         dro_dir = write_dro(dro, tmp / "dro")
@@ -83,10 +84,13 @@ def run_demo(out, *, overwrite=False, seed=0):
         report += [f"- {k}: within the OSIPI tolerance in {100 * v:.1f}% of voxels." for k, v in within.items()]
         report += ["", "![Ktrans maps](ktrans.png)", "", "Median fitted values per block (all vp slices):", ""]
         report.append(markdown_table(["true Ktrans (/min)", "fitted Ktrans", "true ve", "fitted ve"], rows))
+        log.info("demo 2/5: synthetic renal cases and one tumour's kinetics")
         phantom_report, phantom_summary = _phantom_section(tmp, seed)
         report += [line.replace("docs/phantoms.md", _docs_link(out, "phantoms.md")) for line in phantom_report]
+        log.info("demo 3/5: self-supervised pretraining (the longest part: a progress bar follows)")
         pretrain_report, pretrain_summary = _pretraining_section(tmp, seed)
         report += pretrain_report
+        log.info("demo 4/5: a few-label fusion head, then 5/5: Grad-CAM")
         finetune_report, finetune_summary = _finetune_section(tmp, seed)
         report += finetune_report
         (tmp / "report.md").write_text("\n".join(report) + "\n")
@@ -198,7 +202,7 @@ def _pretraining_section(tmp, seed, steps=24):
     start = time.perf_counter()
     # the CPU recipe (resnet10_slim, 32^3 crops scaled 0.75-2x at 1.5 mm) at a demo's batch size
     run = pretrain(archive, method="simclr", out=tmp / "pretrain", max_steps=steps, batch_size=16, recipe="cpu",
-                   checkpoint_every=steps, workers=0, seed=seed, progress=False, probe_every=steps // 2)
+                   checkpoint_every=steps, workers=0, seed=seed, progress=True, probe_every=steps // 2)
     seconds = time.perf_counter() - start
     options = json.loads((run / "run.json").read_text())
     embeddings = embed_archive(run / "encoder.pt", tmp / "phantoms" / "cases.csv", out=tmp / "embeddings.parquet", progress=False)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ssl_rcc.demo import run_demo
+
+pytestmark = pytest.mark.slow  # a whole run: make test-fast leaves it out
 
 
 def test_demo_report_on_the_dro(tmp_path):

@@ -18,6 +18,8 @@ from ssl_rcc.embed import embed_volume, load_encoder
 from ssl_rcc.models import Encoder
 from ssl_rcc.phantoms import generate_phantoms
 
+pytestmark = pytest.mark.slow  # whole runs: make test-fast leaves them out
+
 SMALL = ["--batch-size", "2", "--spacing", "3", "--workers", "0", "--checkpoint-every", "2"]
 
 

@@ -21,6 +21,8 @@ from ssl_rcc.data import PreprocessConfig, build_cache
 from ssl_rcc.data.shards import ShardIndex, ShardStream, _tensorflow, decode_example, pack
 from ssl_rcc.phantoms import generate_phantoms
 
+pytestmark = pytest.mark.slow  # whole runs: make test-fast leaves them out
+
 if importlib.util.find_spec("tensorflow") is None:  # not importorskip: it would load TensorFlow before Triton
     pytest.skip("TensorFlow (the tf extra) is not installed", allow_module_level=True)
 tf = _tensorflow()  # the product's import: Triton first (their LLVMs clash), GPUs hidden
