@@ -11,7 +11,7 @@ import numpy as np
 from . import aif as aif_mod
 from .errors import KineticsInputError
 from .block import MIN_FRAMES_KEPT
-from .fit import check_method, fit_curves
+from .fit import check_method, fit_image
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
 from .provenance import provenance
@@ -216,33 +216,23 @@ def fit_dce(
     else:
         conc = series
     cp = resolve_aif(aif, t_s, conc=conc, mask=roi, hct=hct, aif_delay_s=aif_delay)
-    matrix = conc.reshape(-1, n_frames)
-    index = np.arange(matrix.shape[0]) if roi is None else np.flatnonzero(roi.reshape(-1))
-    log.info("fitting %s (%s) to %d voxels", spec.name, method, index.size)
-    result = fit_curves(
-        matrix[index] if roi is not None else matrix, t_s, cp, model=spec.name, method=method,
-        fit_delay=bool(fit_delay), chunk_size=chunk_size, max_iter=max_iter, progress=index.size >= PROGRESS_VOXELS,
-    )
-
-    def image(values, fill=np.nan):
-        full = np.full(matrix.shape[0], fill, dtype=np.asarray(values).dtype)
-        full[index] = values
-        return full.reshape(spatial)
-
+    n_voxels = int(roi.sum()) if roi is not None else int(np.prod(spatial))
+    log.info("fitting %s (%s) to %d voxels", spec.name, method, n_voxels)
+    result = fit_image(conc, t_s, cp, mask=roi, model=spec.name, method=method, fit_delay=bool(fit_delay),
+                       chunk_size=chunk_size, max_iter=max_iter, progress=n_voxels >= PROGRESS_VOXELS)
     status = result.fit_status
     if reason is not None:  # the engine saw a non-finite curve; the conversion knows why
-        why = reason.reshape(-1)[index]
-        status = np.where((status == INPUT_NOT_FINITE) & (why != OUTSIDE), why, status).astype(np.uint8)
+        status = np.where((status == INPUT_NOT_FINITE) & (reason != OUTSIDE), reason, status).astype(np.uint8)
     if not has_estimate(status).any():
-        raise KineticsInputError(no_fit_message(conc.reshape(-1, n_frames)[index] if roi is not None else matrix, cp, input))
-    maps = {name: image(v) for name, v in result.params.items()}
+        raise KineticsInputError(no_fit_message(conc[roi] if roi is not None else conc.reshape(-1, n_frames), cp, input))
+    maps = result.params
     counts = status_counts(status)
     options = dict(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
         fit_delay=bool(fit_delay), t10=None if t10 is None else str(t10), tr=tr, fa=fa, r1=r1,
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
         motion_correct=bool(motion_correct), denoise=bool(denoise),
-        n_fitted=int(index.size), n_ok=int(result.fit_ok.sum()), fit_status=counts,
+        n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
         frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},
         status_codes={str(code): name for code, name in FIT_STATUS.items()},
@@ -251,25 +241,21 @@ def fit_dce(
     with output_directory(out, overwrite=overwrite) as tmp:
         for name, values in maps.items():
             save_image(tmp / f"{name}.nii.gz", values.astype(np.float32), affine, header)
-        save_image(tmp / "rmse.nii.gz", image(result.rmse).astype(np.float32), affine, header)
-        save_image(tmp / "r2.nii.gz", image(result.r2).astype(np.float32), affine, header)
-        save_image(tmp / "fit_ok.nii.gz", image(result.fit_ok, False).astype(np.uint8), affine, header)
-        save_image(tmp / "fit_status.nii.gz", image(status, OUTSIDE).astype(np.uint8), affine, header)
-        ds = maps_dataset(
-            maps, result.units, affine=affine, rmse=image(result.rmse), r2=image(result.r2),
-            fit_ok=image(result.fit_ok, False), fit_status=image(status, OUTSIDE),
-            attrs={"model": spec.name, "method": method},
-        )
-        ds["frames_excluded"] = (("x", "y", "z"), image(result.frames_excluded, 0).astype(np.int16),
+        save_image(tmp / "rmse.nii.gz", result.rmse.astype(np.float32), affine, header)
+        save_image(tmp / "r2.nii.gz", result.r2.astype(np.float32), affine, header)
+        save_image(tmp / "fit_ok.nii.gz", result.fit_ok.astype(np.uint8), affine, header)
+        save_image(tmp / "fit_status.nii.gz", status, affine, header)
+        ds = maps_dataset(maps, result.units, affine=affine, rmse=result.rmse, r2=result.r2, fit_ok=result.fit_ok,
+                          fit_status=status, attrs={"model": spec.name, "method": method})
+        ds["frames_excluded"] = (("x", "y", "z"), result.frames_excluded.astype(np.int16),
                                  {"long_name": "frames left out of the fit (not finite: above the signal maximum)"})
         ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
         if quality:
             from .quality import quality_figure
 
-            quality_figure(tmp / "quality.png", image(status, OUTSIDE), {k: maps[k] for k in spec.params[:2]},
-                           result.units)
+            quality_figure(tmp / "quality.png", status, {k: maps[k] for k in spec.params[:2]}, result.units)
         (tmp / "fit.json").write_text(json.dumps(options, indent=2))
-    log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], index.size,
+    log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], n_voxels,
              ", ".join(f"{name} {n}" for name, n in counts.items()))
     if options["frames_excluded"]["voxels"]:
         log.info("%d voxels were fitted without %d frames that were not finite (a signal above the SPGR maximum)",
