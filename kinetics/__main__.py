@@ -10,7 +10,7 @@ from .errors import KineticsInputError
 
 def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10=None, tr=None, fa=None,
         r1=4.5, baseline=None, hct=0.42, aif_delay=None, mask=None, method="nlls", fit_delay=False,
-        motion_correct=False, denoise=False, max_iter=100, quality=False, overwrite=False):
+        motion_correct=False, denoise=False, max_iter=100, quality=False, engine="auto", overwrite=False):
     """Fit a pharmacokinetic model to every voxel of a DCE-MRI series and write maps.
 
     Args:
@@ -34,6 +34,8 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
         denoise: MP-PCA denoising of the series first (dipy).
         max_iter: iterations of the nonlinear fit (voxels that need more get the status not_converged).
         quality: also write quality.png: the fit_status map and histograms of the first two parameters.
+        engine: auto (forked processes where safe and worth it, else threads) | processes | threads |
+            serial (one core; for debugging). fit.json records which ran and why.
         overwrite: replace an existing output directory.
     """
     from .workflow import fit_dce
@@ -41,7 +43,7 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
     return str(fit_dce(dce, times, aif, out=out, model=model, input=input, t10=t10, tr=tr, fa=fa, r1=r1,
                        baseline=baseline, hct=hct, aif_delay=aif_delay, mask=mask, method=method,
                        fit_delay=fit_delay, motion_correct=motion_correct, denoise=denoise, max_iter=max_iter,
-                       quality=quality, overwrite=overwrite))
+                       quality=quality, engine=engine, overwrite=overwrite))
 
 
 def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concentration", t10=None, t10_aif=1.6,

@@ -9,6 +9,7 @@ has the estimate it has (NaN where it has none).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,11 @@ from .block import BlockOptions, fit_block
 from .convolution import to_time_major
 from .errors import KineticsInputError
 from .options import worker_count
-from .pool import for_each_chunk, shared_zeros, use_processes
+from .pool import choose_engine, for_each_chunk, shared_zeros
 from .registry import get_model
 from .status import AT_BOUND, IMPLAUSIBLE, OK, OUTSIDE, has_estimate
+
+log = logging.getLogger("kinetics")
 
 __all__ = ["CurveFit", "fit_curves", "fit_image", "METHODS", "CHUNK_SIZE"]
 
@@ -54,6 +57,8 @@ class CurveFit:
     frames_excluded : (n_voxels,) int ndarray
         Frames left out of each voxel's fit because they were not finite (a saturated signal; nlls
         only, and only where at least half of the frames are left).
+    engine : str
+        The engine the chunks ran on and why (``"processes (200000 voxels on 2 cores)"``).
     """
 
     model: str
@@ -65,6 +70,7 @@ class CurveFit:
     fit_status: np.ndarray = None
     at_bound: dict = field(default_factory=dict)
     frames_excluded: np.ndarray = None
+    engine: str = ""
 
 
 def check_method(method):
@@ -120,6 +126,7 @@ def fit_curves(
     min_enhancement_z: float = 3.0,
     failed: str = "nan",
     workers: int | None = None,
+    engine: str = "auto",
     progress: bool = False,
 ) -> CurveFit:
     """Fit ``model`` to every tissue concentration curve.
@@ -163,6 +170,11 @@ def fit_curves(
         forked processes (see :mod:`kinetics.pool`) on Linux, from 50,000 voxels of a numpy array,
         when no other Python thread is running (not in Jupyter, for one); threads otherwise.
         Results do not depend on it.
+    engine : {"auto", "processes", "threads", "serial"}
+        How the chunks run (:func:`kinetics.pool.choose_engine`): ``auto`` forks processes where that
+        is safe and worth it and uses threads otherwise; ``serial`` runs in this process alone (for
+        debugging, or inside another parallel engine such as dask's). ``CurveFit.engine`` says which
+        ran and why. Results do not depend on it.
     progress : bool
         Show a progress bar (voxels) with the time left.
 
@@ -188,7 +200,10 @@ def fit_curves(
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = worker_count(workers)
-    processes = use_processes(n_workers, n, conc_mM)
+    engine_used, why = choose_engine(engine, n_workers, n, conc_mM)
+    processes = engine_used == "processes"
+    n_workers = 1 if engine_used == "serial" else n_workers
+    log.debug("fitting %d voxels on %s (%s)", n, engine_used, why)
     # one row per output: parameters, rmse, r2, fit_status, frames excluded; filled chunk by chunk, by
     # whichever worker.
     # The maps returned are its rows: no copy, as fresh memory is slow to touch on virtual machines
@@ -205,6 +220,8 @@ def fit_curves(
     if progress:
         from tqdm.auto import tqdm
 
+        # no monitor thread: a running thread makes later fits in this process refuse to fork
+        tqdm.monitor_interval = 0
         bar = tqdm(total=n, desc=f"fitting {spec.name}", unit="voxel", unit_scale=True, leave=False)
 
     def advance(done_chunks):
@@ -235,7 +252,8 @@ def fit_curves(
     if fit_delay:
         params["delay"] = out["delay"]
         units["delay"] = "s"
-    return CurveFit(spec.name, params, units, rmse, r2, status == OK, status, at_bound, excluded)
+    return CurveFit(spec.name, params, units, rmse, r2, status == OK, status, at_bound, excluded,
+                    f"{engine_used} ({why})")
 
 
 def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:

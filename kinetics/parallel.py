@@ -71,7 +71,7 @@ def fit_dataarray(conc_mM: xr.DataArray, cp_mM, *, model="extended_tofts", fit_d
     probe = fit_image(np.zeros((1, t.size)) + np.nan, t, cp, model=spec.name, fit_delay=fit_delay, **options)
     names = list(probe.params)
 
-    options.setdefault("workers", 1)  # dask runs the blocks in parallel: no threads inside a block
+    options.setdefault("engine", "serial")  # dask runs the blocks in parallel: one core inside a block
 
     def block(c):
         res = fit_image(c, t, cp, model=spec.name, fit_delay=fit_delay, **options)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import multiprocessing
+import os
 import pickle
 import sys
 import threading
@@ -29,7 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["use_processes", "shared_zeros", "for_each_chunk", "MIN_VOXELS_FOR_PROCESSES"]
+from .errors import KineticsInputError
+
+__all__ = ["choose_engine", "fork_blocker", "use_processes", "shared_zeros", "for_each_chunk", "ENGINES",
+           "MIN_VOXELS_FOR_PROCESSES"]
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
@@ -114,29 +118,97 @@ def _child(job, chunks, counter, lock, errors):
         sys.exit(1)  # quietly: the parent raises the error
 
 
+ENGINES = ("auto", "processes", "threads", "serial")
+
+
+def _os_threads() -> int | None:
+    """Threads of this process as the kernel sees them (Linux), or None where that cannot be read."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _foreign_threads() -> int:
+    """OS threads besides this one and OpenBLAS's workers (which survive a fork: OpenBLAS has fork
+    handlers): those of an OpenMP runtime, pyarrow's, and other libraries'."""
+    count = _os_threads()
+    if count is None:
+        return 0
+    from threadpoolctl import threadpool_info
+
+    blas = sum(max(int(info.get("num_threads", 1)) - 1, 0) for info in threadpool_info()
+               if info.get("internal_api") == "openblas")
+    return max(count - 1 - blas, 0)
+
+
+def _blas_on_openmp() -> str | None:
+    """The threading layer of numpy's BLAS when it runs on OpenMP (MKL's intel or gnu layer, an
+    OpenMP build of OpenBLAS), else None. A forked child that calls such a BLAS while the parent's
+    OpenMP threads exist can wait for ever on a lock they held (GNU libgomp is not fork-safe)."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        layer = info.get("threading_layer")
+        if info.get("user_api") == "blas" and layer not in (None, "pthreads", "sequential", "disabled"):
+            return str(layer)
+    return None
+
+
+def fork_blocker() -> str | None:
+    """Why this process should not fork workers now, or None when it may."""
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return f"fork is not safe on {sys.platform}"
+    if multiprocessing.current_process().daemon:
+        return "a daemonic process may not have children (a dask or multiprocessing worker)"
+    if threading.active_count() > 1:  # a child could inherit one of their locks, held
+        return f"{threading.active_count() - 1} other Python thread(s) are running (Jupyter, dask, a GUI)"
+    layer = _blas_on_openmp()
+    if layer is not None:
+        foreign = _foreign_threads()
+        if foreign:
+            return (f"numpy's BLAS runs on OpenMP ({layer}) and {foreign} other thread(s) are running: a forked "
+                    "worker could wait for ever on a lock they hold")
+    return None
+
+
 def _can_fork() -> bool:
-    """Linux, no other Python thread running (a child could inherit its locks held), and not inside a
-    daemonic process (which may not have children)."""
-    return (
-        sys.platform.startswith("linux")
-        and "fork" in multiprocessing.get_all_start_methods()
-        and threading.active_count() == 1
-        and not multiprocessing.current_process().daemon
-    )
+    return fork_blocker() is None
+
+
+def choose_engine(engine: str, workers: int, n_voxels: int, data=None) -> tuple[str, str]:
+    """``(engine, why)``: the engine :func:`for_each_chunk` runs ``n_voxels`` voxels of ``data`` on.
+
+    ``engine``: ``"auto"`` (forked processes where safe and worth it, else threads), ``"processes"``
+    (refused with the reason where forking is not safe), ``"threads"``, or ``"serial"`` (this process
+    alone: for debugging, or inside another parallel engine). Processes only for numpy arrays
+    (memory-mapped ones included): file handles such as HDF5's may not be used across a fork.
+    """
+    if engine not in ENGINES:
+        raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
+    if engine == "serial" or workers <= 1:
+        return "serial", "asked for" if engine == "serial" else "one worker"
+    if engine == "threads":
+        return "threads", "asked for"
+    if engine == "processes":
+        blocker = fork_blocker()
+        if blocker is not None:
+            raise KineticsInputError(f"engine: processes cannot be used here: {blocker}.")
+        return "processes", "asked for"
+    if data is not None and not isinstance(data, np.ndarray):
+        return "threads", "the data is not a numpy array (a file handle must not cross a fork)"
+    if n_voxels < MIN_VOXELS_FOR_PROCESSES:
+        return "threads", f"{n_voxels} voxels: starting processes would cost more than it saves"
+    blocker = fork_blocker()  # last: it asks the OS and threadpoolctl (milliseconds)
+    if blocker is not None:
+        return "threads", blocker
+    return "processes", f"{n_voxels} voxels on {workers} cores"
 
 
 def use_processes(workers: int, n_voxels: int, data=None) -> bool:
-    """Whether :func:`for_each_chunk` should fork ``workers`` processes for ``n_voxels`` voxels of ``data``.
-
-    Only for numpy arrays (memory-mapped ones included): file handles such as HDF5's may not be
-    used across a fork.
-    """
-    return (
-        workers > 1
-        and n_voxels >= MIN_VOXELS_FOR_PROCESSES
-        and (data is None or isinstance(data, np.ndarray))
-        and _can_fork()
-    )
+    """Whether :func:`for_each_chunk` should fork ``workers`` processes for ``n_voxels`` voxels of ``data``
+    (``choose_engine("auto", ...)`` says processes)."""
+    return choose_engine("auto", workers, n_voxels, data)[0] == "processes"
 
 
 def shared_zeros(shape, dtype=float) -> np.ndarray:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from . import aif as aif_mod
-from .errors import KineticsInputError
 from .block import MIN_FRAMES_KEPT
+from .errors import KineticsInputError
 from .fit import check_method, fit_image
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
+from .pool import ENGINES
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
@@ -160,6 +161,7 @@ def fit_dce(
     denoise=False,
     max_iter=100,
     quality=False,
+    engine="auto",
     overwrite=False,
     chunk_size=None,
 ):
@@ -178,6 +180,8 @@ def fit_dce(
     check_method(method)
     hct = haematocrit(hct)
     max_iter = iterations(max_iter)
+    if engine not in ENGINES:
+        raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output directory exists; choose another or pass --overwrite.")
@@ -219,7 +223,7 @@ def fit_dce(
     n_voxels = int(roi.sum()) if roi is not None else int(np.prod(spatial))
     log.info("fitting %s (%s) to %d voxels", spec.name, method, n_voxels)
     result = fit_image(conc, t_s, cp, mask=roi, model=spec.name, method=method, fit_delay=bool(fit_delay),
-                       chunk_size=chunk_size, max_iter=max_iter, progress=n_voxels >= PROGRESS_VOXELS)
+                       chunk_size=chunk_size, max_iter=max_iter, engine=engine, progress=n_voxels >= PROGRESS_VOXELS)
     status = result.fit_status
     if reason is not None:  # the engine saw a non-finite curve; the conversion knows why
         status = np.where((status == INPUT_NOT_FINITE) & (reason != OUTSIDE), reason, status).astype(np.uint8)
@@ -235,7 +239,7 @@ def fit_dce(
         n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
         frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},
-        status_codes={str(code): name for code, name in FIT_STATUS.items()},
+        status_codes={str(code): name for code, name in FIT_STATUS.items()}, engine=result.engine,
         provenance=provenance("kinetics", {"dce": dce, "times": times, "aif": aif, "t10": t10, "mask": mask}),
     )
     with output_directory(out, overwrite=overwrite) as tmp:

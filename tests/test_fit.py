@@ -180,7 +180,7 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     from kinetics import pool
 
     if not pool._can_fork():
-        pytest.skip("no fork here (not Linux, or other threads are running)")
+        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     truth, conc = planted(rng, n=500)
     conc[3, 5:] = np.nan  # no estimate
     conc[4, 5] = np.nan  # fitted without one frame
@@ -203,7 +203,7 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
     from kinetics import pool
 
     if not pool._can_fork():
-        pytest.skip("no fork here")
+        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     done = pool.shared_zeros((200,), np.int64)
     parent = os.getpid()
 
@@ -224,7 +224,7 @@ def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
     from kinetics import pool
 
     if not pool._can_fork():
-        pytest.skip("no fork here")
+        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     script = (
         "import time\n"
         "from kinetics import pool\n"
@@ -248,7 +248,7 @@ def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
     from kinetics import pool
 
     if not pool._can_fork():
-        pytest.skip("no fork here")
+        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     where = pool.shared_zeros((40,), np.int64)
     before = [lib["num_threads"] for lib in threadpool_info()]
 
@@ -399,3 +399,38 @@ def test_progress_is_reported_and_changes_nothing(rng, capsys):
     quiet, shown = fit_curves(conc, T, CP, chunk_size=64), fit_curves(conc, T, CP, chunk_size=64, progress=True)
     np.testing.assert_array_equal(quiet.params["ktrans"], shown.params["ktrans"])
     assert "fitting extended_tofts" in capsys.readouterr().err
+
+
+def test_engines_give_the_same_fit_and_say_which_ran(rng):
+    """Serial, threads and (where forking is safe) processes give the same maps; CurveFit.engine says
+    which ran and why; processes are refused with the reason where they are not safe."""
+    from kinetics import pool
+
+    truth, conc = planted(rng, n=300)
+    serial = fit_curves(conc, T, CP, chunk_size=64, engine="serial")
+    threads = fit_curves(conc, T, CP, chunk_size=64, workers=2, engine="threads")
+    assert serial.engine.startswith("serial") and threads.engine.startswith("threads")
+    np.testing.assert_array_equal(serial.params["ktrans"], threads.params["ktrans"])
+    auto = fit_curves(conc, T, CP, chunk_size=64, workers=2)
+    assert auto.engine == "threads (300 voxels: starting processes would cost more than it saves)"
+    if pool.fork_blocker() is None:
+        forked = fit_curves(conc, T, CP, chunk_size=64, workers=2, engine="processes")
+        assert forked.engine.startswith("processes")
+        np.testing.assert_array_equal(serial.params["ktrans"], forked.params["ktrans"])
+    with pytest.raises(KineticsInputError, match="engine: unknown engine"):
+        fit_curves(conc, T, CP, engine="gpu")
+
+
+def test_fork_is_refused_while_openmp_blas_threads_run(monkeypatch):
+    """With a BLAS on OpenMP (MKL), threads besides this one are counted from the OS, not only
+    Python's: a forked worker calling that BLAS could hang on their locks."""
+    from kinetics import pool
+
+    monkeypatch.setattr(pool, "_blas_on_openmp", lambda: "gnu")
+    monkeypatch.setattr(pool, "_foreign_threads", lambda: 2)
+    blocker = pool.fork_blocker()
+    if pool.threading.active_count() == 1 and pool.sys.platform.startswith("linux"):
+        assert "BLAS runs on OpenMP (gnu) and 2 other thread(s)" in blocker
+    assert pool.choose_engine("auto", 2, 10**6)[0] == "threads"
+    with pytest.raises(KineticsInputError, match="processes cannot be used here"):
+        pool.choose_engine("processes", 2, 10**6)
