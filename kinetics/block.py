@@ -221,7 +221,8 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions, weights=None):
         if options.fit_delay:
             lo, hi = options.delay_bounds_s
             step = options.delay_step_s
-            p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], np.arange(lo, hi + step / 2, step))
+            grid = np.unique(np.clip(np.arange(lo, hi + step / 2, step), lo, hi))  # never past a bound
+            p[rows] = _linear_with_delay(spec, t, cv, cpv, cc[rows], grid)
         else:
             p[rows] = spec.linear(t, cv, cpv, axis=0, c_dot_c=cc[rows]).params
     converged = valid.copy() if options.method == "llsq" else np.zeros(n, dtype=bool)
@@ -237,9 +238,11 @@ def fit_block(spec: ModelSpec, t, ct, cpt, options: BlockOptions, weights=None):
         )
     # on an upper bound, or beyond a bound (linear fits are unbounded): kept at the bound, flagged
     finite = converged & _all_finite(p)
-    beyond = finite & _any_beyond(p, lower - 1e-9 * (np.abs(lower) + 1.0), upper - 1e-6 * (np.abs(upper) + 1.0))
+    near_upper = upper - 1e-6 * (np.abs(upper) + 1.0)
+    beyond = finite & _any_beyond(p, lower - 1e-9 * (np.abs(lower) + 1.0), near_upper)
     if beyond.any():
         clipped = np.clip(p[beyond], lower, upper)
+        clipped = np.where(clipped >= near_upper, upper, clipped)  # onto the bound it is flagged for
         sse[beyond] = np.where(np.all(clipped == p[beyond], axis=-1), sse[beyond], np.nan)  # moved: recompute
         p[beyond] = clipped
     # quality of the final parameters

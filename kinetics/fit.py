@@ -51,7 +51,9 @@ class CurveFit:
         did not converge, gave a non-finite value or ended on a bound.
     fit_status : (n_voxels,) uint8 ndarray
         Why each voxel has the estimate it has: a :mod:`kinetics.status` code (ok, at_bound,
-        input_not_finite, not_enhancing, not_converged, estimate_not_finite, ...).
+        input_not_finite, not_enhancing, not_converged, estimate_not_finite, ...). ``at_bound``: a
+        parameter on (within 1e-6 of) an upper bound, or one a linear fit put below a lower bound
+        (moved onto it); a nonlinear estimate on a lower bound is a value (Ktrans or vp = 0), ``ok``.
     at_bound : dict of str to int
         Per model parameter, how many ``at_bound`` voxels have it on a bound.
     frames_excluded : (n_voxels,) int ndarray
@@ -201,6 +203,8 @@ def fit_curves(
     options = BlockOptions(method, fit_delay, tuple(delay_bounds_s), float(delay_step_s), int(max_iter), float(min_enhancement_z))
     n_workers = worker_count(workers)
     engine_used, why = choose_engine(engine, n_workers, n, conc_mM)
+    if engine_used != "serial" and len(chunks) < 2:
+        engine_used, why = "serial", "one chunk"
     processes = engine_used == "processes"
     n_workers = 1 if engine_used == "serial" else n_workers
     log.debug("fitting %d voxels on %s (%s)", n, engine_used, why)
@@ -236,12 +240,13 @@ def fit_curves(
     out = dict(zip(names, table))
     rmse, r2 = table[-4], table[-3]
     status = table[-2].astype(np.uint8)
-    excluded = table[-1].astype(np.int32)
+    excluded = np.where(has_estimate(status), table[-1], 0).astype(np.int32)  # of the voxels fitted
     if spec.implausible is not None:  # a physical constraint the box bounds cannot express
         status[has_estimate(status) & spec.implausible(out)] = IMPLAUSIBLE
     bounded = status == AT_BOUND
-    at_bound = {name: int(np.sum(bounded & ((out[name] <= lo) | (out[name] >= hi))))
-                for name, lo, hi in zip(spec.params, spec.lower, spec.upper)}
+    bounds = zip(names, spec.lower + ((delay_bounds_s[0],) if fit_delay else ()),
+                 spec.upper + ((delay_bounds_s[1],) if fit_delay else ()))
+    at_bound = {name: int(np.sum(bounded & ((out[name] <= lo) | (out[name] >= hi)))) for name, lo, hi in bounds}
     if failed == "nan":
         without = ~has_estimate(status)
         for name in names:

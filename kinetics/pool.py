@@ -138,19 +138,19 @@ def _foreign_threads() -> int:
     from threadpoolctl import threadpool_info
 
     blas = sum(max(int(info.get("num_threads", 1)) - 1, 0) for info in threadpool_info()
-               if info.get("internal_api") == "openblas")
+               if info.get("internal_api") == "openblas" and info.get("threading_layer") == "pthreads")
     return max(count - 1 - blas, 0)
 
 
 def _blas_on_openmp() -> str | None:
-    """The threading layer of numpy's BLAS when it runs on OpenMP (MKL's intel or gnu layer, an
-    OpenMP build of OpenBLAS), else None. A forked child that calls such a BLAS while the parent's
+    """The threading layer of a loaded BLAS when it runs on GNU OpenMP (MKL's gnu layer, an OpenMP
+    build of OpenBLAS), else None. A forked child that calls such a BLAS while the parent's
     OpenMP threads exist can wait for ever on a lock they held (GNU libgomp is not fork-safe)."""
     from threadpoolctl import threadpool_info
 
     for info in threadpool_info():
         layer = info.get("threading_layer")
-        if info.get("user_api") == "blas" and layer not in (None, "pthreads", "sequential", "disabled"):
+        if info.get("user_api") == "blas" and layer in ("gnu", "openmp"):  # Intel's libiomp has fork handlers
             return str(layer)
     return None
 
@@ -191,6 +191,9 @@ def choose_engine(engine: str, workers: int, n_voxels: int, data=None) -> tuple[
     if engine == "threads":
         return "threads", "asked for"
     if engine == "processes":
+        if data is not None and not isinstance(data, np.ndarray):
+            raise KineticsInputError("engine: processes need a numpy array (a file handle such as HDF5's must not "
+                                     "cross a fork); use threads.")
         blocker = fork_blocker()
         if blocker is not None:
             raise KineticsInputError(f"engine: processes cannot be used here: {blocker}.")

@@ -14,7 +14,7 @@ from .options import haematocrit, iterations, number, plausible
 from .registry import get_model
 from .renal import PATLAK_RUTLAND_FORMS, patlak_rutland, single_kidney_function
 from .signal import concentration_from_signal
-from .status import FIT_STATUS, INPUT_NOT_FINITE, conversion_status
+from .status import FIT_STATUS, INPUT_NOT_FINITE, OK, conversion_status
 from .workflow import INPUTS, check_frame_times, signal_options
 
 __all__ = ["fit_roi", "roi_parameters", "read_curves", "RENAL_MODELS"]
@@ -163,7 +163,10 @@ def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t
     rows = {"roi": rois}
     if model == "patlak_rutland":
         pr = patlak_rutland(t_s, tissue, cp, form=pr_form, window_s=window_s, uptake_s=uptake_s)
-        rows.update(ft=pr.ft, vp=pr.vp, form=pr.form, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1])
+        # a curve with a frame that is not finite in the window has no estimate: say why
+        status = np.where(np.isfinite(pr.ft), OK, np.where(reason != 0, reason, INPUT_NOT_FINITE))
+        rows.update(ft=pr.ft, vp=pr.vp, form=pr.form, window_start_s=pr.window_s[0], window_end_s=pr.window_s[1],
+                    fit_status=[FIT_STATUS[c] for c in status])
         flows = dict(ft_ml_100ml_min=pr.ft)
     else:
         res = fit_curves(tissue, t_s, cp, model=model, method=method, fit_delay=bool(fit_delay),

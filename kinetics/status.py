@@ -59,8 +59,10 @@ def conversion_status(signal, conc, t10_s):
     voxel's T10, TR and flip angle: saturation, inflow, or a T10 or flip angle that is wrong); else 0."""
     finite_signal = np.isfinite(signal).all(axis=-1)
     finite_conc = np.isfinite(conc).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        positive = np.min(signal, axis=-1) > 0  # background at zero has no S0 to be above: not this reason
     t10 = np.broadcast_to(np.asarray(t10_s, dtype=float), finite_signal.shape)
     out = np.zeros(finite_signal.shape, np.uint8)
-    out[finite_signal & ~finite_conc] = ABOVE_SIGNAL_MAXIMUM
+    out[finite_signal & positive & ~finite_conc] = ABOVE_SIGNAL_MAXIMUM
     out[~(t10 > 0)] = T10_MISSING
     return out

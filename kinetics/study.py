@@ -35,7 +35,7 @@ log = logging.getLogger("kinetics")
 
 # per-scan values a study table may give, with their types
 STUDY_COLUMNS = {"aif_column": str, "input": str, "t10_aif": float, "tr": float, "fa": float, "r1": float,
-                 "baseline": int, "hct": float, "uptake_s": float}
+                 "baseline": float, "hct": float, "uptake_s": float}  # baseline: checked as a whole number later
 PER_ROI = ("t10", "volume_ml")
 
 
@@ -62,13 +62,13 @@ def _scan_options(row, defaults, where):
         cell = row.get(name, "").strip()
         if cell:
             try:
-                options[name] = kind(float(cell)) if kind is int else kind(cell)
+                options[name] = kind(cell)
             except ValueError:
                 raise KineticsInputError(f"{where}: {name} {cell!r} is not a number.") from None
     for name in PER_ROI:
         cell = row.get(name, "").strip()
         per_roi = {column[len(name) + 1:]: row[column].strip() for column in row.index
-                   if column.startswith(name + "_") and row[column].strip()}
+                   if column.startswith(name + "_") and column not in STUDY_COLUMNS and row[column].strip()}
         if cell and per_roi:
             raise KineticsInputError(f"{where}: give {name} or {name}_<ROI> columns, not both.")
         try:
@@ -87,6 +87,7 @@ def fit_study(study, *, out, overwrite=False, progress=True, **defaults):
     :func:`kinetics.roi.fit_roi` options that rows do not give. Returns ``out``."""
     from tqdm.auto import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: it would make the fits refuse to fork
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")

@@ -228,7 +228,8 @@ def fit_dce(
     if reason is not None:  # the engine saw a non-finite curve; the conversion knows why
         status = np.where((status == INPUT_NOT_FINITE) & (reason != OUTSIDE), reason, status).astype(np.uint8)
     if not has_estimate(status).any():
-        raise KineticsInputError(no_fit_message(conc[roi] if roi is not None else conc.reshape(-1, n_frames), cp, input))
+        raise KineticsInputError(no_fit_message(conc[roi] if roi is not None else conc.reshape(-1, n_frames), cp, input,
+                                                method))
     maps = result.params
     counts = status_counts(status)
     options = dict(
@@ -271,7 +272,7 @@ def fit_dce(
 PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)
 
 
-def no_fit_message(curves, cp, input) -> str:
+def no_fit_message(curves, cp, input, method="nlls") -> str:
     """The sentence of a fit in which no voxel could be fitted, naming the likely cause."""
     n = len(curves)
     finite = np.isfinite(curves).all(axis=1)
@@ -280,8 +281,9 @@ def no_fit_message(curves, cp, input) -> str:
     elif not finite.any():
         signal = (": a signal above the SPGR maximum for this T10, TR and flip angle gives such frames (check --t10 and "
                   "--tr in seconds, --fa in degrees)") if input == "signal" else ""
-        if np.isfinite(curves).mean(axis=1).max() < MIN_FRAMES_KEPT:
-            cause = "every curve misses more than half of its frames (not finite)" + signal
+        if method == "nlls" or np.isfinite(curves).mean(axis=1).max() < MIN_FRAMES_KEPT:
+            cause = ("every curve misses frames (not finite), and none kept enough of them to be fitted without "
+                     "them" + signal)
         else:
             cause = ("every curve has a frame that is not finite, which the linear fit cannot leave out (--method "
                      "nlls fits without them)" + signal)

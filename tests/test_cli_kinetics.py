@@ -288,7 +288,7 @@ def bad_inputs(dro_dir, tmp_path):
     ({"--fa": 0.26}, "radians? give degrees (0.26 rad is 14.9 degrees)"),
     ({"--r1": 4500}, "r1: 4500 /s/mM is not a plausible value for a contrast agent's relaxivity"),
     ({"--mask": "shifted_mask.nii.gz"}, "the mask's affine differs from its image's by up to 50 mm"),
-    ({"--dce": "nan_frame.nii.gz"}, "no voxel could be fitted (0 of 1500): every curve misses more than half of its frames"),
+    ({"--dce": "nan_frame.nii.gz"}, "no voxel could be fitted (0 of 1500): every curve misses frames (not finite), and none kept enough"),
 ])
 def test_bad_input_one_sentence_exit_2_no_output(bad_inputs, capsys, change, message):
     tmp_path, base = bad_inputs
@@ -458,3 +458,17 @@ def test_fit_roi_study_fits_every_scan_in_one_call(tmp_path, capsys, rng):
     code, captured = run(["fit-roi", "--study", study, "--curves", tmp_path / "scan0.csv", "--aif-column", "aorta",
                           "--out", tmp_path / "x.csv"], capsys)
     assert code == 2 and "not both" in captured.err
+    # t10_aif is the blood T10, not a ROI's; a baseline of 2.5 frames is refused, not truncated
+    table = pd.read_csv(study)
+    table["t10_aif"] = 1.6
+    table.to_csv(tmp_path / "with_blood.csv", index=False)
+    code, _ = run(["fit-roi", "--study", tmp_path / "with_blood.csv", "--aif-column", "aorta", "--model", "2cfm",
+                   "--input", "signal", "--out", tmp_path / "blood.csv"], capsys)
+    assert code == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "blood.csv")["gfr_ml_min"], rows["gfr_ml_min"], rtol=1e-6)
+    table["baseline"] = table["baseline"].astype(float)
+    table.loc[0, "baseline"] = 2.5
+    table.to_csv(tmp_path / "half_frame.csv", index=False)
+    code, captured = run(["fit-roi", "--study", tmp_path / "half_frame.csv", "--aif-column", "aorta", "--input", "signal",
+                          "--out", tmp_path / "half.csv"], capsys)
+    assert code == 2 and "row 2 (scan S000)" in captured.err and "baseline" in captured.err

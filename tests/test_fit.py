@@ -434,3 +434,14 @@ def test_fork_is_refused_while_openmp_blas_threads_run(monkeypatch):
     assert pool.choose_engine("auto", 2, 10**6)[0] == "threads"
     with pytest.raises(KineticsInputError, match="processes cannot be used here"):
         pool.choose_engine("processes", 2, 10**6)
+
+
+
+def test_a_delay_never_leaves_its_bounds_and_counts_at_its_bound():
+    """The grid of trial delays is clipped to the bounds; a delay on the upper bound is counted there."""
+    late = plasma_aif("parker", T, delay_s=37.0)  # the tissue's input 12 s after the AIF given
+    conc = extended_tofts(T, late, np.array([0.2]), np.array([0.3]), np.array([0.02]))
+    res = fit_curves(conc, T, CP, fit_delay=True, delay_step_s=3.0)
+    assert res.params["delay"][0] <= 10.0
+    if FIT_STATUS[res.fit_status[0]] == "at_bound":
+        assert res.at_bound["delay"] == 1 and res.params["delay"][0] == 10.0
