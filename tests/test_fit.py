@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from kinetics import KineticsInputError
-from kinetics.tolerance import within_tolerance
 from kinetics.aif import plasma_aif
 from kinetics.fit import fit_curves, fit_image
 from kinetics.models import extended_tofts, patlak as patlak_model, two_compartment_exchange, two_compartment_filtration
 from kinetics.status import FIT_STATUS
+from kinetics.tolerance import within_tolerance
+
+from forking import in_a_process_that_can_fork
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,12 +177,11 @@ def test_bad_arguments_raise_one_clear_error(rng):
         fit_curves(conc, T, CP, failed="zero")
 
 
+@in_a_process_that_can_fork
 def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     """Worker processes (forked, writing into a shared mapping) return exactly the serial maps."""
     from kinetics import pool
 
-    if not pool._can_fork():
-        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     truth, conc = planted(rng, n=500)
     conc[3, 5:] = np.nan  # no estimate
     conc[4, 5] = np.nan  # fitted without one frame
@@ -197,13 +198,12 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     assert not forked.fit_ok[3] and forked.frames_excluded[4] == 1
 
 
+@in_a_process_that_can_fork
 def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
     """An error in a forked child stops every worker after its current chunk, and reaches the caller
     even when its message is far larger than a pipe's buffer."""
     from kinetics import pool
 
-    if not pool._can_fork():
-        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     done = pool.shared_zeros((200,), np.int64)
     parent = os.getpid()
 
@@ -220,11 +220,8 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
 
 def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
     """Each failing child writes its error (up to 16 KiB) into one pipe of 64 KiB; the parent reads
-    while it waits, so eight of them at once still end with the error raised, not a hang."""
-    from kinetics import pool
-
-    if not pool._can_fork():
-        pytest.skip(f"no fork here: {pool.fork_blocker()}")
+    while it waits, so eight of them at once still end with the error raised, not a hang (in a fresh
+    process, which may fork)."""
     script = (
         "import time\n"
         "from kinetics import pool\n"
@@ -240,6 +237,7 @@ def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
     assert done.returncode == 0 and "raised is bad" in done.stdout, done.stderr
 
 
+@in_a_process_that_can_fork
 def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
     """With processes, every chunk runs in a child (whose allocator settings die with it), and this
     process's BLAS thread count is back to what it was afterwards."""
@@ -247,8 +245,6 @@ def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
 
     from kinetics import pool
 
-    if not pool._can_fork():
-        pytest.skip(f"no fork here: {pool.fork_blocker()}")
     where = pool.shared_zeros((40,), np.int64)
     before = [lib["num_threads"] for lib in threadpool_info()]
 
