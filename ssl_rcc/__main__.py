@@ -74,7 +74,7 @@ def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max
         accumulate: gradient accumulation steps (default 1).
         lr: peak learning rate (AdamW, warm-up then cosine decay; default 1e-3).
         warmup_steps: linear warm-up steps (default a tenth of the run).
-        temperature: SimCLR's softmax temperature (default 0.2).
+        temperature: SimCLR's softmax temperature (default: the recipe's, 0.1 on CPU, 0.2 on GPU).
         crop_scale: smallest,largest side of a view's cube over the patch (default 0.75,2: views at the
             scales of the tumour crops that are embedded).
         checkpoint_every: steps between checkpoints.
