@@ -19,8 +19,7 @@ def map_figure(path, panels, *, title, slice_index=None):
     for ax, (label, volume, vmin, vmax, cmap) in zip(np.atleast_1d(axes), panels):
         z = volume.shape[2] // 2 if slice_index is None else slice_index
         shown = volume[:, :, z].T
-        colours = plt.get_cmap(cmap).copy()
-        colours.set_bad("0.6")
+        colours = plt.get_cmap(cmap).with_extremes(bad="0.6")
         im = ax.imshow(shown, origin="lower", vmin=vmin, vmax=vmax, cmap=colours, interpolation="nearest")
         missing = int(np.isnan(shown).sum())
         ax.set_title(label + (f"\ngrey: {missing} voxels not fitted" if missing else ""), fontsize=9)

@@ -24,6 +24,7 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("feature-cache")
 
 
+@pytest.mark.slow
 def test_finetune_fusion_writes_everything_and_learns_subtype(cases, cache, tmp_path):
     out = tmp_path / "ft"
     assert main(["finetune", "--cases", str(cases), "--task", "subtype", "--features", "kinetic,radiomic", "--shots", "2,all",

@@ -130,6 +130,7 @@ def test_a_noise_block_does_not_drag_the_fused_probe_down(rng):
     assert knn["sets"]["signal"]["auc"]["mean"] > 0.7
 
 
+@pytest.mark.slow
 def test_end_to_end_head_learns_a_planted_lesion_and_saves_exactly(rng):
     """Crops whose class is a bright core: the encoder trained end to end separates unseen crops."""
     import torch
