@@ -192,6 +192,7 @@ def _pretraining_section(tmp, seed, steps=24):
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from .data.views import LESION_PROB
     from .embed import embed_archive
     from .health import COLLAPSE_RANK
     from .phantoms import generate_phantoms
@@ -231,8 +232,10 @@ def _pretraining_section(tmp, seed, steps=24):
         "## Self-supervised pretraining",
         "",
         f"SimCLR ({options['recipe']} recipe: {options['architecture']}, {options['patch'][0]}^3 crops at "
-        f"{options['spacing_mm']:g} mm, each view {options['crop_scale'][0]:g}-{options['crop_scale'][1]:g}x the crop "
-        f"resampled to it, centred on enhancing soft tissue) on 8 unlabeled phantom CTs (4 phases as channels), "
+        f"{options['spacing_mm']:g} mm, temperature {options['temperature']:g}; {100 * LESION_PROB:.0f}% of the samples "
+        "views of the tumour's cube (the archive has kidney and lesion masks, as a segmentation model gives them), "
+        f"the others {options['crop_scale'][0]:g}-{options['crop_scale'][1]:g}x the crop centred on the kidney, "
+        "each resampled to the crop) on 8 unlabeled phantom CTs (4 phases as channels), "
         f"{options['steps_trained']} steps of {options['batch_size']} volumes in {seconds:.0f} s on this machine; the "
         f"embeddings of a fixed set of crops had an effective rank of {rank:.1f} after the last step (below "
         f"{COLLAPSE_RANK:g} would be a collapse). Then the embeddings ({x.shape[1]} features) of the {len(table)} "
@@ -275,7 +278,7 @@ def _finetune_section(tmp, seed, repeats=10):
         "class-balanced logistic regression per feature block (C chosen by inner cross-validation on the training "
         f"half only; the blocks weighed by their inner AUC) on {metrics['n_train']} cases and tests it on the other {metrics['n_test']}. Intervals are 95% over "
         f"the {repeats} draws and a bootstrap of each test half. With this few cases the intervals are wide: the "
-        "demo shows the method and its outputs, not a result (the README's label-efficiency table gives figures on 150 cases).",
+        "demo shows the method and its outputs, not a result (the README's label-efficiency table gives figures on 200 cases).",
         "",
         markdown_table(["features", "AUC", "balanced accuracy", "ECE"], rows),
         "",
