@@ -7,10 +7,12 @@ Population AIFs give whole-blood concentration (mM) as published; :func:`plasma_
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import gammaln
 
 from .errors import KineticsInputError
@@ -37,7 +39,7 @@ def _delayed_minutes(t_s, delay_s):
     return t / SECONDS_PER_MINUTE, t < 0
 
 
-def parker_aif(t_s, *, delay_s=0.0):
+def parker_aif(t_s: ArrayLike, *, delay_s: float = 0.0) -> np.ndarray:
     """Parker population AIF, whole blood (mM), delayed by ``delay_s`` and zero before it.
 
     Two Gaussians and a sigmoid-modulated exponential with the published mean parameters.
@@ -72,7 +74,7 @@ _GEORGIOU = dict(
 )
 
 
-def georgiou_aif(t_s, *, delay_s=0.0):
+def georgiou_aif(t_s: ArrayLike, *, delay_s: float = 0.0) -> np.ndarray:
     """Georgiou population AIF, whole blood (mM): a train of gamma variates (one per circulation)
     modulated by a sum of three exponentials.
 
@@ -98,7 +100,7 @@ def georgiou_aif(t_s, *, delay_s=0.0):
     return np.where(before, 0.0, envelope * train)
 
 
-def weinmann_aif(t_s, *, delay_s=0.0, dose_mmol_per_kg=0.1):
+def weinmann_aif(t_s: ArrayLike, *, delay_s: float = 0.0, dose_mmol_per_kg: float = 0.1) -> np.ndarray:
     """Weinmann bi-exponential AIF, plasma (mM), zero before the injection at ``delay_s``.
 
     ``Cp = D (a1 exp(-m1 t) + a2 exp(-m2 t))``, a = 3.99, 4.78 kg/L, m = 0.144, 0.0111 /min.
@@ -112,7 +114,7 @@ def weinmann_aif(t_s, *, delay_s=0.0, dose_mmol_per_kg=0.1):
     return np.where(before, 0.0, cp)
 
 
-def mcgrath_aif(t_s, *, delay_s=0.0):
+def mcgrath_aif(t_s: ArrayLike, *, delay_s: float = 0.0) -> np.ndarray:
     """McGrath preclinical (rodent) AIF, model B, whole blood (mM): linear rise over 7 s, then
     bi-exponential decay.
 
@@ -130,7 +132,7 @@ POPULATION_AIFS = {"parker": parker_aif, "georgiou": georgiou_aif, "weinmann": w
 _ALREADY_PLASMA = {"weinmann"}
 
 
-def plasma_aif(name, t_s, *, hct=0.42, delay_s=0.0):
+def plasma_aif(name: str, t_s: ArrayLike, *, hct: float = 0.42, delay_s: float = 0.0) -> np.ndarray:
     """Plasma concentration (mM) of the population AIF ``name`` on times ``t_s`` (s).
 
     Blood curves are divided by ``1 - hct``; Weinmann's is already plasma.
@@ -152,7 +154,7 @@ def plasma_aif(name, t_s, *, hct=0.42, delay_s=0.0):
     return curve if name in _ALREADY_PLASMA else curve / (1.0 - float(hct))
 
 
-def read_aif_csv(path):
+def read_aif_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a measured AIF: a CSV with header ``time_s,cp_mM`` (plasma). Returns (t_s, cp_mM)."""
     path = Path(path)
     try:
@@ -174,7 +176,7 @@ def read_aif_csv(path):
     return t, cp
 
 
-def write_aif_csv(path, t_s, cp_mM):
+def write_aif_csv(path: str | os.PathLike, t_s: ArrayLike, cp_mM: ArrayLike) -> None:
     """Write an AIF as CSV with header ``time_s,cp_mM``."""
     with open(path, "w", newline="") as fh:
         fh.write("time_s,cp_mM\n")
@@ -182,7 +184,7 @@ def write_aif_csv(path, t_s, cp_mM):
             fh.write(f"{t:.6g},{c:.8g}\n")
 
 
-def aif_from_mask(conc_mM, mask):
+def aif_from_mask(conc_mM: ArrayLike, mask: ArrayLike) -> np.ndarray:
     """Mean concentration curve (mM) over the voxels of ``mask`` in a (x, y, z, t) series."""
     conc = np.asarray(conc_mM)
     mask = np.asarray(mask, dtype=bool)
@@ -203,7 +205,14 @@ class AifDetection(NamedTuple):
     score: np.ndarray
 
 
-def detect_aif(conc_mM, t_s, *, mask=None, n_voxels=20, candidate_fraction=0.05):
+def detect_aif(
+    conc_mM: ArrayLike,
+    t_s: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    n_voxels: int = 20,
+    candidate_fraction: float = 0.05,
+) -> AifDetection:
     """Find arterial voxels in a concentration series: early, high, narrow first-pass peaks.
 
     Among voxels in the top ``candidate_fraction`` by peak concentration, each is scored by
@@ -240,7 +249,7 @@ def detect_aif(conc_mM, t_s, *, mask=None, n_voxels=20, candidate_fraction=0.05)
     return AifDetection(curves[cand[best]].mean(0), voxels, score[best])
 
 
-def bolus_arrival_time(curves, t_s):
+def bolus_arrival_time(curves: ArrayLike, t_s: ArrayLike) -> np.ndarray:
     """Bolus arrival time (s) of each curve by a piecewise linear-quadratic fit.
 
     The curve is taken as constant up to the arrival time and quadratic after it (over the rise to

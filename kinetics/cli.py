@@ -6,6 +6,7 @@ import errno
 import inspect
 import logging
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .errors import KineticsInputError
 from .provenance import invoked
@@ -13,7 +14,7 @@ from .provenance import invoked
 __all__ = ["check_options", "run_cli"]
 
 
-def check_options(commands, argv, prog):
+def check_options(commands: Mapping[str, Callable], argv: Sequence[str], prog: str) -> None:
     """Refuse unknown options and surplus positional values before a command runs.
 
     fire calls a command with the options it recognises and complains about the others only
@@ -38,7 +39,7 @@ def check_options(commands, argv, prog):
         raise KineticsInputError(f"{prog} {argv[0]}: {positional} positional values for at most {len(params)} arguments.")
 
 
-def run_cli(commands, argv, prog):
+def run_cli(commands: Mapping[str, Callable], argv: Iterable[str], prog: str) -> int:
     """Run ``commands`` (fire) on ``argv``; bad input prints one sentence and returns 2.
 
     ``--debug`` anywhere shows the traceback instead. Other errors are bugs and propagate.

@@ -8,6 +8,7 @@ exact at any sampling and on non-uniform grids, where a rectangle rule is biased
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "exp_conv",
@@ -22,7 +23,7 @@ _SMALL = 1e-4  # below this k*dt the closed forms lose digits and their Taylor s
 _TRANSPOSE_STRIPE = 256  # voxels per stripe of a transposed copy: 10-25% faster than one strided copy
 
 
-def cumulative_integral(t_s, x, *, axis=-1):
+def cumulative_integral(t_s: ArrayLike, x: ArrayLike, *, axis: int = -1) -> np.ndarray:
     """Running integral of a piecewise-linear ``x`` over time, exact (trapezoids).
 
     Parameters
@@ -55,7 +56,7 @@ def cumulative_integral(t_s, x, *, axis=-1):
     return from_time_major(out, axis)
 
 
-def to_time_major(x, axis=-1):
+def to_time_major(x: ArrayLike, axis: int = -1) -> np.ndarray:
     """``x`` with its time axis (``axis``) first and contiguous: (n, n_times) -> (n_times, n).
 
     A 1-D curve, or a float64 array whose time axis is already first, comes back as it is (no copy);
@@ -73,7 +74,7 @@ def to_time_major(x, axis=-1):
     return out
 
 
-def from_time_major(y, axis=-1):
+def from_time_major(y: np.ndarray, axis: int = -1) -> np.ndarray:
     """A time-major array with its time axis moved to ``axis``, contiguous: (n_times, n) -> (n, n_times).
 
     The inverse of :func:`to_time_major`. The dot products over time that follow are several times
@@ -128,7 +129,7 @@ def _input_time_major(x, rate_per_s, axis):
     return np.moveaxis(x, axis, 0)
 
 
-def exp_conv(t_s, x, rate_per_s, *, axis=-1):
+def exp_conv(t_s: ArrayLike, x: ArrayLike, rate_per_s: ArrayLike, *, axis: int = -1) -> np.ndarray:
     """Convolution ``y(t) = integral_0^t x(u) exp(-k (t - u)) du`` of a piecewise-linear input.
 
     Parameters
@@ -168,7 +169,9 @@ def exp_conv(t_s, x, rate_per_s, *, axis=-1):
     return from_time_major(y, axis)
 
 
-def exp_conv_and_derivative(t_s, x, rate_per_s, *, axis=-1):
+def exp_conv_and_derivative(
+    t_s: ArrayLike, x: ArrayLike, rate_per_s: ArrayLike, *, axis: int = -1
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exp_conv` and its exact derivative with respect to the rate, in one pass.
 
     ``x``, ``rate_per_s`` and ``axis`` as for :func:`exp_conv`.
@@ -212,7 +215,7 @@ def exp_conv_and_derivative(t_s, x, rate_per_s, *, axis=-1):
     return from_time_major(y, axis), from_time_major(dy, axis)
 
 
-def delay_input(t_s, x, delay_s):
+def delay_input(t_s: ArrayLike, x: ArrayLike, delay_s: ArrayLike) -> np.ndarray:
     """Input delayed by ``delay_s``: ``x(t - delay)``, linear interpolation, ``x[0]`` before the start.
 
     Parameters

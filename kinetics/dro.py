@@ -7,6 +7,7 @@ slices of increasing vp, so that every fitted map can be compared block by block
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,24 +47,24 @@ class Dro:
 
 def make_dro(
     *,
-    ktrans_per_min=(0.02, 0.05, 0.1, 0.2, 0.35),
-    ve=(0.1, 0.2, 0.3, 0.5),
-    vp=(0.0, 0.02, 0.05),
-    block=5,
-    n_frames=60,
-    frame_s=5.0,
-    n_baseline=5,
-    aif="parker",
-    aif_delay_s=25.0,
-    hct=0.42,
-    t10_s=1.2,
-    tr_s=0.004,
-    fa_deg=15.0,
-    vfa_fa_deg=(2.0, 5.0, 10.0, 15.0),
-    r1_per_mM_s=4.5,
-    snr=60.0,
-    seed=0,
-):
+    ktrans_per_min: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.35),
+    ve: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
+    vp: Sequence[float] = (0.0, 0.02, 0.05),
+    block: int = 5,
+    n_frames: int = 60,
+    frame_s: float = 5.0,
+    n_baseline: int = 5,
+    aif: str = "parker",
+    aif_delay_s: float = 25.0,
+    hct: float = 0.42,
+    t10_s: float = 1.2,
+    tr_s: float = 0.004,
+    fa_deg: float = 15.0,
+    vfa_fa_deg: Sequence[float] = (2.0, 5.0, 10.0, 15.0),
+    r1_per_mM_s: float = 4.5,
+    snr: float = 60.0,
+    seed: int = 0,
+) -> Dro:
     """Make a DRO of ``len(ktrans) * block`` by ``len(ve) * block`` by ``len(vp)`` voxels.
 
     Parameters

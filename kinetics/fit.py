@@ -75,7 +75,7 @@ class CurveFit:
     engine: str = ""
 
 
-def check_method(method):
+def check_method(method: str) -> None:
     """Raise unless ``method`` is one of :data:`METHODS`."""
     if method not in METHODS:
         raise KineticsInputError(f"method: unknown method {method!r}; expected one of {list(METHODS)}.")

@@ -12,11 +12,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike, DTypeLike
 
 from .errors import KineticsInputError
 
@@ -33,7 +36,9 @@ __all__ = [
 ]
 
 
-def load_image(path, *, ndim=None, name="image"):
+def load_image(
+    path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None, name: str = "image"
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """Read a NIfTI image: returns (data, affine, header); ``data`` keeps the file's float dtype.
 
     Parameters
@@ -63,7 +68,7 @@ def load_image(path, *, ndim=None, name="image"):
     return data, img.affine, img.header
 
 
-def read_times(path, *, n_frames=None):
+def read_times(path: str | os.PathLike, *, n_frames: int | None = None) -> np.ndarray:
     """Frame times (s) from a text file, one a line; checked finite, increasing and one per frame."""
     path = Path(path)
     if not path.is_file():
@@ -90,7 +95,14 @@ def read_times(path, *, n_frames=None):
 GRID_TOLERANCE_MM = 0.01  # largest difference between two affines' entries that still means one grid
 
 
-def check_same_grid(path, affine, like_affine, name="mask", *, error=KineticsInputError):
+def check_same_grid(
+    path: str | os.PathLike,
+    affine: ArrayLike,
+    like_affine: ArrayLike,
+    name: str = "mask",
+    *,
+    error: type[Exception] = KineticsInputError,
+) -> None:
     """KineticsInputError unless ``affine`` (of the file ``path``) equals ``like_affine`` within
     :data:`GRID_TOLERANCE_MM`: a map or mask of the same shape on another grid (shifted, another
     orientation) would label the wrong voxels without any other sign. ``error``: the exception class
@@ -101,7 +113,9 @@ def check_same_grid(path, affine, like_affine, name="mask", *, error=KineticsInp
                                  "(another grid or orientation); resample it onto the image first.")
 
 
-def read_scalar_or_image(value, *, name, shape, unit, affine=None):
+def read_scalar_or_image(
+    value: float | str | os.PathLike, *, name: str, shape: Sequence[int], unit: str, affine: ArrayLike | None = None
+) -> float | np.ndarray:
     """A per-voxel quantity given either as a number or as a NIfTI path; returns float or (shape) array.
     With ``affine``, the file must lie on that grid (:func:`check_same_grid`)."""
     try:
@@ -116,7 +130,9 @@ def read_scalar_or_image(value, *, name, shape, unit, affine=None):
     return np.asarray(data, dtype=float)
 
 
-def save_image(path, data, affine, header=None, *, dtype=None):
+def save_image(
+    path: str | os.PathLike, data: ArrayLike, affine: ArrayLike, header: Any = None, *, dtype: DTypeLike | None = None
+) -> None:
     """Write ``data`` as NIfTI with the given affine (and the reference header's other fields).
 
     ``dtype`` stores the values in that type (for example int16 for a signal series), with the
@@ -137,7 +153,17 @@ def save_image(path, data, affine, header=None, *, dtype=None):
     nib.save(img, str(path))
 
 
-def maps_dataset(params, units, *, affine, rmse=None, r2=None, fit_ok=None, fit_status=None, attrs=None):
+def maps_dataset(
+    params: Mapping[str, ArrayLike],
+    units: Mapping[str, str],
+    *,
+    affine: ArrayLike,
+    rmse: ArrayLike | None = None,
+    r2: ArrayLike | None = None,
+    fit_ok: ArrayLike | None = None,
+    fit_status: ArrayLike | None = None,
+    attrs: Mapping | None = None,
+) -> xr.Dataset:
     """Maps as an ``xarray.Dataset`` with dims (x, y, z), ``units`` attributes and the affine.
 
     Parameters
@@ -174,7 +200,7 @@ def _umask() -> int:
     return mask
 
 
-def follow_umask(path, *, directory):
+def follow_umask(path: str | os.PathLike, *, directory: bool) -> None:
     """mkdtemp and mkstemp create 0700 / 0600; give the output the mode any other tool would (umask)."""
     with contextlib.suppress(OSError):
         os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
@@ -188,7 +214,7 @@ def _check_parent(path):
 
 
 @contextlib.contextmanager
-def output_directory(path, *, overwrite=False):
+def output_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` that becomes ``path`` when the block succeeds.
 
     An existing ``path`` raises unless ``overwrite``; on any error the temporary directory is removed
@@ -233,7 +259,7 @@ def output_directory(path, *, overwrite=False):
 
 
 @contextlib.contextmanager
-def output_file(path, *, overwrite=False):
+def output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file name beside ``path`` (same extension) that replaces ``path`` on success.
 
     An existing ``path`` raises unless ``overwrite``; a directory there always raises; on any error the

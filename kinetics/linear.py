@@ -14,9 +14,11 @@ is taken off their coefficients, which saves a negated copy of each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .convolution import cumulative_integral
 from .models import SECONDS_PER_MINUTE
@@ -44,7 +46,7 @@ class LinearFit(NamedTuple):
     sse: np.ndarray
 
 
-def dot_over_time(a, b, axis=-1):
+def dot_over_time(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray | float:
     """Per-voxel dot product over time of two arrays, each (n_times,) or 2-D with time on ``axis``."""
     if a.ndim == 1 and b.ndim == 1:
         return np.float64(a @ b)
@@ -54,7 +56,9 @@ def dot_over_time(a, b, axis=-1):
     return np.einsum("ij,ij->j" if axis == 0 else "ij,ij->i", a, b)
 
 
-def solve_linear(columns, y, *, axis=-1, y_dot_y=None):
+def solve_linear(
+    columns: Sequence[ArrayLike], y: ArrayLike, *, axis: int = -1, y_dot_y: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares coefficients for ``y ~ sum_j b_j columns[j]``, per voxel.
 
     Parameters
@@ -175,7 +179,9 @@ def _solve_spd(a, b):
     return x
 
 
-def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_tofts(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """Tofts by Murase's linear form ``C = Ktrans int(cp) - kep int(C)``: columns ktrans (/min), ve.
 
     References
@@ -193,7 +199,9 @@ def llsq_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     return _nan_unless(ok, sse, ktrans * SECONDS_PER_MINUTE, ve)
 
 
-def llsq_extended_tofts(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_extended_tofts(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """Extended Tofts by Murase's form ``C = (Ktrans + kep vp) int(cp) - kep int(C) + vp cp``.
 
     Returns columns ktrans (/min), ve, vp.
@@ -233,7 +241,9 @@ def _voxels(keep, conc_mM, cp_mM, *, axis):
     return curves, cp
 
 
-def llsq_patlak(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_patlak(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """Patlak ``C = Ktrans int(cp) + vp cp``: columns ktrans (/min), vp. Always defined (may be negative)."""
     cp = np.asarray(cp_mM, dtype=float)
     b, sse = solve_linear([cumulative_integral(t_s, cp, axis=axis), cp], conc_mM, axis=axis, y_dot_y=c_dot_c)
@@ -246,7 +256,9 @@ def _double_integrals(t_s, conc_mM, cp_mM, axis):
     return int_cp, cumulative_integral(t_s, int_cp, axis=axis), int_c, cumulative_integral(t_s, int_c, axis=axis)
 
 
-def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_two_compartment_exchange(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """2CXM by linear inversion: columns fp (mL/100mL/min), ps (/min), ve, vp.
 
     Integrating the model's equations twice gives
@@ -268,7 +280,9 @@ def llsq_two_compartment_exchange(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None)
     return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, ve, vp)
 
 
-def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_two_compartment_uptake(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """2CUM by linear inversion: columns fp (mL/100mL/min), ps (/min), vp.
 
     ``C = Fp int(cp) + (Fp PS/vp) iint(cp) - ((Fp + PS)/vp) int(C)``.
@@ -284,7 +298,9 @@ def llsq_two_compartment_uptake(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
     return _nan_unless(ok, sse, fp * _PER_100ML_MIN, ps * SECONDS_PER_MINUTE, vp)
 
 
-def llsq_two_compartment_filtration(t_s, conc_mM, cp_mM, *, axis=-1, c_dot_c=None):
+def llsq_two_compartment_filtration(
+    t_s: ArrayLike, conc_mM: ArrayLike, cp_mM: ArrayLike, *, axis: int = -1, c_dot_c: np.ndarray | None = None
+) -> LinearFit:
     """2CFM by linear inversion: columns fp (mL/100mL/min), vp, ft (mL/100mL/min), tt (s).
 
     ``C = Fp int(cp) + (Fp/vp)(FT + vp/Tt) iint(cp) - (1/Tt + Fp/vp) int(C) - Fp/(vp Tt) iint(C)``.

@@ -10,6 +10,7 @@ The input is taken as linear between samples and convolved exactly (see :mod:`ki
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .convolution import cumulative_integral, exp_conv, exp_conv_and_derivative
 
@@ -39,7 +40,7 @@ def _vec(x):
     return np.asarray(x, dtype=float)
 
 
-def tofts(t_s, cp_mM, ktrans_per_min, ve):
+def tofts(t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, ve: ArrayLike) -> np.ndarray:
     """Standard Tofts model: ``C = Ktrans * (cp conv exp(-kep t))``, ``kep = Ktrans/ve``.
 
     References
@@ -52,12 +53,14 @@ def tofts(t_s, cp_mM, ktrans_per_min, ve):
     return _col(ktrans) * exp_conv(t_s, cp_mM, kep)
 
 
-def extended_tofts(t_s, cp_mM, ktrans_per_min, ve, vp):
+def extended_tofts(
+    t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, ve: ArrayLike, vp: ArrayLike
+) -> np.ndarray:
     """Extended Tofts model: ``C = vp cp + Ktrans * (cp conv exp(-kep t))``."""
     return _col(vp) * np.asarray(cp_mM, dtype=float) + tofts(t_s, cp_mM, ktrans_per_min, ve)
 
 
-def patlak(t_s, cp_mM, ktrans_per_min, vp):
+def patlak(t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, vp: ArrayLike) -> np.ndarray:
     """Patlak model (irreversible uptake): ``C = vp cp + Ktrans * integral(cp)``.
 
     References
@@ -69,7 +72,9 @@ def patlak(t_s, cp_mM, ktrans_per_min, vp):
     return _col(vp) * cp + ktrans * cumulative_integral(t_s, cp)
 
 
-def two_compartment_exchange(t_s, cp_mM, fp_ml_100ml_min, ps_per_min, ve, vp):
+def two_compartment_exchange(
+    t_s: ArrayLike, cp_mM: ArrayLike, fp_ml_100ml_min: ArrayLike, ps_per_min: ArrayLike, ve: ArrayLike, vp: ArrayLike
+) -> np.ndarray:
     """Two-compartment exchange model (2CXM), bi-exponential impulse response.
 
     ``C = Fp [ (1 - E-) cp conv exp(-K+ t) + E- cp conv exp(-K- t) ]`` with
@@ -95,7 +100,9 @@ def two_compartment_exchange(t_s, cp_mM, fp_ml_100ml_min, ps_per_min, ve, vp):
     )
 
 
-def two_compartment_uptake(t_s, cp_mM, fp_ml_100ml_min, ps_per_min, vp):
+def two_compartment_uptake(
+    t_s: ArrayLike, cp_mM: ArrayLike, fp_ml_100ml_min: ArrayLike, ps_per_min: ArrayLike, vp: ArrayLike
+) -> np.ndarray:
     """Two-compartment uptake model (2CUM): 2CXM without back-flux from the interstitium.
 
     ``C = Fp (1 - E) cp conv exp(-t/Tp) + Fp E integral(cp)``, ``E = PS/(Fp+PS)``, ``Tp = vp/(Fp+PS)``.
@@ -114,7 +121,14 @@ def two_compartment_uptake(t_s, cp_mM, fp_ml_100ml_min, ps_per_min, vp):
     )
 
 
-def two_compartment_filtration(t_s, cp_mM, fp_ml_100ml_min, vp, ft_ml_100ml_min, tt_s):
+def two_compartment_filtration(
+    t_s: ArrayLike,
+    cp_mM: ArrayLike,
+    fp_ml_100ml_min: ArrayLike,
+    vp: ArrayLike,
+    ft_ml_100ml_min: ArrayLike,
+    tt_s: ArrayLike,
+) -> np.ndarray:
     """Two-compartment filtration model (2CFM) of the kidney.
 
     Plasma (volume ``vp``, flow ``Fp``, mean transit time ``Tp = vp/Fp``) filters at ``FT`` into a
@@ -137,7 +151,9 @@ def two_compartment_filtration(t_s, cp_mM, fp_ml_100ml_min, vp, ft_ml_100ml_min,
     return plasma + tubules
 
 
-def tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve):
+def tofts_jacobian(
+    t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, ve: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tofts` and its Jacobian (n_voxels, n_times, 2) with respect to (ktrans, ve), exactly.
 
     The Jacobian columns are in mM per /min and mM per unit ve; used by the nonlinear fit.
@@ -154,7 +170,9 @@ def tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve):
     return f, np.stack([d_ktrans, d_ve], axis=-1)
 
 
-def extended_tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve, vp):
+def extended_tofts_jacobian(
+    t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, ve: ArrayLike, vp: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`extended_tofts` and its Jacobian (n_voxels, n_times, 3) w.r.t. (ktrans, ve, vp)."""
     cp = np.asarray(cp_mM, dtype=float)
     f, jac = tofts_jacobian(t_s, cp, ktrans_per_min, ve)
@@ -162,7 +180,9 @@ def extended_tofts_jacobian(t_s, cp_mM, ktrans_per_min, ve, vp):
     return f + _col(vp) * cp, np.concatenate([jac, d_vp[..., None]], axis=-1)
 
 
-def patlak_jacobian(t_s, cp_mM, ktrans_per_min, vp):
+def patlak_jacobian(
+    t_s: ArrayLike, cp_mM: ArrayLike, ktrans_per_min: ArrayLike, vp: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`patlak` and its Jacobian (n_voxels, n_times, 2) w.r.t. (ktrans, vp)."""
     cp = np.asarray(cp_mM, dtype=float)
     f = patlak(t_s, cp, ktrans_per_min, vp)

@@ -22,7 +22,16 @@ class LeastSquaresResult(NamedTuple):
     n_iter: int
 
 
-def finite_difference_jacobian(fun, p, rows, f, lower, upper, rel_step=1e-6, abs_step=1e-9):
+def finite_difference_jacobian(
+    fun: Callable,
+    p: np.ndarray,
+    rows: np.ndarray,
+    f: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rel_step: float = 1e-6,
+    abs_step: float = 1e-9,
+) -> np.ndarray:
     """Forward-difference Jacobian (n, m, k) of ``fun(p, rows) -> (n, m)``, stepping inwards at upper bounds."""
     n, k = p.shape
     jac = np.empty(f.shape + (k,))

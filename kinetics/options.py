@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 
@@ -24,7 +25,16 @@ def worker_count(workers: int | None) -> int:
     return available_cpus() if workers is None else max(int(workers), 1)
 
 
-def number(value, name, unit="", *, integer=False, positive=False, low=None, high=None):
+def number(
+    value: object,
+    name: str,
+    unit: str = "",
+    *,
+    integer: bool = False,
+    positive: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+) -> float | int:
     """``value`` as a float (or int), or a KineticsInputError that quotes it.
 
     ``positive`` requires > 0; ``low``/``high`` are inclusive limits.
@@ -61,7 +71,7 @@ PLAUSIBLE = {
 }
 
 
-def plausible(value, name, kind=None):
+def plausible(value: object, name: str, kind: str | None = None) -> float:
     """``value`` as a positive float inside the :data:`PLAUSIBLE` range of ``kind`` (default ``name``),
     or a KineticsInputError that names the range and the usual unit slip."""
     low, high, unit, what, slip = PLAUSIBLE[kind or name]
@@ -72,7 +82,7 @@ def plausible(value, name, kind=None):
     return x
 
 
-def haematocrit(value):
+def haematocrit(value: object) -> float:
     """Haematocrit in [0, 1)."""
     h = number(value, "hct")
     if not 0.0 <= h < 1.0:
@@ -80,7 +90,7 @@ def haematocrit(value):
     return h
 
 
-def flip_angles(value, name="fa"):
+def flip_angles(value: str | ArrayLike, name: str = "fa") -> list[float]:
     """Flip angles (degrees) from '2,5,10' or a sequence, each in (0, 90]; all of them under 1 degree
     is refused as radians (a 10 degree angle is 0.17 rad)."""
     items = value.split(",") if isinstance(value, str) else np.atleast_1d(value).tolist()

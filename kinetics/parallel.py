@@ -7,9 +7,13 @@ dimension and must be in one chunk. Any dask scheduler works, a ``dask.distribut
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import nibabel as nib
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .fit import fit_image
@@ -18,7 +22,9 @@ from .registry import get_model
 __all__ = ["open_series", "fit_dataarray"]
 
 
-def open_series(path, *, times_s, chunks=(32, 32, 8)):
+def open_series(
+    path: str | os.PathLike, *, times_s: ArrayLike, chunks: Sequence[int] = (32, 32, 8)
+) -> xr.DataArray:
     """A 4D NIfTI as a lazy, dask-backed DataArray (x, y, z, t) with ``t`` in seconds.
 
     Blocks are read from the file (through nibabel's array proxy) only when computed, so the series

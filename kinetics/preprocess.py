@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 
@@ -27,7 +29,14 @@ class MotionCorrection(NamedTuple):
     reference: np.ndarray
 
 
-def motion_correct(series, affine, *, reference="mean", transform="rigid", level_iters=(100, 50, 10)):
+def motion_correct(
+    series: ArrayLike,
+    affine: ArrayLike,
+    *,
+    reference: str | int = "mean",
+    transform: str = "rigid",
+    level_iters: Sequence[int] = (100, 50, 10),
+) -> MotionCorrection:
     """Register every frame of a 4D series to a reference with mutual information (dipy).
 
     Mutual information copes with the contrast changing between frames, which a squared-difference
@@ -77,7 +86,7 @@ def motion_correct(series, affine, *, reference="mean", transform="rigid", level
     return MotionCorrection(np.asarray(moved, dtype=np.float32), np.moveaxis(affines, -1, 0), ref)
 
 
-def denoise_mppca(series, *, mask=None, patch_radius=2):
+def denoise_mppca(series: ArrayLike, *, mask: ArrayLike | None = None, patch_radius: int = 2) -> np.ndarray:
     """Denoise a 4D series by Marchenko-Pastur PCA over local patches (dipy ``mppca``).
 
     Parameters

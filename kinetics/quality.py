@@ -3,7 +3,11 @@ and how the fitted values are distributed."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .status import FIT_STATUS, OK, has_estimate, status_counts
 
@@ -13,7 +17,14 @@ __all__ = ["quality_figure"]
 _COLOURS = ["white", "#2ca02c", "#bcbd22", "#7f7f7f", "#9467bd", "#d62728", "#c7c7c7", "#ff7f0e", "#8c564b", "#e377c2"]
 
 
-def quality_figure(path, status, maps, units, *, slice_index=None):
+def quality_figure(
+    path: str | os.PathLike,
+    status: ArrayLike,
+    maps: Mapping[str, ArrayLike],
+    units: Mapping[str, str],
+    *,
+    slice_index: int | None = None,
+) -> str | os.PathLike:
     """Save a PNG with the ``fit_status`` map at one z slice (the slice with most fitted voxels unless
     ``slice_index``) and histograms of each map in ``maps`` (name -> (x, y, z) array) over the voxels
     with an estimate, ``ok`` and ``at_bound`` stacked."""

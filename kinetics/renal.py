@@ -8,9 +8,11 @@ absolute single-kidney flow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .aif import bolus_arrival_time
 from .errors import KineticsInputError
@@ -34,7 +36,15 @@ class PatlakRutland(NamedTuple):
 PATLAK_RUTLAND_FORMS = ("plot", "time")
 
 
-def patlak_rutland(t_s, kidney_mM, cp_mM, *, form="plot", window_s=None, uptake_s=90.0):
+def patlak_rutland(
+    t_s: ArrayLike,
+    kidney_mM: ArrayLike,
+    cp_mM: ArrayLike,
+    *,
+    form: str = "plot",
+    window_s: Sequence[float] | None = None,
+    uptake_s: float = 90.0,
+) -> PatlakRutland:
     """Filtration rate FT from the early, pre-excretion uptake: ``C(t) = vp cp(t) + FT integral(cp)``,
     which holds until filtered tracer leaves the nephron.
 
@@ -95,7 +105,13 @@ def patlak_rutland(t_s, kidney_mM, cp_mM, *, form="plot", window_s=None, uptake_
     return PatlakRutland(ft_per_min * 100.0, coef[:, 1], tuple(window_s), form)
 
 
-def single_kidney_function(*, volume_ml, ft_ml_100ml_min=None, fp_ml_100ml_min=None, hct=0.42):
+def single_kidney_function(
+    *,
+    volume_ml: ArrayLike,
+    ft_ml_100ml_min: ArrayLike | None = None,
+    fp_ml_100ml_min: ArrayLike | None = None,
+    hct: float = 0.42,
+) -> dict[str, np.ndarray | float]:
     """Single-kidney GFR, renal plasma and blood flow (mL/min) from per-tissue flows and volume.
 
     Parameters

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .fit import fit_curves
@@ -22,7 +25,7 @@ __all__ = ["fit_roi", "roi_parameters", "read_curves", "RENAL_MODELS"]
 RENAL_MODELS = ("2cfm", "patlak_rutland")
 
 
-def read_curves(path):
+def read_curves(path: str | os.PathLike) -> pd.DataFrame:
     """Curves CSV as a float DataFrame with a ``time_s`` column (s), checked."""
     path = Path(path)
     if not path.is_file():
@@ -84,9 +87,13 @@ def _volumes(volume_ml, rois):
     return _per_roi(volume_ml, rois, "volume_ml", lambda v, n: number(v, n, "mL", positive=True))
 
 
-def fit_roi(curves, *, aif_column, out, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,
-            fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100, overwrite=False):
+def fit_roi(curves: str | os.PathLike, *, aif_column: str, out: str | os.PathLike, model: str = "2cfm",
+            input: str = "concentration", t10: float | dict[str, float] | None = None, t10_aif: float = 1.6,
+            tr: float | None = None, fa: str | ArrayLike | None = None, r1: float = 4.5, baseline: int | None = None,
+            hct: float = 0.42, method: str = "nlls", fit_delay: bool = False,
+            volume_ml: float | dict[str, float] | None = None, pr_form: str = "plot",
+            window_s: str | Sequence[float] | None = None, uptake_s: float = 90.0, max_iter: int = 100,
+            overwrite: bool = False) -> Path:
     """Fit ROI curves from a CSV and write one row of parameters per ROI to ``out`` (CSV).
 
     ``curves`` has a ``time_s`` column, the AIF column ``aif_column`` and one column per ROI. With

@@ -18,6 +18,7 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .convolution import exp_conv_and_derivative, to_time_major
 from .linear import dot_over_time
@@ -59,8 +60,18 @@ def _linear_part(f, cp, c_dot_cp, cp_dot_cp, c, with_vp):
 
 
 def fit_tofts_separable(
-    t_s, conc_mM, cp_mM, kep0_per_s, *, with_vp, max_iter=40, ftol=1e-6, xtol=1e-5, axis=-1, c_dot_c=None
-):
+    t_s: ArrayLike,
+    conc_mM: ArrayLike,
+    cp_mM: ArrayLike,
+    kep0_per_s: ArrayLike,
+    *,
+    with_vp: bool,
+    max_iter: int = 40,
+    ftol: float = 1e-6,
+    xtol: float = 1e-5,
+    axis: int = -1,
+    c_dot_c: np.ndarray | None = None,
+) -> SeparableFit:
     """Fit Tofts (``with_vp=False``) or extended Tofts by variable projection over kep.
 
     Parameters

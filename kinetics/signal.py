@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .options import worker_count
@@ -52,7 +53,7 @@ def _per_frame(value):
     return np.expand_dims(np.asarray(value, dtype=float), -1)
 
 
-def spgr_signal(r1_per_s, *, s0, tr_s, fa_deg):
+def spgr_signal(r1_per_s: ArrayLike, *, s0: ArrayLike, tr_s: float, fa_deg: ArrayLike) -> np.ndarray | float:
     """Steady-state SPGR signal for relaxation rate ``r1_per_s``.
 
     ``S = S0 sin(a) (1 - E1) / (1 - E1 cos(a))`` with ``E1 = exp(-TR R1)``.
@@ -71,7 +72,7 @@ def spgr_signal(r1_per_s, *, s0, tr_s, fa_deg):
     return np.asarray(s0) * np.sin(a) * (1.0 - e1) / (1.0 - e1 * np.cos(a))
 
 
-def r1_from_signal(signal, *, s0, tr_s, fa_deg):
+def r1_from_signal(signal: ArrayLike, *, s0: ArrayLike, tr_s: float, fa_deg: ArrayLike) -> np.ndarray:
     """Relaxation rate R1 (/s) from SPGR signal, the exact inverse of :func:`spgr_signal`.
 
     Signal at or above ``S0 sin(a)``, the limit for infinite R1, has no solution and gives NaN.
@@ -113,7 +114,9 @@ def _baseline_frames(baseline, n_frames):
     return start, stop
 
 
-def s0_from_baseline(signal, *, t10_s, tr_s, fa_deg, baseline):
+def s0_from_baseline(
+    signal: ArrayLike, *, t10_s: ArrayLike, tr_s: float, fa_deg: ArrayLike, baseline: int | tuple[int, int]
+) -> np.ndarray | float:
     """Equilibrium signal S0 from the mean baseline (pre-contrast) signal and T10.
 
     Parameters
@@ -215,7 +218,9 @@ def _broadcast_shape(*shapes):
         return None
 
 
-def signal_from_concentration(conc_mM, *, t10_s, tr_s, fa_deg, r1_per_mM_s, s0):
+def signal_from_concentration(
+    conc_mM: ArrayLike, *, t10_s: ArrayLike, tr_s: float, fa_deg: ArrayLike, r1_per_mM_s: float, s0: ArrayLike
+) -> np.ndarray:
     """SPGR signal for a concentration series (the inverse of :func:`concentration_from_signal`).
 
     Parameters
@@ -251,7 +256,7 @@ def _vfa_inputs(signal, fa_deg, tr_s, b1):
     return signal, np.deg2rad(fa)
 
 
-def vfa_t1_linear(signal, fa_deg, *, tr_s, b1=None):
+def vfa_t1_linear(signal: ArrayLike, fa_deg: ArrayLike, *, tr_s: float, b1: ArrayLike | None = None) -> VfaFit:
     """T1 (s) from variable flip angle SPGR signals by the linear DESPOT1 regression.
 
     Regresses ``S/sin(a)`` on ``S/tan(a)``; the slope is ``E1 = exp(-TR/T1)``. Vectorised over voxels.
@@ -289,7 +294,9 @@ def vfa_t1_linear(signal, fa_deg, *, tr_s, b1=None):
     return VfaFit(np.where(ok, t1, np.nan), np.where(ok, s0, np.nan), ok)
 
 
-def vfa_t1_nonlinear(signal, fa_deg, *, tr_s, b1=None, max_iter=50):
+def vfa_t1_nonlinear(
+    signal: ArrayLike, fa_deg: ArrayLike, *, tr_s: float, b1: ArrayLike | None = None, max_iter: int = 50
+) -> VfaFit:
     """T1 (s) from VFA SPGR signals by nonlinear least squares on the signal, seeded by DESPOT1.
 
     A Gauss-Newton iteration with Levenberg damping on (S0, R1), run for all voxels at once.

@@ -16,6 +16,7 @@ NaN parameters.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["FIT_STATUS", "STATUS_CODE", "OUTSIDE", "OK", "AT_BOUND", "INPUT_NOT_FINITE", "T10_MISSING",
            "ABOVE_SIGNAL_MAXIMUM", "NOT_ENHANCING", "NOT_CONVERGED", "ESTIMATE_NOT_FINITE", "IMPLAUSIBLE", "has_estimate",
@@ -53,7 +54,7 @@ def status_counts(status, *, skip_outside: bool = True) -> dict:
             if not (skip_outside and c == OUTSIDE)}
 
 
-def conversion_status(signal, conc, t10_s):
+def conversion_status(signal: ArrayLike, conc: ArrayLike, t10_s: ArrayLike) -> np.ndarray:
     """Per voxel, :mod:`kinetics.status` code of why its concentration curve is not finite where its
     signal is: ``t10_missing`` or ``above_signal_maximum`` (a frame above the SPGR maximum for the
     voxel's T10, TR and flip angle: saturation, inflow, or a T10 or flip angle that is wrong); else 0."""

@@ -21,6 +21,7 @@ scan; nothing is written unless every scan could be fitted.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -81,7 +82,9 @@ def _scan_options(row, defaults, where):
     return options
 
 
-def fit_study(study, *, out, overwrite=False, progress=True, **defaults):
+def fit_study(
+    study: str | os.PathLike, *, out: str | os.PathLike, overwrite: bool = False, progress: bool = True, **defaults
+) -> Path:
     """Fit every scan of a study table (see the module docstring) and write one CSV to ``out``: the
     columns of :func:`kinetics.roi.fit_roi` after ``scan_id``. ``defaults`` are the
     :func:`kinetics.roi.fit_roi` options that rows do not give. Returns ``out``."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import aif as aif_mod
 from .block import MIN_FRAMES_KEPT
@@ -27,7 +29,7 @@ INPUTS = ("concentration", "signal")
 AIF_NAMES = sorted(aif_mod.POPULATION_AIFS) + ["auto"]
 
 
-def check_frame_times(t_s, source):
+def check_frame_times(t_s: ArrayLike, source: str | os.PathLike) -> None:
     """Reject frame times whose spacing says they are not in seconds (milliseconds, typically)."""
     if np.size(t_s) < 2:
         raise KineticsInputError(f"{source}: {np.size(t_s)} frame times; a dynamic series needs at least 2.")
@@ -38,7 +40,7 @@ def check_frame_times(t_s, source):
         )
 
 
-def check_delay(delay_s, t_s, name="delay"):
+def check_delay(delay_s: float, t_s: np.ndarray, name: str = "delay") -> float:
     """A bolus start (s) at or after the first frame and before the last, else a KineticsInputError
     (an AIF that starts after the series is all zeros; one given in ms starts long after it)."""
     delay = number(delay_s, name, "s")
@@ -48,7 +50,15 @@ def check_delay(delay_s, t_s, name="delay"):
     return delay
 
 
-def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
+def resolve_aif(
+    aif: str | os.PathLike,
+    t_s: np.ndarray,
+    *,
+    conc: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    hct: float = 0.42,
+    aif_delay_s: float | None = None,
+) -> np.ndarray:
     """The plasma AIF (mM) on the frame times ``t_s`` from what the user named.
 
     Parameters
@@ -89,7 +99,14 @@ def resolve_aif(aif, t_s, *, conc=None, mask=None, hct=0.42, aif_delay_s=None):
     return np.interp(t_s, t_aif, cp)
 
 
-def signal_options(tr, fa, r1, baseline, n_frames, source):
+def signal_options(
+    tr: float | None,
+    fa: str | ArrayLike | None,
+    r1: float,
+    baseline: int | None,
+    n_frames: int,
+    source: str | os.PathLike,
+) -> tuple[float, float, float, int]:
     """Checked acquisition values of an SPGR series: (tr_s, fa_deg, r1, baseline frames)."""
     if tr is None or fa is None or baseline is None:
         raise KineticsInputError(
@@ -140,31 +157,31 @@ def _mask(mask, spatial, affine=None):
 
 
 def fit_dce(
-    dce,
-    times,
-    aif,
+    dce: str | os.PathLike,
+    times: str | os.PathLike,
+    aif: str | os.PathLike,
     *,
-    out,
-    model="extended_tofts",
-    input="concentration",
-    t10=None,
-    tr=None,
-    fa=None,
-    r1=4.5,
-    baseline=None,
-    hct=0.42,
-    aif_delay=None,
-    mask=None,
-    method="nlls",
-    fit_delay=False,
-    motion_correct=False,
-    denoise=False,
-    max_iter=100,
-    quality=False,
-    engine="auto",
-    overwrite=False,
-    chunk_size=None,
-):
+    out: str | os.PathLike,
+    model: str = "extended_tofts",
+    input: str = "concentration",
+    t10: float | str | os.PathLike | None = None,
+    tr: float | None = None,
+    fa: str | ArrayLike | None = None,
+    r1: float = 4.5,
+    baseline: int | None = None,
+    hct: float = 0.42,
+    aif_delay: float | None = None,
+    mask: str | os.PathLike | None = None,
+    method: str = "nlls",
+    fit_delay: bool = False,
+    motion_correct: bool = False,
+    denoise: bool = False,
+    max_iter: int = 100,
+    quality: bool = False,
+    engine: str = "auto",
+    overwrite: bool = False,
+    chunk_size: int | None = None,
+) -> Path:
     """Fit a DCE-MRI series file and write the maps to ``out``; returns the output directory.
 
     Writes ``<param>.nii.gz`` for each model and derived parameter (Ktrans and kep in /min, volumes as
@@ -293,7 +310,17 @@ def no_fit_message(curves, cp, input, method="nlls") -> str:
     return f"no voxel could be fitted (0 of {n}): {cause}."
 
 
-def t1_map(vfa, fa, *, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):
+def t1_map(
+    vfa: str | os.PathLike,
+    fa: str | ArrayLike,
+    *,
+    tr: float,
+    out: str | os.PathLike,
+    method: str = "nonlinear",
+    b1: float | str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
     """T1 map (s) from a variable flip angle series file (x, y, z, n_fa); writes ``out`` (NIfTI).
 
     Parameters
