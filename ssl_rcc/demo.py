@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ log = logging.getLogger("ssl_rcc")
 
 
 
-def run_demo(out, *, overwrite=False, seed=0):
+def run_demo(out: str | os.PathLike, *, overwrite: bool = False, seed: int = 0) -> Path:
     """Run the demo into directory ``out`` and return the path of its ``report.md``."""
     import nibabel as nib
 

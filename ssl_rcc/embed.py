@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 
 from kinetics.io import output_file
 from kinetics.provenance import provenance
@@ -29,7 +31,7 @@ __all__ = ["load_encoder", "embed_archive", "embed_volume"]
 log = logging.getLogger("ssl_rcc")
 
 
-def load_encoder(path):
+def load_encoder(path: str | os.PathLike) -> tuple[Encoder, dict]:
     """An :class:`Encoder` from ``encoder.pt`` and its sidecar ``encoder.json``; returns (encoder, meta)."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
@@ -59,7 +61,8 @@ def _tiles(shape, patch):
 
 
 @torch.no_grad()
-def embed_volume(encoder, data, *, mask=None, batch_size=8):
+def embed_volume(encoder: Encoder, data: ArrayLike, *, mask: ArrayLike | None = None,
+                 batch_size: int = 8) -> np.ndarray:
     """Embedding (out_dim,) of a preprocessed (C, X, Y, Z) volume: the lesion ``mask`` as
     :func:`ssl_rcc.features.image.tumour_embedding` sees it or, without one, the mean over crops
     tiling the whole volume."""
@@ -77,7 +80,8 @@ def embed_volume(encoder, data, *, mask=None, batch_size=8):
     return features.mean(dim=0).numpy()
 
 
-def embed_archive(encoder_path, data, *, out, overwrite=False, batch_size=8, hash_ids=False, progress=True):
+def embed_archive(encoder_path: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike,
+                  overwrite: bool = False, batch_size: int = 8, hash_ids: bool = False, progress: bool = True) -> Path:
     """Embed every image of ``data`` (folder, or CSV; with a ``tumor_mask`` column, the tumour as
     :func:`ssl_rcc.features.image.lesion_crop` shows it) and write ``out`` (parquet: case_id, e0..e{d-1}); returns ``out``. ``hash_ids`` names the
     rows by a hash of each image's path rather than its file stem or the CSV's case_id."""

@@ -17,12 +17,20 @@ ICCV 2017. arXiv:1610.02391
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .data import Volume
 
 __all__ = ["block_importance", "top_features", "gradcam_image", "gradcam_case", "gradcam_figure", "image_branch"]
 
@@ -154,7 +162,8 @@ def gradcam_image(branch: nn.Module, crop, class_index: int) -> np.ndarray:
     return cam / cam.max() if cam.max() > 0 else cam
 
 
-def gradcam_case(branch, row, meta, class_index, patch):
+def gradcam_case(branch: nn.Module, row: Mapping[str, Any], meta: dict, class_index: int,
+                 patch: ArrayLike) -> tuple[np.ndarray, Volume, np.ndarray]:
     """Grad-CAM of one case-table row on the case's own image grid.
 
     Returns
@@ -183,7 +192,7 @@ def gradcam_case(branch, row, meta, class_index, patch):
     return np.clip(np.asarray(on_case.dataobj, np.float32), 0, 1), volume, mask
 
 
-def gradcam_figure(path, volume, mask, cam, *, title):
+def gradcam_figure(path: str | os.PathLike, volume: Volume, mask: np.ndarray, cam: np.ndarray, *, title: str) -> None:
     """Three orthogonal slices through the tumour's centre: the image (the corticomedullary phase of a
     4-phase CT), Grad-CAM over it, the tumour outlined."""
     import matplotlib

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,11 +104,18 @@ def _removes_a_failed_new_run(train):
 
 
 @_removes_a_failed_new_run
-def pretrain(data, *, method, out, architecture=None, epochs=None, max_steps=None, batch_size=None, patch=None, resume=False,
-             overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None, accumulate=None, lr=None,
-             warmup_steps=None, checkpoint_every=50, seed=None, workers=2, spacing=None, cache=None, vit_patch=None,
-             probe=None, probe_every=50, augment="auto", hash_ids=False, progress=True, recipe=None, temperature=None,
-             crop_scale=None, max_time=None, intensity=None, gamma=None, normalise_target=None):
+def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, architecture: str | None = None,
+             epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
+             patch: int | Sequence[int] | None = None, resume: bool = False, overwrite: bool = False, devices: int = 1,
+             num_nodes: int = 1, accelerator: str = "auto", precision: str | None = None,
+             accumulate: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
+             checkpoint_every: int = 50, seed: int | None = None, workers: int = 2, spacing: float | None = None,
+             cache: str | os.PathLike | None = None, vit_patch: int | None = None,
+             probe: str | os.PathLike | None = None, probe_every: int = 50, augment: str = "auto",
+             hash_ids: bool = False, progress: bool = True, recipe: str | None = None,
+             temperature: float | None = None, crop_scale: str | Sequence[float] | None = None,
+             max_time: float | None = None, intensity: float | None = None, gamma: Sequence[float] | None = None,
+             normalise_target: bool | None = None) -> Path:
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder, CSV or shards); returns RUN.
 
     See ``python -m ssl_rcc pretrain --help`` for the options. Options left out (None) come from the

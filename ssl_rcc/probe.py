@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from numpy.typing import ArrayLike
 
 from .data import PreprocessConfig, preprocess_volume, read_nifti
 from .data.cases import read_case_table
@@ -19,7 +20,7 @@ from .errors import InputError
 __all__ = ["KnnProbe", "knn_balanced_accuracy"]
 
 
-def knn_balanced_accuracy(features, labels, k=5):
+def knn_balanced_accuracy(features: torch.Tensor | ArrayLike, labels: ArrayLike, k: int = 5) -> float:
     """Leave-one-out k-NN (cosine) balanced accuracy of ``features`` (n, d) for ``labels`` (n,)."""
     z = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
     sim = z @ z.T

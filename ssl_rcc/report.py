@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import numpy as np
 
 __all__ = ["map_figure", "markdown_table"]
 
 
-def map_figure(path, panels, *, title, slice_index=None):
+def map_figure(path: str | os.PathLike, panels: Sequence[tuple[str, np.ndarray, float | None, float | None, str]], *,
+               title: str, slice_index: int | None = None) -> None:
     """Save a row of image panels (each ``(label, 3D array, vmin, vmax, cmap)``) at one z slice as PNG,
     each with its colour bar; voxels without a value (NaN) are grey and the panel's title says so."""
     import matplotlib
@@ -31,7 +36,7 @@ def map_figure(path, panels, *, title, slice_index=None):
     plt.close(fig)
 
 
-def markdown_table(header, rows):
+def markdown_table(header: Sequence[str], rows: Iterable[Iterable[Any]]) -> str:
     """A GitHub-flavoured markdown table; floats printed with 3 significant digits."""
 
     def cell(v):

@@ -8,6 +8,7 @@ import csv
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ class _DropNotices(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_lightning(*ignore: str):
+def quiet_lightning(*ignore: str) -> Iterator[None]:
     """Lightning without its notices (hardware, tips) and its own deprecation warnings, plus the
     warnings matching the ``ignore`` patterns, for the duration of the block only: the filters are
     restored afterwards, so a caller's own warning settings are left as they were."""

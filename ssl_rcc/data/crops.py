@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import InputError
 
@@ -11,7 +12,8 @@ __all__ = ["crop_start", "centred_crop", "centred_crop_start", "lesion_box", "bo
 LESION_MARGIN = 0.2  # of the lesion's largest extent, on each side of its bounding cube
 
 
-def crop_start(shape, patch, rng, *, mask=None):
+def crop_start(shape: ArrayLike, patch: ArrayLike, rng: np.random.Generator, *,
+               mask: ArrayLike | None = None) -> np.ndarray:
     """Start index of a ``patch``-sized crop inside an image of spatial ``shape``.
 
     With ``mask``, the crop is centred on a random mask voxel around which a whole crop fits (if the
@@ -40,7 +42,7 @@ def crop_start(shape, patch, rng, *, mask=None):
     return np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch)])
 
 
-def centred_crop(data, patch, *, mask=None):
+def centred_crop(data: np.ndarray, patch: ArrayLike, *, mask: ArrayLike | None = None) -> np.ndarray:
     """The ``patch``-sized crop of ``data`` centred on the centroid of ``mask`` (the image centre when
     ``mask`` is None or empty), shifted to stay inside the image; an image smaller than ``patch`` is
     padded by repeating its edge first.
@@ -72,7 +74,7 @@ def centred_crop_start(shape, patch, *, mask=None) -> np.ndarray:
     return np.clip(centre - patch // 2, 0, padded - patch)
 
 
-def lesion_box(mask, *, margin=LESION_MARGIN, min_side=8.0):
+def lesion_box(mask: ArrayLike, *, margin: float = LESION_MARGIN, min_side: float = 8.0) -> tuple[np.ndarray, float]:
     """The cube around a lesion that its crop shows: centre (3,) in voxel coordinates and side in voxels,
     the largest extent of the mask's bounding box times ``1 + 2 * margin`` (a ring of surrounding tissue
     on every side), at least ``min_side``.
@@ -89,7 +91,7 @@ def lesion_box(mask, *, margin=LESION_MARGIN, min_side=8.0):
     return (lo + hi - 1) / 2.0, side
 
 
-def box_crop(data, centre, side, patch, *, order=1):
+def box_crop(data: ArrayLike, centre: ArrayLike, side: float, patch: ArrayLike, *, order: int = 1) -> np.ndarray:
     """The cube of edge ``side`` voxels centred at ``centre`` (voxel coordinates) of ``data`` (C, X, Y, Z),
     resampled to ``patch`` (3,) voxels (linear for ``order=1``, nearest for 0); outside the image, the
     nearest edge value. Returns a float32 (C, *patch) array."""

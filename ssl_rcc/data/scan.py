@@ -7,6 +7,7 @@ except to group DICOM files into series (headers only).
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,8 @@ def _dicom_series(files):
     return groups, rejected
 
 
-def scan_archive(source, *, hash_ids=False):
+def scan_archive(source: str | os.PathLike, *,
+                 hash_ids: bool = False) -> tuple[list[ArchiveItem], list[tuple[Path, str]]]:
     """The images of a folder (recursive) or of a CSV with an ``image`` (or ``ct``/``path``) column.
 
     NIfTI images are named by their file stem (or a CSV's ``case_id``), or, with ``hash_ids``, by a

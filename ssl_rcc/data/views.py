@@ -7,8 +7,11 @@ uninterrupted run would, and each DDP rank takes its own share of every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
@@ -130,7 +133,7 @@ class PretrainDataset(Dataset):
                           lesion_prob=self.lesion_prob)
 
 
-def check_patch_fits(patch, largest):
+def check_patch_fits(patch: ArrayLike, largest: ArrayLike) -> None:
     """InputError unless the crop ``patch`` (3,) voxels fits the ``largest`` (3,) extent of the volumes
     on every axis (smaller volumes are padded)."""
     if any(int(p) > int(s) for p, s in zip(patch, largest)):
@@ -138,7 +141,8 @@ def check_patch_fits(patch, largest):
                          f"volume (largest {tuple(int(s) for s in largest)}); choose a smaller --patch.")
 
 
-def tissue_centre(data, rng, *, candidates=256, tries=4):
+def tissue_centre(data: np.ndarray, rng: np.random.Generator, *, candidates: int = 256,
+                  tries: int = 4) -> np.ndarray | None:
     """A voxel (3,) of enhancing soft tissue in a preprocessed (C, X, Y, Z) volume, or None.
 
     Unlabeled archives have no kidney masks, and uniform crops are mostly air, table, bone and fat.
@@ -162,7 +166,7 @@ def tissue_centre(data, rng, *, candidates=256, tries=4):
     return None
 
 
-def lesion_views(lesion, rng, n_views):
+def lesion_views(lesion: ArrayLike, rng: np.random.Generator, n_views: int) -> list[tuple[np.ndarray, float]]:
     """Centres and sides (voxels) of ``n_views`` views of a lesion: each a cube of :data:`LESION_VIEW_ZOOM`
     times the lesion's cube (:func:`~ssl_rcc.data.crops.lesion_box`, the crop the heads embed), shifted
     by at most half the difference of the sides: a smaller view lies inside the cube, a larger one holds
@@ -176,7 +180,9 @@ def lesion_views(lesion, rng, n_views):
     return out
 
 
-def make_views(data, mask, rng, patch, *, n_views, kidney_prob, transform, scale=None, lesion_prob=0.0):
+def make_views(data: np.ndarray, mask: ArrayLike | None, rng: np.random.Generator, patch: ArrayLike, *, n_views: int,
+               kidney_prob: float, transform: Callable[[np.ndarray, int], torch.Tensor] | None,
+               scale: tuple[float, float] | None = None, lesion_prob: float = 0.0) -> tuple[torch.Tensor, ...]:
     """``(view_0, ..., seeds)`` of one volume (C, X, Y, Z), every choice drawn from ``rng``: a crop
     (kidney-centred with probability ``kidney_prob`` when ``mask`` is given), overlapping crops for the
     other views, and a seed per view. ``transform=None`` leaves the crops as float16 for the device.

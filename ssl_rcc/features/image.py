@@ -18,6 +18,10 @@ fine-tuning and Grad-CAM all go through them.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -70,7 +74,8 @@ def image_features(row, encoder, meta, *, cache=None) -> dict:
     return out | lesion_descriptors(data, mask, meta["spacing_mm"])
 
 
-def write_untrained_encoder(folder, *, architecture, in_channels, patch, spacing_mm, seed=0, vit_patch=16):
+def write_untrained_encoder(folder: str | os.PathLike, *, architecture: str, in_channels: int, patch: Iterable[int],
+                            spacing_mm: float, seed: int = 0, vit_patch: int = 16) -> Path:
     """Write ``folder/encoder.pt`` and ``encoder.json`` of a randomly initialised encoder (the
     from-scratch baseline: the same architecture with no pretraining); returns the .pt path."""
     import json

@@ -8,7 +8,9 @@ its acquisition columns (extended Tofts, nonlinear, inside ``dce_tumor_mask``), 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,7 @@ def kinetic_inputs(row) -> tuple:
     return ("dce_tumor_mask", "dce", "dce_times", "aif", "t10")
 
 
-def check_kinetic_row(row, where):
+def check_kinetic_row(row: Mapping[str, Any], where: str) -> None:
     """InputError unless ``row`` has the kinetic maps or every DCE input (``where`` names the row)."""
     if not _given(row, "dce_tumor_mask"):
         raise InputError(f"{where}: kinetic features need dce_tumor_mask (the tumour on the DCE grid).")

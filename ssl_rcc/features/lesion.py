@@ -10,18 +10,26 @@ both beside the embedding.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..data import preprocess_volume, read_mask, read_nifti
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
 from ..data.crops import LESION_MARGIN, box_crop, lesion_box
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .cache import FeatureCache
 
 __all__ = ["lesion_crop", "lesion_descriptors", "lesion_region", "preprocessed_lesion", "LESION_MARGIN", "RING_MM"]
 
 RING_MM = 4.5  # width of the peritumoural ring of the descriptors
 
 
-def lesion_crop(data, mask, patch, *, margin=LESION_MARGIN):
+def lesion_crop(data: ArrayLike, mask: ArrayLike, patch: ArrayLike, *,
+                margin: float = LESION_MARGIN) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
     """The (C, *patch) float32 crop the encoder sees of the lesion ``mask`` in a preprocessed (C, X, Y, Z)
     volume: its bounding cube plus ``margin`` on each side, resampled to ``patch``; also returns the
     cube as (centre (3,), side) in voxels of ``data`` (to map the crop back, e.g. for Grad-CAM)."""
@@ -51,7 +59,8 @@ def lesion_descriptors(data, mask, spacing_mm) -> dict:
     return out
 
 
-def lesion_region(data, mask, spacing_mm, *, margin=LESION_MARGIN):
+def lesion_region(data: ArrayLike, mask: ArrayLike, spacing_mm: ArrayLike, *,
+                  margin: float = LESION_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The part of a preprocessed (C, X, Y, Z) volume and its mask that :func:`lesion_crop` (at any patch)
     and :func:`lesion_descriptors` read: the lesion's cube and its ring, plus one voxel for
     interpolation, clipped to the volume. Both give the same values on it as on the whole volume."""
@@ -67,7 +76,8 @@ def lesion_region(data, mask, spacing_mm, *, margin=LESION_MARGIN):
     return np.asarray(data)[(slice(None),) + box], mask[box]
 
 
-def preprocessed_lesion(row, config, in_channels, *, cache=None):
+def preprocessed_lesion(row: Mapping[str, Any], config: PreprocessConfig, in_channels: int, *,
+                        cache: FeatureCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(data, mask) of :func:`lesion_region` for one case-table row (``ct``/``image``, ``tumor_mask``),
     preprocessed with ``config``; float16-rounded values (as the pretraining cache keeps volumes), read
     from ``cache`` when there (keyed by the files' content and the preprocessing)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,10 @@ import pandas as pd
 from .draws import few_label_draws
 from .heads import PROTOCOLS, ProbeHead
 from .metrics import bootstrap_metrics, point_metrics, summarise
+
+if TYPE_CHECKING:
+    from .endtoend import FinetuneHead
+    from .heads import KnnHead
 
 __all__ = ["evaluate_draws", "set_name", "head_factory"]
 
@@ -29,7 +35,7 @@ def set_name(blocks) -> str:
     return "+".join(blocks)
 
 
-def head_factory(protocol, options=None):
+def head_factory(protocol: str, options: dict | None = None) -> Callable[..., ProbeHead | KnnHead | FinetuneHead]:
     """A function (classes, seed) -> unfitted head of ``protocol``; ``options`` go to the end-to-end head."""
     if protocol == "finetune":
         from .endtoend import FinetuneHead

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .endtoend import FinetuneHead
 
 __all__ = ["BlockScaler", "ProbeHead", "KnnHead", "PROTOCOLS", "head_from_state", "youden_threshold"]
 
@@ -304,7 +309,7 @@ class KnnHead:
 PROTOCOLS = {"probe": ProbeHead, "knn": KnnHead}
 
 
-def head_from_state(meta, arrays):
+def head_from_state(meta: dict, arrays: Mapping[str, np.ndarray]) -> ProbeHead | KnnHead | FinetuneHead:
     """A fitted head from :meth:`state`'s (meta, arrays)."""
     if meta["protocol"] == "finetune":
         from .endtoend import FinetuneHead

@@ -8,8 +8,11 @@ encoder (``encoder.pt``, ``encoder.json``), so that the folder is self-contained
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,12 +20,19 @@ from .. import __version__
 from ..errors import InputError
 from .heads import head_from_state
 
+if TYPE_CHECKING:
+    from .endtoend import FinetuneHead
+    from .heads import KnnHead, ProbeHead
+
 __all__ = ["save_model", "load_model", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "ssl-rcc-head/1"
 
 
-def save_model(folder, head, *, task, blocks, feature_names, encoder=None, settings=None, provenance=None):
+def save_model(folder: str | os.PathLike, head: ProbeHead | KnnHead | FinetuneHead, *, task: str,
+               blocks: Sequence[str], feature_names: Mapping[str, Sequence[str]],
+               encoder: str | os.PathLike | None = None, settings: dict | None = None,
+               provenance: dict | None = None) -> None:
     """Write a fitted head to ``folder`` (created); ``encoder`` the encoder.pt used for the image block."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,7 +47,7 @@ def save_model(folder, head, *, task, blocks, feature_names, encoder=None, setti
     (folder / "head.json").write_text(json.dumps(description, indent=2))
 
 
-def load_model(folder):
+def load_model(folder: str | os.PathLike) -> tuple[dict, ProbeHead | KnnHead | FinetuneHead]:
     """(description dict, fitted head) of a saved model; InputError for a folder that is not one, or one
     written by another format version."""
     folder = Path(folder)

@@ -3,7 +3,11 @@ AUC against the number of labels (matplotlib, headless; each function writes one
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .metrics import N_BINS
 
@@ -30,7 +34,8 @@ def _roc(y_positive, score):
     return np.interp(GRID, fpr, tpr)
 
 
-def roc_figure(path, repeats, classes, *, title):
+def roc_figure(path: str | os.PathLike, repeats: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[str], *,
+               title: str) -> None:
     """ROC curves: the mean over repeats and the 2.5-97.5 percentile band (binary: the positive class;
     otherwise one curve per class, one-vs-rest). ``repeats``: list of (y_index (m,), proba (m, k))."""
     plt = _plt()
@@ -51,7 +56,8 @@ def roc_figure(path, repeats, classes, *, title):
     plt.close(fig)
 
 
-def reliability_figure(path, y_index, proba, classes, *, title):
+def reliability_figure(path: str | os.PathLike, y_index: np.ndarray, proba: np.ndarray, classes: Sequence[str], *,
+                       title: str) -> None:
     """Observed frequency against predicted probability in 10 bins (all repeats' test predictions)."""
     plt = _plt()
     if len(classes) == 2:
@@ -72,7 +78,8 @@ def reliability_figure(path, y_index, proba, classes, *, title):
     plt.close(fig)
 
 
-def confusion_figure(path, y_index, predicted, classes, *, title):
+def confusion_figure(path: str | os.PathLike, y_index: ArrayLike, predicted: ArrayLike, classes: Sequence[str], *,
+                     title: str) -> None:
     """Confusion matrix, rows the true class, as row fractions with counts (all repeats pooled)."""
     from sklearn.metrics import confusion_matrix
 
@@ -92,7 +99,7 @@ def confusion_figure(path, y_index, predicted, classes, *, title):
     plt.close(fig)
 
 
-def label_curve_figure(path, curves, *, title):
+def label_curve_figure(path: str | os.PathLike, curves: Mapping[str, Iterable[tuple]], *, title: str) -> None:
     """AUC (mean and 95% interval) against labelled cases per class, one line per feature set.
 
     ``curves``: {name: [(shots label, n per class, mean, lo, hi), ...]}; 'all' is drawn at its size."""

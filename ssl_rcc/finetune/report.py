@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .. import __version__
 from .evaluation import set_name
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 __all__ = ["write_figures", "label_curve", "markdown_report", "METRIC_NAMES", "fmt"]
 
@@ -18,7 +26,7 @@ def _pooled(records):
     return y, p
 
 
-def write_figures(tmp, result, task, suffix=""):
+def write_figures(tmp: Path, result: Mapping[str, Any], task: Task, suffix: str = "") -> None:
     from .plots import confusion_figure, reliability_figure, roc_figure
 
     records = result["records"][result["main"]]
@@ -32,14 +40,15 @@ def write_figures(tmp, result, task, suffix=""):
     confusion_figure(tmp / f"confusion{suffix}.png", y, predicted, task.classes, title=f"{task.name}: confusion")
 
 
-def fmt(m):
+def fmt(m: Mapping[str, Any] | None) -> str:
     if m is None or m.get("mean") is None:
         return "-"
     lo, hi = m["ci95"]
     return f"{m['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['mean']:.3f}"
 
 
-def markdown_report(metrics_by_shots, task, blocks, protocol, command, curve):
+def markdown_report(metrics_by_shots: Mapping[str, Mapping[str, Any]], task: Task, blocks: Sequence[str],
+                    protocol: str, command: str, curve: bool) -> str:
     lines = ["# Few-label evaluation", "",
              f"Task **{task.name}** ({', '.join(task.classes)}), features **{'+'.join(blocks)}**, protocol **{protocol}**.",
              "", f"Command: `{command}`  ", f"ssl-rcc {__version__}.", "",
@@ -70,7 +79,7 @@ def markdown_report(metrics_by_shots, task, blocks, protocol, command, curve):
     return "\n".join(lines) + "\n"
 
 
-def label_curve(path, results, task):
+def label_curve(path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]], task: Task) -> None:
     from .plots import label_curve_figure
 
     curves = {}

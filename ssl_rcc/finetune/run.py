@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +144,13 @@ def _finetune_options(encoder_pt, epochs, lr, batch_size):
             "batch_size": number(batch_size, "batch_size", integer=True, positive=True)}
 
 
-def run_finetune(cases, *, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20,
-                 test_site=None, seed=0, cache=None, workers=None, architecture="resnet10_slim", patch=32, spacing=1.5,
-                 n_boot=200, epochs=30, lr=1e-3, batch_size=8, overwrite=False, progress=True):
+def run_finetune(cases: str | os.PathLike, *, task: str, out: str | os.PathLike,
+                 encoder: str | os.PathLike | None = None, features: str | Sequence[str] = "image",
+                 protocol: str = "probe", shots: int | str | Sequence[int | str] = "all", repeats: int = 20,
+                 test_site: str | None = None, seed: int = 0, cache: str | os.PathLike | None = None,
+                 workers: int | None = None, architecture: str = "resnet10_slim", patch: int = 32,
+                 spacing: float = 1.5, n_boot: int = 200, epochs: int = 30, lr: float = 1e-3, batch_size: int = 8,
+                 overwrite: bool = False, progress: bool = True) -> Path:
     """Few-label evaluation of a head and the model of all labels; returns ``out``.
 
     See ``python -m ssl_rcc finetune --help``. Writes metrics.json, predictions.csv, model/, ROC,
@@ -221,7 +227,9 @@ def _jsonable(value):
     raise TypeError(type(value))
 
 
-def predict_cases(model, cases, *, out, explain=False, overwrite=False, cache=None, workers=None, progress=True):
+def predict_cases(model: str | os.PathLike, cases: str | os.PathLike, *, out: str | os.PathLike, explain: bool = False,
+                  overwrite: bool = False, cache: str | os.PathLike | None = None, workers: int | None = None,
+                  progress: bool = True) -> Path:
     """Class probabilities for the cases of a table with a saved model; writes ``out`` (CSV).
 
     With ``explain``, also ``OUT_explain/`` (beside ``out``): block_importance.csv, top_features.csv
@@ -301,7 +309,8 @@ def _explain(folder, head, arrays, description, table, model, task):
                        title=f"{row['case_id']}: Grad-CAM for {task.classes[predicted[i]]} ({task.name})")
 
 
-def evaluate_predictions(predictions, cases, *, out, n_boot=1000, seed=0, overwrite=False):
+def evaluate_predictions(predictions: str | os.PathLike, cases: str | os.PathLike, *, out: str | os.PathLike,
+                         n_boot: int = 1000, seed: int = 0, overwrite: bool = False) -> Path:
     """Metrics of saved predictions (``predict``'s CSV) against the labels of a case table; writes ``out``."""
     predictions = Path(predictions)
     if not predictions.is_file():

@@ -7,6 +7,8 @@ window's units: on CT the absolute attenuation of each phase is the information,
 normalised target asks the encoder to discard it. Token masking and gathering are lightly's; 3D patchify is here.
 """
 
+from __future__ import annotations
+
 import torch
 from lightly.models import utils
 from monai.networks.blocks import TransformerBlock
@@ -16,7 +18,7 @@ from ..errors import InputError
 from .base import SSLMethod
 
 
-def token_masks(noise, mask_ratio):
+def token_masks(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, masked) token indices of each row of ``noise`` (B, N): the lowest ``N (1 - ratio)`` noise
     values are kept. lightly's ``random_token_mask`` does the same from the global RNG; taking the noise
     lets each sample's mask follow from its own seed, so a resumed run masks as the uninterrupted one."""
@@ -25,7 +27,7 @@ def token_masks(noise, mask_ratio):
     return order[:, :keep], order[:, keep:]
 
 
-def patchify(x, p):
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """(B, C, X, Y, Z) -> (B, N, p^3 C) patches in the token order of MONAI's ViT patch embedding."""
     b, c, X, Y, Z = x.shape
     x = x.reshape(b, c, X // p, p, Y // p, p, Z // p, p)

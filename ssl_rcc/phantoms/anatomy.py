@@ -6,6 +6,7 @@ case is a handful of vectorised array expressions, never a loop over voxels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,7 +26,7 @@ def _linear_upsampling(n_out, n_in):
     return m
 
 
-def smooth_field(rng, shape, scale_vox):
+def smooth_field(rng: np.random.Generator, shape: Sequence[int], scale_vox: float) -> np.ndarray:
     """Zero-mean, unit-SD random field smooth over about ``scale_vox`` voxels.
 
     Coarse white noise upsampled trilinearly, as three matrix products (separable interpolation).
@@ -39,7 +40,7 @@ def smooth_field(rng, shape, scale_vox):
     return np.ascontiguousarray(field)
 
 
-def rotation(rng, max_deg):
+def rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     """A random rotation matrix with each Euler angle within +-max_deg."""
     ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -64,7 +65,8 @@ class Anatomy:
     features: dict
 
 
-def build_anatomy(rng, labels, *, shape=(96, 96, 96), spacing_mm=1.5):
+def build_anatomy(rng: np.random.Generator, labels: Mapping[str, str], *, shape: Sequence[int] = (96, 96, 96),
+                  spacing_mm: float = 1.5) -> Anatomy:
     """Draw the geometry of one case for the given labels (subtype, grade, invasion)."""
     subtype, grade, invaded = labels["subtype"], labels["grade"], labels["invasion"] == "yes"
     scale = 96 * 1.5 / (shape[0] * spacing_mm)  # sizes below are for a 144 mm field of view

@@ -85,7 +85,7 @@ SITE = {
 }
 
 
-def draw(rng, mean_sd, low=None):
+def draw(rng: np.random.Generator, mean_sd: tuple[float, float], low: float | None = None) -> float:
     """One value from (mean, SD); clipped below at ``low`` when given."""
     value = rng.normal(*mean_sd)
     return value if low is None else max(value, low)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -43,7 +44,8 @@ class Case:
     dce: DceSeries | None
 
 
-def make_case(seed, labels, *, case_id="case", size=96, with_dce=True, motion_scale=1.0):
+def make_case(seed: int | np.random.SeedSequence, labels: dict, *, case_id: str = "case", size: int = 96,
+              with_dce: bool = True, motion_scale: float = 1.0) -> Case:
     """Draw and render one case from ``seed`` (int or SeedSequence) for the given labels."""
     rng = np.random.default_rng(seed)
     spacing = CT_SPACING_MM * 96 / size  # the field of view stays 144 mm
@@ -102,8 +104,9 @@ def _make_and_write(job):
     return _write_case(case, Path(root), unlabeled, masks)
 
 
-def generate_phantoms(out, *, n, seed=0, unlabeled=False, balanced=False, preview=False, workers=None,
-                      size=96, overwrite=False, masks=None, progress=False):
+def generate_phantoms(out: str | os.PathLike, *, n: int, seed: int = 0, unlabeled: bool = False,
+                      balanced: bool = False, preview: bool = False, workers: int | None = None, size: int = 96,
+                      overwrite: bool = False, masks: bool | None = None, progress: bool = False) -> Path:
     """Write ``n`` synthetic cases and ``cases.csv`` to ``out``; returns the path of the table.
 
     Parameters

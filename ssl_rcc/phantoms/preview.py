@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import nibabel as nib
 import numpy as np
 
 from .appearance import PHASES
 from .labels import SUBTYPES
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def preview_montage(root, table, path, *, per_subtype=2):
+
+def preview_montage(root: Path, table: pd.DataFrame, path: str | os.PathLike, *, per_subtype: int = 2) -> None:
     """Save a PNG: one row per case (up to ``per_subtype`` per subtype), CT window W400/L40."""
     import matplotlib
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from kinetics.aif import plasma_aif
@@ -77,7 +78,7 @@ def _blurred_noise_gain(sigma):
     return float(np.sqrt(np.sum(kernel**2)) ** 3)
 
 
-def shift_frames_z(series, shifts_vox):
+def shift_frames_z(series: np.ndarray, shifts_vox: ArrayLike) -> np.ndarray:
     """Move each frame of a (x, y, z, t) series by its own shift along z (voxels, linear interpolation,
     edge values repeated): frame t becomes ``series[..., z - shift[t], t]``."""
     nz, nt = series.shape[2], series.shape[3]
