@@ -57,7 +57,10 @@ def status_counts(status, *, skip_outside: bool = True) -> dict:
 def conversion_status(signal: ArrayLike, conc: ArrayLike, t10_s: ArrayLike) -> np.ndarray:
     """Per voxel, :mod:`kinetics.status` code of why its concentration curve is not finite where its
     signal is: ``t10_missing`` or ``above_signal_maximum`` (a frame above the SPGR maximum for the
-    voxel's T10, TR and flip angle: saturation, inflow, or a T10 or flip angle that is wrong); else 0."""
+    voxel's T10, TR and flip angle: saturation, inflow, or a T10 or flip angle that is wrong); else 0.
+
+    ``signal`` (..., n_times) a.u. and ``conc`` (..., n_times) mM, the concentration converted from it;
+    ``t10_s`` (s), a number or (...). Returns a (...) uint8 array."""
     finite_signal = np.isfinite(signal).all(axis=-1)
     finite_conc = np.isfinite(conc).all(axis=-1)
     with np.errstate(invalid="ignore"):

@@ -232,7 +232,11 @@ def fit_dce(
             conc = concentration_from_signal(
                 series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline, dtype=np.float32
             )
-        reason = conversion_status(series, conc, t10_value)
+        if roi is None:
+            reason = conversion_status(series, conc, t10_value)
+        else:  # only where the fit is asked: a whole series is several passes more
+            reason = np.zeros(spatial, np.uint8)
+            reason[roi] = conversion_status(series[roi], conc[roi], t10_value[roi] if np.ndim(t10_value) else t10_value)
         del series
     else:
         conc = series

@@ -80,6 +80,14 @@ def test_every_voxel_has_a_status_with_its_reason(dro_dir, tmp_path, capsys):
     truth = load(dro_dir / "ktrans_true.nii.gz")[2, 0, 0]
     assert status[2, 0, 0] == STATUS_CODE["ok"] and within_tolerance("ktrans", load(out / "ktrans.nii.gz")[2, 0, 0], truth)
     assert json.loads((out / "fit.json").read_text())["frames_excluded"] == {"voxels": 1, "frames": 1}
+    mask = np.zeros(status.shape, np.uint8)
+    mask[:3, :2] = 1  # the same reasons when a mask restricts the fit
+    save_image(tmp_path / "mask.nii.gz", mask, affine)
+    code, _ = run(["fit", "--dce", tmp_path / "dce.nii.gz", "--times", dro_dir / "times.txt", "--aif", dro_dir / "aif.csv",
+                   "--input", "signal", "--t10", tmp_path / "t10.nii.gz", "--tr", meta["tr_s"], "--fa", meta["fa_deg"],
+                   "--baseline", meta["baseline_frames"], "--mask", tmp_path / "mask.nii.gz", "--out", tmp_path / "masked"], capsys)
+    masked = load(tmp_path / "masked" / "fit_status.nii.gz")
+    assert code == 0 and np.array_equal(masked[mask > 0], status[mask > 0]) and not masked[mask == 0].any()
     np.testing.assert_array_equal(status == STATUS_CODE["ok"], load(out / "fit_ok.nii.gz") == 1)
     counts = json.loads((out / "fit.json").read_text())["fit_status"]
     assert counts["t10_missing"] == 1 and counts["above_signal_maximum"] == 1
