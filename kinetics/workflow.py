@@ -174,7 +174,7 @@ def fit_dce(
     mask: str | os.PathLike | None = None,
     method: str = "nlls",
     fit_delay: bool = False,
-    motion_correct: bool = False,
+    motion_correct: bool | str = False,
     denoise: bool = False,
     max_iter: int = 100,
     quality: bool = False,
@@ -199,6 +199,7 @@ def fit_dce(
     max_iter = iterations(max_iter)
     if engine not in ENGINES:
         raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
+    motion = motion_mode(motion_correct)
     out = Path(out)
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output directory exists; choose another or pass --overwrite.")
@@ -218,10 +219,19 @@ def fit_dce(
             )
     if not np.isfinite(series[roi] if roi is not None else series).any():
         raise KineticsInputError(f"{dce}: the series has no finite value where the fit is asked.")
-    if motion_correct:
+    shifts_mm = None
+    if motion == "mean":
         from .preprocess import motion_correct as register
 
         series = register(series, affine).series
+    elif motion == "model":
+        signal = dict(t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline) if input == "signal" else None
+        corrected = _model_driven(series, t_s, spec, aif=aif, hct=hct, aif_delay=aif_delay, roi=roi, affine=affine,
+                                  signal=signal, engine=engine)
+        series = corrected.series
+        shifts_mm = corrected.shifts_vox * np.linalg.norm(affine[:3, :3], axis=0)
+        log.info("model-driven motion correction: frame shifts up to %.2f mm (RMS %.2f mm)",
+                 float(np.abs(shifts_mm).max()), float(np.sqrt(np.mean(np.sum(shifts_mm**2, axis=1)))))
     if denoise:
         from .preprocess import denoise_mppca
 
@@ -257,7 +267,8 @@ def fit_dce(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
         fit_delay=bool(fit_delay), t10=None if t10 is None else str(t10), tr=tr, fa=fa, r1=r1,
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
-        motion_correct=bool(motion_correct), denoise=bool(denoise),
+        motion_correct=motion, denoise=bool(denoise),
+        frame_shifts_mm=None if shifts_mm is None else np.round(shifts_mm, 3).tolist(),
         n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
         frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},
@@ -288,6 +299,64 @@ def fit_dce(
                  options["frames_excluded"]["voxels"], options["frames_excluded"]["frames"])
     return out
 
+
+
+MOTION_MODES = ("model", "mean")
+MOTION_MARGIN_MM = 20.0  # tissue around the mask that the registration compares (edges carry the motion)
+
+
+def motion_mode(motion_correct) -> str | None:
+    """None (no correction), ``"model"`` (True: :mod:`kinetics.motion`) or ``"mean"`` (to the mean frame, dipy)."""
+    if motion_correct is False or motion_correct is None:
+        return None
+    if motion_correct is True:
+        return "model"
+    if motion_correct not in MOTION_MODES:
+        raise KineticsInputError(f"motion_correct: unknown {motion_correct!r}; expected one of {list(MOTION_MODES)} "
+                                 "(or the bare flag, which means model).")
+    return motion_correct
+
+
+def _model_driven(series, t_s, spec, *, aif, hct, aif_delay, roi, affine, signal, engine):
+    """:func:`kinetics.motion.model_driven_motion_correct` with the fit's own model, fitted by the linear
+    method over the mask and :data:`MOTION_MARGIN_MM` around it (everything without a mask)."""
+    from scipy import ndimage
+
+    from .motion import model_driven_motion_correct
+    from .signal import s0_from_baseline, signal_from_concentration
+
+    spatial = series.shape[:3]
+    field = np.isfinite(series).all(axis=-1)
+    if roi is not None:
+        radius = np.maximum(np.round(MOTION_MARGIN_MM / np.linalg.norm(affine[:3, :3], axis=0)), 1).astype(int)
+        ball = np.ones(tuple(2 * radius + 1), bool)
+        field &= ndimage.binary_dilation(roi, structure=ball)
+    if signal is not None and np.ndim(signal["t10_s"]):
+        field &= np.isfinite(signal["t10_s"]) & (signal["t10_s"] > 0)
+
+    def predict(current):
+        if signal is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                conc = concentration_from_signal(current, t10_s=signal["t10_s"], tr_s=signal["tr_s"],
+                                                 fa_deg=signal["fa_deg"], r1_per_mM_s=signal["r1_per_mM_s"],
+                                                 baseline=signal["baseline"], dtype=np.float32)
+        else:
+            conc = current
+        cp = resolve_aif(aif, t_s, conc=conc, mask=roi, hct=hct, aif_delay_s=aif_delay)
+        fit = fit_image(conc, t_s, cp, mask=field, model=spec.name, method="llsq", engine=engine)
+        valid = field & has_estimate(fit.fit_status)
+        curves = spec.forward(t_s, cp, *(fit.params[name][valid] for name in spec.params))
+        if signal is not None:
+            t10 = signal["t10_s"][valid] if np.ndim(signal["t10_s"]) else signal["t10_s"]
+            s0 = s0_from_baseline(current[valid], t10_s=t10, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                  baseline=signal["baseline"])
+            curves = signal_from_concentration(curves, t10_s=t10, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                               r1_per_mM_s=signal["r1_per_mM_s"], s0=s0)
+        prediction = np.zeros(spatial + (len(t_s),), np.float32)
+        prediction[valid] = curves
+        return prediction, valid
+
+    return model_driven_motion_correct(series, predict)
 
 
 PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)

@@ -79,14 +79,19 @@ def _blurred_noise_gain(sigma):
 
 
 def shift_frames_z(series: np.ndarray, shifts_vox: ArrayLike) -> np.ndarray:
-    """Move each frame of a (x, y, z, t) series by its own shift along z (voxels, linear interpolation,
-    edge values repeated): frame t becomes ``series[..., z - shift[t], t]``."""
-    nz, nt = series.shape[2], series.shape[3]
-    src = np.clip(np.arange(nz)[:, None] - np.asarray(shifts_vox)[None, :], 0, nz - 1)
-    i0 = np.minimum(np.floor(src).astype(int), nz - 2)
-    frac = (src - i0).astype(series.dtype)
-    frames = np.arange(nt)[None, :]
-    return series[:, :, i0, frames] * (1 - frac) + series[:, :, i0 + 1, frames] * frac
+    """Move each frame of a (x, y, z, t) series by its own shift along z (voxels): frame t becomes
+    ``series[..., z - shift[t], t]``, by the Fourier shift theorem.
+
+    An MR frame of a body moved by d is the unmoved frame's k-space times a linear phase, so a Fourier
+    shift is what the scanner would reconstruct (wrapping at the field of view). Linear interpolation,
+    used before 2026-12-04, also blurred each frame by up to half a voxel, which no registration can
+    undo: on the motion phantoms, undoing the true shifts recovered 0.88-0.96 of tumour voxels within
+    tolerance instead of 0.98-1.0.
+    """
+    spectrum = np.fft.fft(series, axis=2)
+    kz = np.fft.fftfreq(series.shape[2])
+    spectrum *= np.exp(-2j * np.pi * kz[:, None] * np.asarray(shifts_vox, float)[None, :])  # (z, t)
+    return np.fft.ifft(spectrum, axis=2).real.astype(series.dtype)
 
 
 @dataclass

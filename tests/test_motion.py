@@ -1,0 +1,84 @@
+"""Model-driven motion correction (kinetics.motion): planted shifts found, phantom maps improved, bad input refused."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import ssl_rcc.phantoms.render as render
+from kinetics import KineticsInputError
+from kinetics.__main__ import main
+from kinetics.motion import frame_translations, model_driven_motion_correct, translate_frames
+from kinetics.tolerance import within_tolerance
+from ssl_rcc.phantoms import SITES, make_case
+from ssl_rcc.phantoms.generate import _write_case
+
+
+def structured_volume(rng, shape=(24, 24, 16)):
+    return ndimage.gaussian_filter(rng.normal(size=shape), 1.5) * 100.0 + 500.0
+
+
+def test_frame_translations_find_sub_voxel_shifts_of_every_frame(rng):
+    still = np.stack([structured_volume(rng)] * 6, axis=-1) * np.linspace(1.0, 1.6, 6)  # contrast rises
+    planted = rng.uniform(-0.4, 0.4, (6, 3))
+    planted[0] = 0.0
+    moved = np.stack([ndimage.shift(still[..., t], planted[t], order=3, mode="nearest") for t in range(6)], axis=-1)
+    found = frame_translations(moved, still, np.ones(still.shape[:3]))
+    inner = (slice(3, -3),) * 3
+    np.testing.assert_allclose(found, planted, atol=0.02)
+    undone = translate_frames(moved, found)
+    assert np.abs(undone - still)[inner].max() < 0.1 * np.abs(moved - still)[inner].max()
+
+
+def test_a_flat_target_leaves_its_frame_where_it_is(rng):
+    moving = np.stack([structured_volume(rng), structured_volume(rng)], axis=-1)
+    target = moving.copy()
+    target[..., 1] = 0.0  # a concentration frame before the bolus: nothing to register to
+    assert np.all(frame_translations(moving, target, np.ones(moving.shape[:3]))[1] == 0.0)
+
+
+def test_model_driven_correction_refuses_what_it_cannot_use():
+    with pytest.raises(KineticsInputError, match="4D"):
+        model_driven_motion_correct(np.zeros((4, 4, 4)), lambda s: (s, np.ones(s.shape[:3], bool)))
+    with pytest.raises(KineticsInputError, match="no estimate"):
+        model_driven_motion_correct(np.zeros((4, 4, 4, 3)), lambda s: (s, np.zeros(s.shape[:3], bool)))
+
+
+@pytest.mark.slow  # 15 s: three rounds of fit and registration
+def test_cli_motion_correction_on_a_breathing_phantom(tmp_path, monkeypatch, capsys):
+    """On a phantom with breathing motion (seed 9, the chrcc case of the phantom test), the corrected
+    fit recovers more tumour Ktrans within the OSIPI tolerance than the uncorrected one (measured
+    0.905 -> 0.948) and the frame shifts in fit.json match the planted ones (RMS 0.04 voxel against
+    their SD 0.11)."""
+    planted = {}
+    shift = render.shift_frames_z
+
+    def recording(series, shifts_vox):
+        planted["z"] = np.asarray(shifts_vox, float)
+        return shift(series, shifts_vox)
+
+    monkeypatch.setattr(render, "shift_frames_z", recording)
+    case = make_case(9, dict(subtype="chrcc", grade="low", invasion="no", site=SITES[2]), case_id="breathing")
+    row = _write_case(case, tmp_path, unlabeled=False)
+    common = ["fit", "--dce", tmp_path / row["dce"], "--times", tmp_path / row["dce_times"], "--aif", tmp_path / row["aif"],
+              "--input", "signal", "--t10", tmp_path / row["t10"], "--tr", row["tr_s"], "--fa", row["fa_deg"],
+              "--baseline", row["baseline_frames"], "--mask", tmp_path / row["dce_tumor_mask"]]
+    mask = np.asarray(nib.load(str(tmp_path / row["dce_tumor_mask"])).dataobj) > 0
+    truth = np.asarray(nib.load(str(tmp_path / row["ktrans_true"])).dataobj)[mask]
+    fractions = {}
+    for name, extra in (("none", []), ("model", ["--motion-correct"])):
+        assert main([str(a) for a in common + ["--out", tmp_path / name] + extra]) == 0
+        fitted = np.asarray(nib.load(str(tmp_path / name / "ktrans.nii.gz")).dataobj)[mask]
+        fractions[name] = np.mean(within_tolerance("ktrans", fitted, truth))
+    report = json.loads((tmp_path / "model" / "fit.json").read_text())
+    found = np.asarray(report["frame_shifts_mm"])[:, 2] / 3.0  # 3 mm voxels
+    print("within tolerance:", fractions, "shift RMS error (voxels):", np.sqrt(np.mean((found - planted["z"]) ** 2)))
+    assert report["motion_correct"] == "model"
+    assert fractions["model"] > fractions["none"] + 0.02, fractions
+    assert np.sqrt(np.mean((found - planted["z"]) ** 2)) < 0.5 * planted["z"].std()
+    assert np.corrcoef(found, planted["z"])[0, 1] > 0.9
+    capsys.readouterr()
+    assert main([str(a) for a in common + ["--out", tmp_path / "bad", "--motion-correct", "warp"]]) == 2
+    assert "motion_correct: unknown 'warp'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
