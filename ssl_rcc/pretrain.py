@@ -15,8 +15,10 @@ import os
 import shutil
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,21 +36,13 @@ from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
 from .models import ENCODER_FORMAT
+from .pretrain_config import PretrainConfig
 
 __all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
 
 log = logging.getLogger("ssl_rcc")
 # options a resumed run must share with the run it continues (it reads them from its run.json)
 _IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
-# whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
-_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
-
-
-def _patch3(patch):
-    values = patch if isinstance(patch, (tuple, list)) else (patch,) * 3
-    if len(values) != 3:
-        raise InputError(f"patch: give one size or three, not {len(values)}.")
-    return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
 
 
 def _process_ranks():
@@ -129,77 +123,93 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
     scale and shift of a view's intensities, in window units) and ``gamma`` ((lo, hi) or None) change the
     recipe's light views, and ``normalise_target`` MAE's per-patch normalised target (API only: the
     recipe's values are the measured choice).
+
+    The steps: the options are resolved and checked (:class:`~ssl_rcc.pretrain_config.PretrainConfig`),
+    RUN is prepared, the images opened (cache or shards), the schedule and run.json written, then the
+    model, its views and the Trainer are built and trained, and the encoder exported.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
 
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from .training import (AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, PretrainData, StepProgressBar,
-                           quiet_lightning)
-
-    from .recipes import RUN_OPTIONS, recipe_defaults
-
-    method_cls = get_method(method)
     run = Path(out)
     run_file = run / "run.json"
+    get_method(method)  # an unknown method is the first thing to hear about
     try:
         previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
     except ValueError:
         raise InputError(f"{run_file}: not valid JSON; the run cannot be resumed.") from None
-    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    recipe, defaults = recipe_defaults(recipe or previous.get("recipe", "auto"), method, cuda=use_cuda)
-    given = {"architecture": architecture, "patch": patch, "vit_patch": vit_patch, "spacing_mm": spacing,
-             "batch_size": batch_size, "lr": lr, "temperature": temperature, "crop_scale": crop_scale,
-             "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
-             "normalise_target": normalise_target}
-    chosen = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
-    architecture = chosen["architecture"]
-    patch = _patch3(chosen["patch"])
-    vit_patch = number(chosen["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)
-    spacing = number(chosen["spacing_mm"], "spacing", "mm", positive=True)
-    batch_size = number(chosen["batch_size"], "batch_size", integer=True, positive=True)
-    accumulate = number(chosen["accumulate"], "accumulate", integer=True, positive=True)
-    seed = number(chosen["seed"], "seed", integer=True, low=0)
-    lr = number(chosen["lr"], "lr", positive=True)
-    temperature = number(chosen["temperature"], "temperature", positive=True)
-    crop_scale = chosen["crop_scale"]
-    if crop_scale is not None:
-        if isinstance(crop_scale, str):
-            crop_scale = crop_scale.split(",")
-        if len(crop_scale) != 2:
-            raise InputError(f"crop_scale: give two factors (smallest, largest view side over the patch), not {crop_scale!r}.")
-        crop_scale = [number(c, "crop_scale", positive=True) for c in crop_scale]
-        if crop_scale[0] > crop_scale[1]:
-            raise InputError(f"crop_scale: {crop_scale[0]:g} is larger than {crop_scale[1]:g}.")
-    for name in ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale"):
-        if name in previous and given[name] is not None and previous[name] != chosen[name]:
-            raise InputError(f"{run}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
-                             f"a resumed run continues with its own (leave the option out).")
-    if batch_size < method_cls.min_batch_size:
-        raise InputError(f"batch_size: {batch_size} volume per device; {method} needs at least {method_cls.min_batch_size} "
-                         f"(its loss compares samples of the batch and its head normalises over it).")
-    devices = number(devices, "devices", integer=True, positive=True)
-    num_nodes = number(num_nodes, "num_nodes", integer=True, positive=True)
-    checkpoint_every = number(checkpoint_every, "checkpoint_every", "steps", integer=True, positive=True)
-    workers = number(workers, "workers", integer=True, low=0)
-    if max_time is not None:
-        max_time = number(max_time, "max_time", "minutes", positive=True)
-    if augment not in ("auto", "loader", "device"):
-        raise InputError(f"augment: {augment!r} is not one of auto, loader, device.")
-    if precision is not None and str(precision) not in _PRECISIONS:
-        raise InputError(f"precision: {precision!r} is not one of {', '.join(_PRECISIONS)}.")
-    if previous and (previous.get("devices", devices) * previous.get("num_nodes", num_nodes) != devices * num_nodes
-                     or previous.get("workers", workers) != workers):
-        log.warning("resuming with another number of processes or loader workers: the samples from here on are "
-                    "not those an uninterrupted run would have drawn")
+    given = {"method": method, "recipe": recipe, "architecture": architecture, "patch": patch, "vit_patch": vit_patch,
+             "spacing_mm": spacing, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+             "crop_scale": crop_scale, "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
+             "normalise_target": normalise_target, "devices": devices, "num_nodes": num_nodes, "workers": workers,
+             "checkpoint_every": checkpoint_every, "probe_every": probe_every, "max_time": max_time,
+             "augment": augment, "precision": precision, "accelerator": accelerator}
+    config = PretrainConfig.resolve(given, previous, cuda=use_cuda, where=str(run))
     last = run / "checkpoints" / "last.ckpt"
     secondary = _secondary_rank()
+    _prepare_run_directory(run, last, resume=resume, overwrite=overwrite, secondary=secondary)
+    images = _open_images(data, config, run, cache=cache, progress=progress, secondary=secondary, hash_ids=hash_ids)
+    identity = {"method": method, "architecture": config.architecture, "patch": config.patch,
+                "vit_patch": config.vit_patch, "channels": images.channels, "spacing_mm": images.spacing_mm}
+    if resume and not secondary:
+        differ = {k: (previous.get(k), identity[k]) for k in _IDENTITY if previous.get(k) != identity[k]}
+        if differ:
+            raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
+    if max_steps is None and previous:  # a resumed run keeps its length and schedule
+        max_steps = previous.get("max_steps")
+    if max_steps is None:
+        n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
+        max_steps = max(1, math.ceil(n_epochs * images.n_images / (config.batch_size * config.accumulate * config.world)))
+    max_steps = number(max_steps, "max_steps", integer=True, low=0)
+    warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
+    precision = config.precision or ("16-mixed" if use_cuda else "32-true")
+    on_device = config.augment == "device" or (config.augment == "auto" and use_cuda)
+    if previous.get("augment") not in (None, "device" if on_device else "loader"):
+        log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
+                    "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
+    options = dict(identity, recipe=config.recipe, max_steps=max_steps, batch_size=config.batch_size,
+                   accumulate=config.accumulate, lr=config.lr, warmup_steps=warmup, temperature=config.temperature,
+                   crop_scale=config.crop_scale, intensity=config.intensity, gamma=config.gamma,
+                   normalise_target=config.normalise_target, max_time_min=config.max_time_min, devices=config.devices,
+                   num_nodes=config.num_nodes, precision=precision, seed=config.seed,
+                   data=case_id_for(str(Path(data).resolve()), prefix="data") if hash_ids else str(data),
+                   augment="device" if on_device else "loader", n_images=images.n_images,
+                   preprocessing=images.preprocessing.to_dict(), workers=config.workers,
+                   source="shards" if images.shards is not None else "cache",
+                   provenance=provenance("ssl_rcc", command=not hash_ids))
+    if not secondary:
+        run_file.write_text(json.dumps(options, indent=2))
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    module = _method_module(config, images.channels, max_steps=max_steps, warmup_steps=warmup)
+    encoder_meta = {"method": method, "spacing_mm": [images.spacing_mm] * 3,
+                    "normalisation": {"CT": {"hu_window": list(images.preprocessing.ct_window)},
+                                      "MR": {"percentiles": list(images.preprocessing.mr_percentiles)}},
+                    "axis_order": "RAS", "input": "(B, C, X, Y, Z), values in [0, 1]"}
+    if max_steps == 0:  # the untrained encoder, as initialised from the seed: the from-scratch baseline
+        if not secondary:
+            export_encoder(module, run, dict(encoder_meta, steps=0))
+            run_file.write_text(json.dumps(dict(options, steps_trained=0), indent=2))
+            log.info("exported the untrained %s encoder (--max-steps 0): %s", config.architecture, run)
+        return run
+    datamodule = _training_data(config, images, module, max_steps=max_steps, on_device=on_device)
+    callbacks = _monitors(config, images, probe, max_steps=max_steps)
+    steps = _train(config, module, datamodule, callbacks, run, last, resume=resume, max_steps=max_steps,
+                   precision=precision, use_cuda=use_cuda, progress=progress, encoder_meta=encoder_meta,
+                   options=options, data=data)
+    if steps is not None:
+        stopped = "max_steps" if steps >= max_steps else ("max_time" if config.max_time_min is not None else "interrupted")
+        run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by=stopped), indent=2))
+        if stopped == "max_time":
+            log.warning("stopped by --max-time after %d of %d steps; the learning rate had not finished its schedule",
+                        steps, max_steps)
+        log.info("pretrained %s (%s) for %d steps: %s", config.architecture, method, steps, run)
+    return run
+
+
+def _prepare_run_directory(run: Path, last: Path, *, resume: bool, overwrite: bool, secondary: bool) -> None:
+    """Check that RUN may be written (or resumed) and create it; DDP's other processes leave it to rank 0."""
     if secondary:
-        pass  # DDP re-runs this function in every process: rank 0 has already checked and prepared RUN
+        pass  # DDP re-runs pretrain in every process: rank 0 has already checked and prepared RUN
     elif resume:
         if not last.is_file():
             raise InputError(f"{run}: --resume needs {last}, which does not exist.")
@@ -210,119 +220,130 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
             raise InputError(f"{run}: not a pretraining run (no run.json); --overwrite only replaces runs.")
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
-    stream = is_shard_folder(data)
-    if stream:  # TFRecord shards from `pack`: preprocessed already, streamed
+
+
+@dataclass(frozen=True)
+class _Images:
+    """The images a run trains on: a cache (``archive``) or TFRecord ``shards``, with what the run records."""
+
+    archive: Any
+    shards: Any
+    channels: int
+    n_images: int
+    spacing_mm: float
+    preprocessing: PreprocessConfig
+
+
+def _open_images(data, config: PretrainConfig, run: Path, *, cache, progress: bool, secondary: bool,
+                 hash_ids: bool) -> _Images:
+    """TFRecord shards from ``pack`` (preprocessed already, streamed), or the archive's preprocessed cache,
+    built by the node's first process (the others open it)."""
+    if is_shard_folder(data):
         shards = ShardIndex(data)
-        channels, n_images, spacing = shards.channels, len(shards), shards.spacing_mm
         preprocessing = PreprocessConfig(**{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in shards.meta["preprocessing"].items()})
+        return _Images(None, shards, shards.channels, len(shards), shards.spacing_mm, preprocessing)
+    preprocessing = PreprocessConfig(spacing_mm=(config.spacing_mm,) * 3)
+    cache_dir = Path(cache) if cache else run / "cache"
+    if _process_ranks()[0] > 0 and _cache_built_for(cache_dir, preprocessing):
+        archive = open_cache(cache_dir)
     else:
-        preprocessing = PreprocessConfig(spacing_mm=(spacing,) * 3)
-        cache_dir = Path(cache) if cache else run / "cache"
-        local_rank = _process_ranks()[0]
-        if local_rank > 0 and _cache_built_for(cache_dir, preprocessing):  # the node's first process built it
-            archive = open_cache(cache_dir)
-        else:
-            archive = build_cache(data, cache_dir, config=preprocessing, progress=progress and not secondary,
-                                  write_reports=not secondary, hash_ids=bool(hash_ids))
-        channels, n_images = archive.channels, len(archive)
-    encoder = {"architecture": architecture, "in_channels": channels, "patch": patch, "vit_patch": int(vit_patch)}
-    identity = {"method": method, "architecture": architecture, "patch": patch, "vit_patch": int(vit_patch),
-                "channels": channels, "spacing_mm": spacing}
-    if resume and not secondary:
-        differ = {k: (previous.get(k), identity[k]) for k in _IDENTITY if previous.get(k) != identity[k]}
-        if differ:
-            raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
-    world = devices * num_nodes
-    if max_steps is None and previous:  # a resumed run keeps its length and schedule
-        max_steps = previous.get("max_steps")
-    if max_steps is None:
-        n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
-        max_steps = max(1, math.ceil(n_epochs * n_images / (batch_size * accumulate * world)))
-    max_steps = number(max_steps, "max_steps", integer=True, low=0)
-    warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
-    precision = precision or ("16-mixed" if use_cuda else "32-true")
-    on_device = augment == "device" or (augment == "auto" and use_cuda)
-    if previous.get("augment") not in (None, "device" if on_device else "loader"):
-        log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
-                    "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
-    options = dict(identity, recipe=recipe, max_steps=max_steps, batch_size=batch_size, accumulate=accumulate, lr=lr,
-                   warmup_steps=warmup, temperature=temperature, crop_scale=crop_scale, intensity=chosen["intensity"],
-                   gamma=chosen["gamma"], normalise_target=chosen["normalise_target"], max_time_min=max_time, devices=devices, num_nodes=num_nodes, precision=precision,
-                   seed=int(seed), data=case_id_for(str(Path(data).resolve()), prefix="data") if hash_ids else str(data),
-                   augment="device" if on_device else "loader",
-                   n_images=n_images, preprocessing=preprocessing.to_dict(), workers=workers,
-                   source="shards" if stream else "cache", provenance=provenance("ssl_rcc", command=not hash_ids))
-    if not secondary:
-        run_file.write_text(json.dumps(options, indent=2))
-    pl.seed_everything(int(seed), workers=True, verbose=False)
-    extra = {"simclr": {"temperature": float(temperature)},
-             "mae": {"normalise_target": bool(chosen["normalise_target"])}}.get(method, {})
-    module = method_cls(encoder, lr=float(lr), max_steps=max(max_steps, 1), warmup_steps=warmup, **extra)
-    encoder_meta = {"method": method, "spacing_mm": [spacing] * 3,
-                    "normalisation": {"CT": {"hu_window": list(preprocessing.ct_window)},
-                                      "MR": {"percentiles": list(preprocessing.mr_percentiles)}},
-                    "axis_order": "RAS", "input": "(B, C, X, Y, Z), values in [0, 1]"}
-    if max_steps == 0:  # the untrained encoder, as initialised from the seed: the from-scratch baseline
-        if not secondary:
-            export_encoder(module, run, dict(encoder_meta, steps=0))
-            run_file.write_text(json.dumps(dict(options, steps_trained=0), indent=2))
-            log.info("exported the untrained %s encoder (--max-steps 0): %s", architecture, run)
-        return run
-    # views: random resized crops with light intensity changes (the recipes) or, without crop_scale,
-    # crops of the patch with MONAI's geometric and intensity augmentations
-    gamma = chosen["gamma"]
-    light = dict(intensity=float(chosen["intensity"]), gamma=None if gamma is None else tuple(gamma), noise_std=0.02)
+        archive = build_cache(data, cache_dir, config=preprocessing, progress=progress and not secondary,
+                              write_reports=not secondary, hash_ids=bool(hash_ids))
+    return _Images(archive, None, archive.channels, len(archive), config.spacing_mm, preprocessing)
+
+
+def _method_module(config: PretrainConfig, channels: int, *, max_steps: int, warmup_steps: int):
+    """The method's LightningModule around a fresh encoder (initialised from the seed set just before)."""
+    encoder = {"architecture": config.architecture, "in_channels": channels, "patch": config.patch,
+               "vit_patch": config.vit_patch}
+    extra = {"simclr": {"temperature": float(config.temperature)},
+             "mae": {"normalise_target": bool(config.normalise_target)}}.get(config.method, {})
+    return get_method(config.method)(encoder, lr=float(config.lr), max_steps=max(max_steps, 1),
+                                     warmup_steps=warmup_steps, **extra)
+
+
+def _training_data(config: PretrainConfig, images: _Images, module, *, max_steps: int, on_device: bool):
+    """The views (random resized crops with light intensity changes, as the recipes make them, or, without
+    crop_scale, crops of the patch with MONAI's augmentations) and the data module that batches them;
+    views made on the device are set on ``module``."""
+    from .training import PretrainData
+
+    method_cls = get_method(config.method)
+    gamma = None if config.gamma is None else tuple(config.gamma)
+    light = dict(intensity=float(config.intensity), gamma=gamma, noise_std=0.02)
     if on_device:
         module.device_transform = (BatchViewTransform(geometric=False, intensity=light["intensity"],
                                                       gamma=light["gamma"] or (1.0, 1.0), noise_std=0.02)
-                                   if crop_scale else BatchViewTransform(geometric=method_cls.geometric_views))
-    if crop_scale:
+                                   if config.crop_scale else BatchViewTransform(geometric=method_cls.geometric_views))
+    if config.crop_scale:
         transform = IntensityViewTransform(**light)
     else:
         transform = ViewTransform() if method_cls.geometric_views else IntensityViewTransform()
-    if stream:
-        dataset = ShardStream(shards, patch, batch_size=batch_size, total_batches=max_steps * accumulate,
-                              n_views=method_cls.n_views, seed=int(seed), transform=transform, device_views=on_device,
-                              scale=crop_scale)
+    if images.shards is not None:
+        dataset = ShardStream(images.shards, config.patch, batch_size=config.batch_size,
+                              total_batches=max_steps * config.accumulate, n_views=method_cls.n_views, seed=config.seed,
+                              transform=transform, device_views=on_device, scale=config.crop_scale)
     else:
-        dataset = PretrainDataset(archive, patch, n_views=method_cls.n_views, seed=int(seed), device_views=on_device,
-                                  transform=transform, scale=crop_scale)
-    datamodule = PretrainData(dataset, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, workers=workers)
-    every = number(probe_every, "probe_every", "steps", integer=True, positive=True)
+        dataset = PretrainDataset(images.archive, config.patch, n_views=method_cls.n_views, seed=config.seed,
+                                  device_views=on_device, transform=transform, scale=config.crop_scale)
+    return PretrainData(dataset, batch_size=config.batch_size, accumulate=config.accumulate, max_steps=max_steps,
+                        workers=config.workers)
+
+
+def _monitors(config: PretrainConfig, images: _Images, probe, *, max_steps: int) -> list:
+    """Callbacks that watch the representation: its health on a fixed set of crops, and the k-NN probe."""
     callbacks = []
-    if not stream:  # a fixed set of crops, drawn apart from the training samples, embedded as training goes
+    if images.shards is None:  # a fixed set of crops, drawn apart from the training samples
         from .training import RepresentationHealth
 
-        fixed = PretrainDataset(archive, patch, n_views=1, seed=int(seed) + 7919, device_views=True, scale=crop_scale)
-        callbacks.append(RepresentationHealth(np.stack([fixed[i][0].numpy() for i in range(64)]), every_n_steps=every,
-                                              max_steps=max_steps))
+        fixed = PretrainDataset(images.archive, config.patch, n_views=1, seed=config.seed + 7919, device_views=True,
+                                scale=config.crop_scale)
+        callbacks.append(RepresentationHealth(np.stack([fixed[i][0].numpy() for i in range(64)]),
+                                              every_n_steps=config.probe_every, max_steps=max_steps))
     if probe is not None:
         from .probe import KnnProbe
 
-        monitor = KnnProbe(probe, patch=patch, spacing_mm=spacing, every_n_steps=every)
-        if monitor.crops.shape[1] != channels:  # checked here, on every rank, not inside training on rank 0
-            raise InputError(f"{probe}: the probe cases have {monitor.crops.shape[1]} channels, the images {channels}.")
+        monitor = KnnProbe(probe, patch=config.patch, spacing_mm=images.spacing_mm, every_n_steps=config.probe_every)
+        if monitor.crops.shape[1] != images.channels:  # checked here, on every rank, not inside training on rank 0
+            raise InputError(f"{probe}: the probe cases have {monitor.crops.shape[1]} channels, the images {images.channels}.")
         callbacks.append(monitor)
-    checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=checkpoint_every, save_last=True,
-                                  save_top_k=0, save_on_train_epoch_end=False)
+    return callbacks
+
+
+def _train(config: PretrainConfig, module, datamodule, callbacks, run: Path, last: Path, *, resume: bool,
+           max_steps: int, precision: str, use_cuda: bool, progress: bool, encoder_meta: dict, options: dict,
+           data) -> int | None:
+    """Build the Trainer, train (from ``last`` when resuming) and export the encoder; returns the steps
+    trained on the first process (None on the others). SIGTERM saves, exports and exits 143."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from .training import AtomicCheckpointIO, CheckpointOnSigterm, MetricsCSV, StepProgressBar, quiet_lightning
+
+    world = config.world
+    checkpoints = ModelCheckpoint(dirpath=run / "checkpoints", every_n_train_steps=config.checkpoint_every,
+                                  save_last=True, save_top_k=0, save_on_train_epoch_end=False)
     on_sigterm = CheckpointOnSigterm(last)
+    accelerator = "gpu" if use_cuda else ("cpu" if config.accelerator == "auto" else config.accelerator)
     # Lightning cannot see that StepSampler resumes by itself (it starts at the restored step)
     with quiet_lightning(".*your dataloader is not resumable.*"):
         trainer = pl.Trainer(
-            max_steps=max_steps, max_epochs=-1, accelerator="gpu" if use_cuda else ("cpu" if accelerator == "auto" else accelerator),
-            devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
+            max_steps=max_steps, max_epochs=-1, accelerator=accelerator, devices=config.devices,
+            num_nodes=config.num_nodes, strategy="ddp" if world > 1 else "auto", precision=precision,
             # BatchNorm over every GPU's samples: per-device batches are small, and BatchNorm is the
             # normalisation that keeps absolute levels (GroupNorm or InstanceNorm centre each sample, losing
             # attenuation). PyTorch's SyncBatchNorm runs on GPUs only; CPU processes keep their own statistics.
             sync_batchnorm=world > 1 and use_cuda,
-            accumulate_grad_batches=accumulate,
+            accumulate_grad_batches=config.accumulate,
             callbacks=callbacks + [checkpoints, MetricsCSV(run / "metrics.csv"), on_sigterm]
-            + ([StepProgressBar(batch_size * world)] if progress else []),
+            + ([StepProgressBar(config.batch_size * world)] if progress else []),
             logger=TensorBoardLogger(str(run), name="tb", version=""), plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False, enable_progress_bar=bool(progress), log_every_n_steps=1,
             enable_model_summary=False, default_root_dir=str(run),
-            max_time=None if max_time is None else timedelta(minutes=float(max_time)),
+            max_time=None if config.max_time_min is None else timedelta(minutes=float(config.max_time_min)),
         )
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
@@ -330,26 +351,23 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
             if trainer.is_global_zero and on_sigterm.saved_step is not None:
                 steps = on_sigterm.saved_step
                 export_encoder(module, run, dict(encoder_meta, steps=steps))
-                run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by="sigterm"), indent=2))
+                (run / "run.json").write_text(json.dumps(dict(options, steps_trained=steps, stopped_by="sigterm"),
+                                                         indent=2))
                 log.warning("stopped by SIGTERM after %d of %d steps; the checkpoint is saved: continue with "
                             "python -m ssl_rcc pretrain --data %s --method %s --out %s --resume", steps, max_steps, data,
-                            method, run)
+                            config.method, run)
             raise SystemExit(128 + signal.SIGTERM) from None  # what a shell reports for a job ended by SIGTERM
         except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
             raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
         except RuntimeError as err:
             text = str(err)
             if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
-                raise InputError(f"{last}: the checkpoint does not fit a {architecture} {method} model ({str(err).splitlines()[0]}).") from None
+                raise InputError(f"{last}: the checkpoint does not fit a {config.architecture} {config.method} model "
+                                 f"({str(err).splitlines()[0]}).") from None
             raise
     trainer.save_checkpoint(last, weights_only=False)  # collective under DDP: every rank calls it, rank 0 writes
-    if trainer.is_global_zero:
-        steps = int(trainer.global_step)
-        export_encoder(module, run, dict(encoder_meta, steps=steps))
-        stopped = "max_steps" if steps >= max_steps else ("max_time" if max_time is not None else "interrupted")
-        run_file.write_text(json.dumps(dict(options, steps_trained=steps, stopped_by=stopped), indent=2))
-        if stopped == "max_time":
-            log.warning("stopped by --max-time after %d of %d steps; the learning rate had not finished its schedule",
-                        steps, max_steps)
-        log.info("pretrained %s (%s) for %d steps: %s", architecture, method, steps, run)
-    return run
+    if not trainer.is_global_zero:
+        return None
+    steps = int(trainer.global_step)
+    export_encoder(module, run, dict(encoder_meta, steps=steps))
+    return steps

@@ -1,0 +1,134 @@
+"""The options of a pretraining run, checked once: :class:`PretrainConfig`.
+
+``pretrain`` resolves every option a user may leave out (from the recipe, or, when resuming, from the
+run's own run.json), checks them all before anything is written, and from then on reads this frozen
+object instead of two dozen loose arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kinetics.options import number
+
+from .errors import InputError
+from .methods import get_method
+from .recipes import RUN_OPTIONS, recipe_defaults
+
+__all__ = ["PretrainConfig", "PRECISIONS", "RESUME_MUST_MATCH"]
+
+log = logging.getLogger("ssl_rcc")
+# whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+# options a resumed run may only repeat (it reads them from its run.json)
+RESUME_MUST_MATCH = ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """Every run-defining option of ``pretrain``, resolved and checked (see :meth:`resolve`)."""
+
+    method: str
+    recipe: str
+    architecture: str
+    patch: list[int]  # a list, as run.json keeps it
+    vit_patch: int
+    spacing_mm: float
+    batch_size: int
+    accumulate: int
+    lr: float
+    temperature: float
+    crop_scale: list[float] | None  # a list, as run.json keeps it
+    intensity: float
+    gamma: list[float] | None
+    normalise_target: bool
+    seed: int
+    devices: int
+    num_nodes: int
+    workers: int
+    checkpoint_every: int
+    probe_every: int
+    max_time_min: float | None
+    augment: str  # what was asked: auto, loader or device
+    precision: str | None  # None: by the device
+    accelerator: str
+
+    @property
+    def world(self) -> int:
+        """Processes training together (devices x nodes)."""
+        return self.devices * self.num_nodes
+
+    @classmethod
+    def resolve(cls, given: Mapping[str, Any], previous: Mapping[str, Any], *, cuda: bool, where: str) -> PretrainConfig:
+        """The config of ``given`` options (None: not given), completed from ``previous`` (a resumed run's
+        run.json, else empty) and then from the recipe; every value checked, one sentence per problem.
+        ``where`` names the run in the message when a resumed run is given another value."""
+        method = given["method"]
+        method_cls = get_method(method)
+        accelerator = given.get("accelerator", "auto")
+        if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+            raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
+        recipe, defaults = recipe_defaults(given.get("recipe") or previous.get("recipe", "auto"), method, cuda=cuda)
+        chosen = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
+        crop_scale = _crop_scale(chosen["crop_scale"])
+        config = cls(
+            method=method, recipe=recipe, architecture=chosen["architecture"], patch=_patch3(chosen["patch"]),
+            vit_patch=int(number(chosen["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)),
+            spacing_mm=number(chosen["spacing_mm"], "spacing", "mm", positive=True),
+            batch_size=number(chosen["batch_size"], "batch_size", integer=True, positive=True),
+            accumulate=number(chosen["accumulate"], "accumulate", integer=True, positive=True),
+            lr=number(chosen["lr"], "lr", positive=True),
+            temperature=number(chosen["temperature"], "temperature", positive=True),
+            crop_scale=crop_scale, intensity=chosen["intensity"], gamma=chosen["gamma"],
+            normalise_target=chosen["normalise_target"],
+            seed=int(number(chosen["seed"], "seed", integer=True, low=0)),
+            devices=number(given.get("devices", 1), "devices", integer=True, positive=True),
+            num_nodes=number(given.get("num_nodes", 1), "num_nodes", integer=True, positive=True),
+            workers=number(given.get("workers", 2), "workers", integer=True, low=0),
+            checkpoint_every=number(given.get("checkpoint_every", 50), "checkpoint_every", "steps", integer=True,
+                                    positive=True),
+            probe_every=number(given.get("probe_every", 50), "probe_every", "steps", integer=True, positive=True),
+            max_time_min=None if given.get("max_time") is None else number(given["max_time"], "max_time", "minutes",
+                                                                           positive=True),
+            augment=given.get("augment", "auto"), precision=given.get("precision"), accelerator=accelerator,
+        )
+        for name in RESUME_MUST_MATCH:
+            if name in previous and given.get(name) is not None and previous[name] != getattr(config, name):
+                raise InputError(f"{where}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
+                                 f"a resumed run continues with its own (leave the option out).")
+        if config.batch_size < method_cls.min_batch_size:
+            raise InputError(f"batch_size: {config.batch_size} volume per device; {method} needs at least "
+                             f"{method_cls.min_batch_size} (its loss compares samples of the batch and its head "
+                             "normalises over it).")
+        if config.augment not in ("auto", "loader", "device"):
+            raise InputError(f"augment: {config.augment!r} is not one of auto, loader, device.")
+        if config.precision is not None and str(config.precision) not in PRECISIONS:
+            raise InputError(f"precision: {config.precision!r} is not one of {', '.join(PRECISIONS)}.")
+        if previous and (previous.get("devices", config.devices) * previous.get("num_nodes", config.num_nodes) != config.world
+                         or previous.get("workers", config.workers) != config.workers):
+            log.warning("resuming with another number of processes or loader workers: the samples from here on are "
+                        "not those an uninterrupted run would have drawn")
+        return config
+
+
+def _patch3(patch) -> list[int]:
+    values = patch if isinstance(patch, (tuple, list)) else (patch,) * 3
+    if len(values) != 3:
+        raise InputError(f"patch: give one size or three, not {len(values)}.")
+    return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
+
+
+def _crop_scale(crop_scale) -> list[float] | None:
+    if crop_scale is None:
+        return None
+    if isinstance(crop_scale, str):
+        crop_scale = crop_scale.split(",")
+    if len(crop_scale) != 2:
+        raise InputError(f"crop_scale: give two factors (smallest, largest view side over the patch), not {crop_scale!r}.")
+    crop_scale = [number(c, "crop_scale", positive=True) for c in crop_scale]
+    if crop_scale[0] > crop_scale[1]:
+        raise InputError(f"crop_scale: {crop_scale[0]:g} is larger than {crop_scale[1]:g}.")
+    return crop_scale
