@@ -29,7 +29,7 @@ test: $(STAMP) $(TF_STAMP)
 	$(PY) -m pytest -q tests
 
 # the edit-run loop: everything but the whole runs marked slow (make test, which CI runs, has them all)
-test-fast: $(STAMP) $(TF_STAMP)
+test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)

@@ -4,12 +4,13 @@
 
 Reads the cases and the two encoders that ``python -m benchmarks.ssl_value --work DIR`` left there (a
 ResNet encoder pretrained and the same one untrained), embeds every labelled lesion's crop
-(:func:`ssl_rcc.features.lesion_crop`, as ``embed`` and the heads see it) and pools the feature maps of
+(:func:`ssl_rcc.features.image.lesion_crop`, as ``embed`` and the heads see it) and pools the feature maps of
 the four stages in several ways: the mean of the last stage (what ``embed`` does), the means of all
 stages, mean and SD of the last stage, and means inside the tumour mask (resampled to each stage)
 with and without a ring outside it. For each: effective rank, dead dimensions and the linear probe's
 AUC (the heads' ``probe`` protocol and draws) at 10 and 20 labels per class for subtype, grade and
-invasion. Writes ``benchmarks/results/embedding_pooling.json``.
+invasion. Writes ``benchmarks/results/embedding_pooling[_<tag>].json`` (with the runs' settings and
+provenance).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ RESULTS = Path(__file__).with_name("results")
 
 
 def stage_maps(encoder, x):
-    """The feature maps after each of a MONAI ResNet encoder's four stages."""
-    net = encoder.net
-    x = net.act(net.bn1(net.conv1(x)))
-    if not net.no_max_pool:
-        x = net.maxpool(x)
+    """The feature maps after each of a MONAI ResNet encoder's four stages (forward hooks), and its embedding."""
     maps = []
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        x = layer(x)
-        maps.append(x)
-    return maps
+    hooks = [getattr(encoder.net, f"layer{i}").register_forward_hook(lambda _m, _i, out: maps.append(out))
+             for i in (1, 2, 3, 4)]
+    try:
+        embedding = encoder(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return maps, embedding
 
 
 def pooled(maps, masks) -> dict:
@@ -68,11 +69,15 @@ def main(argv=None):
     parser.add_argument("--untrained", default="run_untrained", help="the untrained run's folder in --work")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--tag", default="", help="a name for the results file (embedding_pooling_<tag>.json)")
     args = parser.parse_args(argv)
 
     import torch
 
+    from kinetics.provenance import provenance
     from ssl_rcc.data.cases import read_case_table
+    from ssl_rcc.data.crops import box_crop
+    from ssl_rcc.errors import InputError
     from ssl_rcc.features.cache import FeatureCache
     from ssl_rcc.features.image import preprocess_config
     from ssl_rcc.features.lesion import lesion_crop, preprocessed_lesion
@@ -86,19 +91,31 @@ def main(argv=None):
     encoders = {name: load_encoder(work / run / "encoder.pt") for name, run in
                 (("pretrained", args.ssl), ("untrained", args.untrained))}
     encoder, meta = encoders["pretrained"]
+    for name, (model, model_meta) in encoders.items():
+        if model.kind != "resnet":
+            raise InputError(f"{name}: a {model.architecture} encoder; the stages pooled here are a ResNet's.")
+        if (model.patch, model.in_channels, model_meta["spacing_mm"]) != (encoder.patch, encoder.in_channels, meta["spacing_mm"]):
+            raise InputError(f"{name}: its patch, channels or spacing differ from the pretrained encoder's; "
+                             "the two must see the same crops.")
     config = preprocess_config(meta)
     crops, masks = [], []
     for _, row in table.iterrows():
         data, mask = preprocessed_lesion(dict(row), config, encoder.in_channels, cache=cache)
-        crops.append(lesion_crop(data, mask, encoder.patch)[0])
-        masks.append(lesion_crop(mask[None].astype(np.float32), mask, encoder.patch)[0][0] > 0.5)
+        crop, (centre, side) = lesion_crop(data, mask, encoder.patch)
+        crops.append(crop)
+        masks.append(box_crop(mask[None], centre, side, encoder.patch, order=0)[0] > 0)
     crops, masks = torch.from_numpy(np.stack(crops)), torch.from_numpy(np.stack(masks))
     sites = table["site"].to_numpy(dtype=str)
     results = {}
     with torch.no_grad():
         for name, (model, _) in encoders.items():
             model.eval()
-            parts = [pooled(stage_maps(model, crops[i:i + 50]), masks[i:i + 50]) for i in range(0, len(crops), 50)]
+            parts = []
+            for i in range(0, len(crops), 50):
+                maps, embedding = stage_maps(model, crops[i:i + 50])
+                parts.append(pooled(maps, masks[i:i + 50]))
+                # the first variant is what embed computes: the same numbers
+                torch.testing.assert_close(torch.from_numpy(parts[-1]["mean of the last stage (embed)"]), embedding)
             for variant in parts[0]:
                 x = np.concatenate([p[variant] for p in parts])
                 health = representation_health(x)
@@ -112,9 +129,18 @@ def main(argv=None):
                         line[f"{task_name}_{shots}"] = r["sets"]["image"]["auc"]["mean"]
                 results.setdefault(name, {})[variant] = line
                 print(name, "|", variant, {k: round(v, 3) for k, v in line.items()}, flush=True)
+    runs = {name: {k: v for k, v in json.loads((work / run / "run.json").read_text()).items()
+                   if k in ("method", "architecture", "temperature", "steps_trained", "seed")}
+            for name, run in (("pretrained", args.ssl), ("untrained", args.untrained))}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "embedding_pooling.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
+    (RESULTS / f"embedding_pooling{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(
+        {"settings": vars(args), "runs": runs, "results": results, "provenance": provenance("ssl_rcc")}, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    from kinetics.errors import KineticsInputError
+
+    try:
+        main()
+    except KineticsInputError as err:  # bad input: one sentence
+        raise SystemExit(f"error: {err}") from None

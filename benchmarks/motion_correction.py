@@ -2,8 +2,8 @@
 
     python -m benchmarks.motion_correction [--cases 6] [--scale 1.0] [--mean]
 
-Each case is drawn twice from one seed, without and with breathing motion (``motion_scale``: the
-site's SD of a frame's shift along z, 0.3-0.6 mm at 3 mm voxels, times ``--scale``), and fitted by
+Each case is drawn with breathing motion (the site's SD of a frame's shift along z, 0.3-0.6 mm at
+3 mm voxels, times ``--scale``) and fitted by
 ``python -m kinetics fit`` (extended Tofts, signal input, tumour mask) without correction, with the
 model-driven correction (``--motion-correct``) and, with ``--mean``, with the registration to the
 mean frame (``--motion-correct mean``; minutes a case); and, as the bound a perfect registration
@@ -37,21 +37,12 @@ def main(argv=None):
 
     import nibabel as nib
 
-    import ssl_rcc.phantoms.render as render
     from kinetics.__main__ import main as kinetics
     from kinetics.motion import translate_frames
-    from kinetics.tolerance import within_tolerance
+    from kinetics.provenance import provenance
     from ssl_rcc.phantoms import SITES, make_case
-    from ssl_rcc.phantoms.generate import _write_case
+    from ssl_rcc.phantoms.generate import kinetics_fit_arguments, tumour_ktrans_within_tolerance, write_case
 
-    planted = {}
-    shift = render.shift_frames_z
-
-    def recording_shift(series, shifts_vox):  # keep the planted shifts to score the ones found
-        planted["z"] = np.asarray(shifts_vox, float)
-        return shift(series, shifts_vox)
-
-    render.shift_frames_z = recording_shift
     variants = {"none": [], "model": ["--motion-correct"]} | ({"mean": ["--motion-correct", "mean"]} if args.mean else {})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,38 +50,34 @@ def main(argv=None):
         for i in range(args.cases):
             labels = dict(subtype=SUBTYPES[i % len(SUBTYPES)], grade="low", invasion="no", site=SITES[i % len(SITES)])
             case = make_case(args.seed + i, labels, case_id=f"m{i}", motion_scale=args.scale)
-            row = _write_case(case, root, unlabeled=False)
-            common = ["fit", "--dce", str(root / row["dce"]), "--times", str(root / row["dce_times"]),
-                      "--aif", str(root / row["aif"]), "--input", "signal", "--t10", str(root / row["t10"]),
-                      "--tr", str(row["tr_s"]), "--fa", str(row["fa_deg"]), "--baseline", str(row["baseline_frames"]),
-                      "--mask", str(root / row["dce_tumor_mask"])]
-            mask = np.asarray(nib.load(str(root / row["dce_tumor_mask"])).dataobj) > 0
-            truth = np.asarray(nib.load(str(root / row["ktrans_true"])).dataobj)[mask]
-            result = {"case": case.case_id, "subtype": labels["subtype"], "site": labels["site"],
-                      "planted_sd_vox": float(planted["z"].std())}
+            planted = case.dce.frame_shifts_vox
+            row = write_case(case, root)
+            common = kinetics_fit_arguments(row, root)
             # the bound: the series moved back by the planted shifts themselves (what a perfect registration gives)
             image = nib.load(str(root / row["dce"]))
-            back = translate_frames(np.asarray(image.dataobj, np.float32), np.c_[np.zeros((planted["z"].size, 2)), planted["z"]])
+            back = translate_frames(np.asarray(image.dataobj, np.float32), np.c_[np.zeros((planted.size, 2)), planted])
             nib.save(nib.Nifti1Image(back, image.affine), str(root / f"{case.case_id}_planted.nii.gz"))
-            planted_fit = [a if a != str(root / row["dce"]) else str(root / f"{case.case_id}_planted.nii.gz") for a in common]
+            planted_fit = [str(root / f"{case.case_id}_planted.nii.gz") if a == str(root / row["dce"]) else a for a in common]
+            result = {"case": case.case_id, "subtype": labels["subtype"], "site": labels["site"],
+                      "planted_sd_vox": float(planted.std())}
             for name, extra in (variants | {"planted shifts undone": None}).items():
                 out = root / f"{case.case_id}_{name.replace(' ', '_')}"
                 arguments = (planted_fit + ["--out", str(out)]) if extra is None else (common + ["--out", str(out)] + extra)
                 start = time.perf_counter()
                 assert kinetics(arguments) == 0
                 result[f"{name}_s"] = time.perf_counter() - start
-                fitted = np.asarray(nib.load(str(out / "ktrans.nii.gz")).dataobj)[mask]
-                result[name] = float(np.mean(within_tolerance("ktrans", fitted, truth)))
+                result[name] = tumour_ktrans_within_tolerance(row, root, out)
                 if name == "model":
-                    found = np.asarray(json.loads((out / "fit.json").read_text())["frame_shifts_mm"])[:, 2] / 3.0
-                    result["shift_error_rms_vox"] = float(np.sqrt(np.mean((found - planted["z"]) ** 2)))
+                    found = (np.asarray(json.loads((out / "fit.json").read_text())["frame_shifts_mm"])[:, 2]
+                             / np.linalg.norm(case.dce.affine[:3, 2]))  # mm to voxels
+                    result["shift_error_rms_vox"] = float(np.sqrt(np.mean((found - planted) ** 2)))
             rows.append(result)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
-    render.shift_frames_z = shift
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
     print("mean:", {k: round(v, 3) for k, v in summary.items()})
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "motion_correction.json").write_text(json.dumps({"settings": vars(args), "cases": rows, "mean": summary},
+    (RESULTS / "motion_correction.json").write_text(json.dumps({"settings": vars(args), "cases": rows, "mean": summary,
+                                                                           "provenance": provenance("kinetics")},
                                                                indent=2))
 
 

@@ -44,6 +44,7 @@ def main(argv=None):
     from kinetics.models import two_compartment_filtration
     from kinetics.renal import patlak_rutland
     from kinetics.signal import concentration_from_signal, signal_from_concentration
+    from kinetics.status import OK
 
     rng = np.random.default_rng(args.seed)
     n = args.kidneys
@@ -69,11 +70,12 @@ def main(argv=None):
     results = {}
     for form in ("plot", "time"):
         pr = patlak_rutland(t, kidney, cp, form=form)
-        results[f"patlak_rutland ({form})"] = dict(agreement(pr.ft / 100 * volume, gfr), not_ok_fraction=0.0)
+        results[f"patlak_rutland ({form})"] = dict(agreement(pr.ft / 100 * volume, gfr),
+                                                   not_ok_fraction=float(np.mean(~np.isfinite(pr.ft))))
     for name, options in (("2cfm", {}), ("2cfm, delay fitted", {"fit_delay": True})):
         fit = fit_curves(kidney, t, cp, model="2cfm", **options)
         estimate = fit.params["ft"] / 100 * volume
-        results[name] = dict(agreement(estimate, gfr), not_ok_fraction=float(np.mean(fit.fit_status != 1)))
+        results[name] = dict(agreement(estimate, gfr), not_ok_fraction=float(np.mean(fit.fit_status != OK)))
     out = {"kidneys": n, "seed": args.seed, "snr": 40, "t10_error": "+-10%", "delay_s": "0-4", "results": results}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "renal_gfr.json").write_text(json.dumps(out, indent=2))

@@ -53,28 +53,29 @@ def main(argv=None):
     parser.add_argument("--sample", type=int, default=10, help="scans timed one process each")
     parser.add_argument("--model", default="2cfm")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="renal-study-"))
-    study = write_study(work, args.scans)
-    common = ["--aif-column", "aorta", "--model", args.model, "--input", "signal", "--tr", "0.004", "--fa", "15",
-              "--baseline", "5"]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "kinetics", "fit-roi", "--study", str(study), "--out", str(work / "all.csv")]
-                   + common, check=True, capture_output=True)
-    one_call_s = time.perf_counter() - start
-    table = pd.read_csv(study)
-    start = time.perf_counter()
-    for _, row in table.head(args.sample).iterrows():
-        subprocess.run([sys.executable, "-m", "kinetics", "fit-roi", "--curves", str(work / row["curves"]),
-                        "--t10", f"{{LK: {row['t10_LK']}, RK: {row['t10_RK']}}}", "--volume-ml", "{LK: 150, RK: 130}",
-                        "--out", str(work / f"{row['scan_id']}.csv")] + common, check=True, capture_output=True)
-    per_process_s = (time.perf_counter() - start) / args.sample
-    together = pd.read_csv(work / "all.csv")
-    alone = pd.concat([pd.read_csv(work / f"{s}.csv") for s in table["scan_id"].head(args.sample)], ignore_index=True)
-    difference = float(np.max(np.abs(together["gfr_ml_min"].to_numpy()[: len(alone)] - alone["gfr_ml_min"].to_numpy())))
-    result = {"scans": args.scans, "rois": 2 * args.scans, "model": args.model, "one_call_s": one_call_s,
-              "per_scan_process_s": per_process_s, "processes_for_all_s": per_process_s * args.scans,
-              "speed_up": per_process_s * args.scans / one_call_s, "max_gfr_difference_ml_min": difference,
-              "status": together["fit_status"].value_counts().to_dict() if "fit_status" in together else None}
+    with tempfile.TemporaryDirectory(prefix="renal-study-") as tmp:
+        work = Path(tmp)
+        study = write_study(work, args.scans)
+        common = ["--aif-column", "aorta", "--model", args.model, "--input", "signal", "--tr", "0.004", "--fa", "15",
+                  "--baseline", "5"]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "kinetics", "fit-roi", "--study", str(study), "--out", str(work / "all.csv")]
+                       + common, check=True, capture_output=True)
+        one_call_s = time.perf_counter() - start
+        table = pd.read_csv(study)
+        start = time.perf_counter()
+        for _, row in table.head(args.sample).iterrows():
+            subprocess.run([sys.executable, "-m", "kinetics", "fit-roi", "--curves", str(work / row["curves"]),
+                            "--t10", f"{{LK: {row['t10_LK']}, RK: {row['t10_RK']}}}", "--volume-ml", "{LK: 150, RK: 130}",
+                            "--out", str(work / f"{row['scan_id']}.csv")] + common, check=True, capture_output=True)
+        per_process_s = (time.perf_counter() - start) / args.sample
+        together = pd.read_csv(work / "all.csv")
+        alone = pd.concat([pd.read_csv(work / f"{s}.csv") for s in table["scan_id"].head(args.sample)], ignore_index=True)
+        difference = float(np.max(np.abs(together["gfr_ml_min"].to_numpy()[: len(alone)] - alone["gfr_ml_min"].to_numpy())))
+        result = {"scans": args.scans, "rois": 2 * args.scans, "model": args.model, "one_call_s": one_call_s,
+                  "per_scan_process_s": per_process_s, "processes_for_all_s": per_process_s * args.scans,
+                  "speed_up": per_process_s * args.scans / one_call_s, "max_gfr_difference_ml_min": difference,
+                  "status": together["fit_status"].value_counts().to_dict() if "fit_status" in together else None}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "renal_study_speed.json").write_text(json.dumps(result, indent=2))
     print(f"{args.scans} scans x 2 kidneys ({args.model}, signal input): one --study call {one_call_s:.1f} s "

@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--tag", default="", help="an ablation's name: its own run and results file")
     parser.add_argument("--intensity", type=float, default=None, help="ablation: views' intensity change (recipe: 0.02)")
     parser.add_argument("--gamma", default=None, help="ablation: views' gamma range lo,hi (recipe: none)")
-    parser.add_argument("--temperature", type=float, default=None, help="ablation: NT-Xent temperature (recipe: 0.2)")
+    parser.add_argument("--temperature", type=float, default=None, help="ablation: NT-Xent temperature (recipe: 0.1 on CPU, 0.2 on GPU)")
     parser.add_argument("--no-lesion-masks", dest="lesion_masks", action="store_false",
                         help="ablation: an archive without masks (crops of enhancing tissue only, no lesion views)")
     args = parser.parse_args(argv)
@@ -61,6 +61,7 @@ def main(argv=None):
     from ssl_rcc.data import PreprocessConfig, build_cache
     from ssl_rcc.data.cases import read_case_table
     from ssl_rcc.features import compute_features
+    from ssl_rcc.features.image import embedding_columns
     from ssl_rcc.phantoms import generate_phantoms
     from ssl_rcc.pretrain import pretrain
 
@@ -101,11 +102,11 @@ def main(argv=None):
     radiomic = tabular["radiomic"]
     # the encoder's output alone: e0, e1, ... (not extent_mm, a descriptor, whose millimetres once
     # dominated the effective rank of "the embedding": 9.4 instead of 56)
-    embedding = {k: v[[c for c in v.columns if _is_embedding(c)]].to_numpy() for k, v in image.items()}
+    embedding = {k: v[embedding_columns(v.columns)].to_numpy() for k, v in image.items()}
     sets = {
         "embedding (SSL)": embedding["SSL"], "embedding (untrained)": embedding["untrained"],
         "image (SSL)": image["SSL"].to_numpy(), "image (untrained)": image["untrained"].to_numpy(),
-        "descriptors": image["SSL"][[c for c in image["SSL"].columns if not _is_embedding(c)]].to_numpy(),
+        "descriptors": image["SSL"].drop(columns=embedding_columns(image["SSL"].columns)).to_numpy(),
         "first-order radiomics": radiomic[[c for c in radiomic.columns if "firstorder" in c]].to_numpy(),
         "radiomic": radiomic.to_numpy(),
     }
@@ -118,10 +119,6 @@ def main(argv=None):
     timings["evaluation_s"] = time.perf_counter() - start
     training = _training(runs["SSL"], run, timings)
     _write(args, run, timings, auc, paired, fusion, health, training)
-
-
-def _is_embedding(column: str) -> bool:
-    return column[:1] == "e" and column[1:].isdigit()
 
 
 def _evaluate(table, sets, fusion_blocks, args):
@@ -180,7 +177,8 @@ def _training(run_dir, run, timings):
         "samples_per_s": samples / timings["pretrain_s"] if "pretrain_s" in timings else None,
         "views_per_s": 2 * samples / timings["pretrain_s"] if "pretrain_s" in timings else None,
         "loss_first_tenth": float(loss[:tenth].mean()), "loss_last_tenth": float(loss[-tenth:].mean()),
-        "spikes": int(np.nansum(robust_z > 5.0)), "max_robust_z": float(np.nanmax(robust_z)),
+        "spikes": int(np.nansum(robust_z > 5.0)),
+        "max_robust_z": float(np.nanmax(robust_z)) if np.isfinite(robust_z).any() else None,  # None: too short or flat
         "max_ratio_to_median": float(np.max(loss / median.to_numpy())),
         "loss": loss.tolist(), "health": metrics.dropna(subset=["rankme"])[["step", "rankme", "dead_fraction"]].to_dict("list"),
     }

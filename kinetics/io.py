@@ -294,3 +294,16 @@ def output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def write_table(path: str | os.PathLike, table, origin: dict, *, overwrite: bool = False) -> Path:
+    """Write ``table`` (a DataFrame) as CSV to ``path`` and ``origin`` (its provenance and options) as
+    ``<path>.json`` beside it, each atomically (:func:`output_file`); returns ``path``."""
+    import json
+
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".json")
+    with output_file(sidecar, overwrite=overwrite) as meta, output_file(path, overwrite=overwrite) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+        meta.write_text(json.dumps(origin, indent=2, default=str))
+    return path

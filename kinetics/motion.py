@@ -25,6 +25,7 @@ the first pass keep part of their motion.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -35,6 +36,8 @@ from scipy import ndimage
 from .errors import KineticsInputError
 
 __all__ = ["frame_translations", "translate_frames", "model_driven_motion_correct", "ModelDrivenCorrection"]
+
+log = logging.getLogger("kinetics")
 
 
 class ModelDrivenCorrection(NamedTuple):
@@ -49,13 +52,22 @@ class ModelDrivenCorrection(NamedTuple):
 
 
 def translate_frames(series: ArrayLike, shifts_vox: ArrayLike, *, order: int = 3) -> np.ndarray:
-    """Frame t of the result at x is frame t of ``series`` at x + ``shifts_vox[t]`` (B-spline of
-    ``order``, edge values repeated); the inverse of moving each frame's content by its shift."""
+    """Frame t of the result at x is frame t of ``series`` at x + ``shifts_vox[t]``: the inverse of
+    moving each frame's content by its shift.
+
+    ``series`` (x, y, z, t); ``shifts_vox`` (t, 3), voxels along the array axes. B-spline of ``order``,
+    edge values repeated. A voxel that is not finite stays NaN where it lands (and does not spread:
+    a spline's prefilter would carry one NaN over the whole frame).
+    """
     series = np.asarray(series, np.float32)
     shifts = np.asarray(shifts_vox, float)
+    bad = ~np.isfinite(series)
+    filled = np.where(bad, 0.0, series).astype(np.float32) if bad.any() else series
     out = np.empty_like(series)
     for t in range(series.shape[-1]):  # per frame, not per voxel: ndimage does the voxels
-        out[..., t] = ndimage.shift(series[..., t], -shifts[t], order=order, mode="nearest")
+        out[..., t] = ndimage.shift(filled[..., t], -shifts[t], order=order, mode="nearest")
+        if bad[..., t].any():
+            out[..., t][ndimage.shift(bad[..., t], -shifts[t], order=0, mode="nearest")] = np.nan
     return out
 
 
@@ -64,6 +76,7 @@ def frame_translations(
     target: ArrayLike,
     weight: ArrayLike,
     *,
+    initial: ArrayLike | None = None,
     sigmas_vox: Sequence[float] = (1.0, 0.0),
     steps: int = 10,
     max_shift_vox: float = 8.0,
@@ -78,17 +91,25 @@ def frame_translations(
     ----------
     moving, target : (x, y, z, t) ndarray
     weight : (x, y, z) ndarray
-        Voxels that count (0 where the target means nothing).
-    max_shift_vox : float
-        Shifts are held within this many voxels (a registration that runs off is stopped there).
+        Voxels that count (0 where the target means nothing). Values that are not finite count as 0.
+    initial : None or (t, 3) ndarray, voxels
+        Where to start (the previous round's shifts); None: no shift.
+    sigmas_vox, max_shift_vox : voxels
+        Smoothing of each level; shifts are held within ``max_shift_vox`` (a registration that runs
+        off is stopped there).
+
+    Returns
+    -------
+    (t, 3) ndarray, voxels along the array axes
     """
-    moving, target = np.asarray(moving, np.float32), np.asarray(target, np.float32)
+    moving = np.nan_to_num(np.asarray(moving, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    target = np.nan_to_num(np.asarray(target, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if moving.shape != target.shape or moving.ndim != 4:
         raise KineticsInputError(f"motion correction: series {moving.shape} and target {target.shape} must be one (x, y, z, t) shape.")
     weight = np.asarray(weight, float)
     inside = weight > 0
     w = weight[inside]
-    shifts = np.zeros((moving.shape[-1], 3))
+    shifts = np.zeros((moving.shape[-1], 3)) if initial is None else np.array(initial, float).reshape(-1, 3)
     scale = float(target[inside].std())
     # a target frame without structure (a concentration frame before the bolus) fixes no shift
     flat = np.array([target[..., t][inside].std() <= 1e-3 * scale for t in range(target.shape[-1])])
@@ -114,7 +135,6 @@ def model_driven_motion_correct(
     predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     *,
     iterations: int = 3,
-    region: ArrayLike | None = None,
 ) -> ModelDrivenCorrection:
     """Register each frame of ``series`` to the model's prediction of it, refitting between rounds.
 
@@ -123,11 +143,10 @@ def model_driven_motion_correct(
     series : (x, y, z, t) ndarray
     predict : callable
         ``predict(series) -> (prediction (x, y, z, t), valid (x, y, z) bool)``: the fitted model's
-        curves where it has an estimate.
+        curves where it has an estimate; only ``valid`` voxels are compared.
     iterations : int
-        Rounds of fit and registration; each registers the original frames again.
-    region : None or (x, y, z) bool ndarray
-        Where the comparison counts (with ``valid``); None: wherever the model has an estimate.
+        Rounds of fit and registration; each registers the original frames again, starting from the
+        previous round's shifts.
 
     Returns
     -------
@@ -140,11 +159,12 @@ def model_driven_motion_correct(
         raise KineticsInputError(f"motion correction: {iterations} iterations; give at least 1.")
     shifts = np.zeros((series.shape[-1], 3))
     current = series
-    for _ in range(int(iterations)):
+    for round_ in range(int(iterations)):
         prediction, valid = predict(current)
-        weight = valid if region is None else valid & np.asarray(region, bool)
-        if not weight.any():
+        if not valid.any():
             raise KineticsInputError("motion correction: the model gave no estimate to register the frames to.")
-        shifts = frame_translations(series, prediction, weight)
+        shifts = frame_translations(series, prediction, valid, initial=shifts)
         current = translate_frames(series, shifts)
+        log.info("motion correction, round %d of %d: frame shifts up to %.2f voxels", round_ + 1, int(iterations),
+                 float(np.abs(shifts).max()))
     return ModelDrivenCorrection(current, shifts, prediction, valid)

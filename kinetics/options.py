@@ -106,10 +106,4 @@ def flip_angles(value: str | ArrayLike, name: str = "fa") -> list[float]:
 
 def iterations(value, name="max_iter") -> int:
     """A positive whole number of iterations, or one sentence."""
-    try:
-        count = float(value)
-    except (TypeError, ValueError):
-        raise KineticsInputError(f"{name}: {value!r} is not a number of iterations.") from None
-    if not (count >= 1 and count == int(count)):
-        raise KineticsInputError(f"{name}: {value!r} must be a whole number of iterations, at least 1.")
-    return int(count)
+    return number(value, name, "iterations", integer=True, positive=True)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import KineticsInputError
 
-__all__ = ["choose_engine", "fork_blocker", "use_processes", "shared_zeros", "for_each_chunk", "ENGINES",
+__all__ = ["check_engine", "choose_engine", "fork_blocker", "use_processes", "shared_zeros", "for_each_chunk", "ENGINES",
            "MIN_VOXELS_FOR_PROCESSES"]
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
@@ -176,6 +176,13 @@ def _can_fork() -> bool:
     return fork_blocker() is None
 
 
+def check_engine(engine: str) -> str:
+    """``engine`` if it is one of :data:`ENGINES`, else one sentence."""
+    if engine not in ENGINES:
+        raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
+    return engine
+
+
 def choose_engine(engine: str, workers: int, n_voxels: int, data=None) -> tuple[str, str]:
     """``(engine, why)``: the engine :func:`for_each_chunk` runs ``n_voxels`` voxels of ``data`` on.
 
@@ -184,8 +191,7 @@ def choose_engine(engine: str, workers: int, n_voxels: int, data=None) -> tuple[
     alone: for debugging, or inside another parallel engine). Processes only for numpy arrays
     (memory-mapped ones included): file handles such as HDF5's may not be used across a fork.
     """
-    if engine not in ENGINES:
-        raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
+    check_engine(engine)
     if engine == "serial" or workers <= 1:
         return "serial", "asked for" if engine == "serial" else "one worker"
     if engine == "threads":

@@ -37,7 +37,7 @@ def quality_figure(
 
     status = np.asarray(status)
     if slice_index is None:
-        slice_index = int(np.argmax((status > 0).sum(axis=(0, 1))))
+        slice_index = int(np.argmax(has_estimate(status).sum(axis=(0, 1))))  # (status > 0 is every voxel without a mask)
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4.2 + 3.2 * len(maps), 3.6), constrained_layout=True)
     axes = np.atleast_1d(axes)
     codes = sorted(FIT_STATUS)

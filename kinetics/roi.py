@@ -12,7 +12,8 @@ from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .fit import fit_curves
-from .io import output_file
+from .io import write_table
+from .provenance import provenance
 from .options import haematocrit, iterations, number, plausible
 from .registry import get_model
 from .renal import PATLAK_RUTLAND_FORMS, patlak_rutland, single_kidney_function
@@ -113,9 +114,11 @@ def fit_roi(curves: str | os.PathLike, *, aif_column: str, out: str | os.PathLik
                           fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
                           volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s,
                           max_iter=max_iter)
-    with output_file(out, overwrite=overwrite) as tmp:
-        rows.to_csv(tmp, index=False, float_format="%.6g")
-    return out
+    options = dict(model=model, input=input, aif_column=aif_column, t10=t10, t10_aif=t10_aif, tr=tr, fa=fa, r1=r1,
+                   baseline=baseline, hct=hct, method=method, fit_delay=fit_delay, volume_ml=volume_ml, pr_form=pr_form,
+                   window_s=window_s, uptake_s=uptake_s, max_iter=max_iter)
+    return write_table(out, rows, dict(options=options, provenance=provenance("kinetics", {"curves": curves})),
+                       overwrite=overwrite)
 
 
 def roi_parameters(curves, *, aif_column, model="2cfm", input="concentration", t10=None, t10_aif=1.6, tr=None,

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import KineticsInputError
-from .io import output_file
+from .io import write_table
+from .provenance import provenance
 from .roi import roi_parameters
 
 __all__ = ["fit_study", "read_study", "STUDY_COLUMNS"]
@@ -53,6 +54,13 @@ def read_study(path) -> pd.DataFrame:
         raise KineticsInputError(f"{path}: the study table needs a 'curves' column; it has {list(table.columns)}.")
     if table.empty:
         raise KineticsInputError(f"{path}: the study table has no scan.")
+    # a misspelt column (T10_LK, tr_s) would silently leave the command's value in force
+    known = {"curves", "scan_id", *STUDY_COLUMNS, *PER_ROI}
+    unknown = [c for c in table.columns
+               if c not in known and not any(c.startswith(name + "_") and len(c) > len(name) + 1 for name in PER_ROI)]
+    if unknown:
+        raise KineticsInputError(f"{path}: unknown column(s) {unknown}; a study table has curves, scan_id, "
+                                 f"{', '.join(STUDY_COLUMNS)}, t10 or t10_<ROI>, volume_ml or volume_ml_<ROI>.")
     return table
 
 
@@ -92,6 +100,8 @@ def fit_study(
 
     tqdm.monitor_interval = 0  # no monitor thread: it would make the fits refuse to fork
     out = Path(out)
+    if out.is_dir():
+        raise KineticsInputError(f"{out}: is a directory; --out names the CSV file to write.")
     if out.exists() and not overwrite:
         raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
     table = read_study(study)
@@ -115,7 +125,7 @@ def fit_study(
             raise KineticsInputError(f"{where}: {err}") from None
         params.insert(0, "scan_id", scan)
         results.append(params)
-    with output_file(out, overwrite=overwrite) as tmp:
-        pd.concat(results, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
+    write_table(out, pd.concat(results, ignore_index=True),
+                dict(options=defaults, provenance=provenance("kinetics", {"study": study})), overwrite=overwrite)
     log.info("fitted %d scans (%d ROIs): %s", len(results), sum(len(r) for r in results), out)
     return out

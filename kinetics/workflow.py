@@ -16,7 +16,7 @@ from .errors import KineticsInputError
 from .fit import check_method, fit_image
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
-from .pool import ENGINES
+from .pool import check_engine
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
@@ -197,8 +197,7 @@ def fit_dce(
     check_method(method)
     hct = haematocrit(hct)
     max_iter = iterations(max_iter)
-    if engine not in ENGINES:
-        raise KineticsInputError(f"engine: unknown engine {engine!r}; expected one of {list(ENGINES)}.")
+    check_engine(engine)
     motion = motion_mode(motion_correct)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -229,7 +228,7 @@ def fit_dce(
         corrected = _model_driven(series, t_s, spec, aif=aif, hct=hct, aif_delay=aif_delay, roi=roi, affine=affine,
                                   signal=signal, engine=engine)
         series = corrected.series
-        shifts_mm = corrected.shifts_vox * np.linalg.norm(affine[:3, :3], axis=0)
+        shifts_mm = corrected.shifts_vox * np.linalg.norm(affine[:3, :3], axis=0)  # along the array axes i, j, k
         log.info("model-driven motion correction: frame shifts up to %.2f mm (RMS %.2f mm)",
                  float(np.abs(shifts_mm).max()), float(np.sqrt(np.mean(np.sum(shifts_mm**2, axis=1)))))
     if denoise:
@@ -267,7 +266,7 @@ def fit_dce(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
         fit_delay=bool(fit_delay), t10=None if t10 is None else str(t10), tr=tr, fa=fa, r1=r1,
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
-        motion_correct=motion, denoise=bool(denoise),
+        motion_correct=motion, denoise=bool(denoise), max_iter=max_iter, aif_delay=aif_delay,
         frame_shifts_mm=None if shifts_mm is None else np.round(shifts_mm, 3).tolist(),
         n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
@@ -319,44 +318,59 @@ def motion_mode(motion_correct) -> str | None:
 
 def _model_driven(series, t_s, spec, *, aif, hct, aif_delay, roi, affine, signal, engine):
     """:func:`kinetics.motion.model_driven_motion_correct` with the fit's own model, fitted by the linear
-    method over the mask and :data:`MOTION_MARGIN_MM` around it (everything without a mask)."""
+    method over the mask and :data:`MOTION_MARGIN_MM` around it (everything without a mask). The rounds
+    run on the field's bounding box (plus room for the shifts); the whole series is moved once."""
     from scipy import ndimage
 
-    from .motion import model_driven_motion_correct
+    from .motion import model_driven_motion_correct, translate_frames
     from .signal import s0_from_baseline, signal_from_concentration
 
-    spatial = series.shape[:3]
+    voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
     field = np.isfinite(series).all(axis=-1)
     if roi is not None:
-        radius = np.maximum(np.round(MOTION_MARGIN_MM / np.linalg.norm(affine[:3, :3], axis=0)), 1).astype(int)
-        ball = np.ones(tuple(2 * radius + 1), bool)
-        field &= ndimage.binary_dilation(roi, structure=ball)
-    if signal is not None and np.ndim(signal["t10_s"]):
-        field &= np.isfinite(signal["t10_s"]) & (signal["t10_s"] > 0)
+        field &= ndimage.distance_transform_edt(~roi, sampling=voxel_mm) <= MOTION_MARGIN_MM
+    t10 = None if signal is None else signal["t10_s"]
+    if t10 is not None and np.ndim(t10):
+        field &= np.isfinite(t10) & (t10 > 0)
+    if not field.any():
+        raise KineticsInputError("motion correction: no voxel with a finite series (and T10) to register.")
+
+    def concentration(current, t10_part):
+        if signal is None:
+            return current
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return concentration_from_signal(current, t10_s=t10_part, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                             r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
+                                             dtype=np.float32)
+
+    # the AIF once, from the series as acquired where it is found in the image
+    from_image = str(aif) == "auto" or (str(aif) in aif_mod.POPULATION_AIFS and aif_delay is None)
+    cp = resolve_aif(aif, t_s, conc=concentration(series, t10) if from_image else None, mask=roi, hct=hct,
+                     aif_delay_s=aif_delay)
+    pad = 10  # voxels of room for the shifts and the smoothing around the field
+    lo = np.maximum(np.argwhere(field).min(axis=0) - pad, 0)
+    hi = np.minimum(np.argwhere(field).max(axis=0) + pad + 1, field.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    field_box = field[box]
+    t10_box = t10[box] if t10 is not None and np.ndim(t10) else t10
 
     def predict(current):
-        if signal is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                conc = concentration_from_signal(current, t10_s=signal["t10_s"], tr_s=signal["tr_s"],
-                                                 fa_deg=signal["fa_deg"], r1_per_mM_s=signal["r1_per_mM_s"],
-                                                 baseline=signal["baseline"], dtype=np.float32)
-        else:
-            conc = current
-        cp = resolve_aif(aif, t_s, conc=conc, mask=roi, hct=hct, aif_delay_s=aif_delay)
-        fit = fit_image(conc, t_s, cp, mask=field, model=spec.name, method="llsq", engine=engine)
-        valid = field & has_estimate(fit.fit_status)
+        fit = fit_image(concentration(current, t10_box), t_s, cp, mask=field_box, model=spec.name, method="llsq",
+                        engine=engine)
+        valid = field_box & has_estimate(fit.fit_status)
         curves = spec.forward(t_s, cp, *(fit.params[name][valid] for name in spec.params))
         if signal is not None:
-            t10 = signal["t10_s"][valid] if np.ndim(signal["t10_s"]) else signal["t10_s"]
-            s0 = s0_from_baseline(current[valid], t10_s=t10, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+            t10_valid = t10_box[valid] if np.ndim(t10_box) else t10_box
+            s0 = s0_from_baseline(current[valid], t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
                                   baseline=signal["baseline"])
-            curves = signal_from_concentration(curves, t10_s=t10, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+            curves = signal_from_concentration(curves, t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
                                                r1_per_mM_s=signal["r1_per_mM_s"], s0=s0)
-        prediction = np.zeros(spatial + (len(t_s),), np.float32)
+        prediction = np.zeros(current.shape, np.float32)
         prediction[valid] = curves
         return prediction, valid
 
-    return model_driven_motion_correct(series, predict)
+    corrected = model_driven_motion_correct(series[box], predict)
+    return corrected._replace(series=translate_frames(series, corrected.shifts_vox))
 
 
 PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)

@@ -22,7 +22,6 @@ import numpy as np
 log = logging.getLogger("ssl_rcc")
 
 
-
 def run_demo(out: str | os.PathLike, *, overwrite: bool = False, seed: int = 0) -> Path:
     """Run the demo into directory ``out`` and return the path of its ``report.md``."""
     import nibabel as nib

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from kinetics.io import output_file
-from kinetics.options import number
 from kinetics.provenance import provenance
 
 from .data import PreprocessConfig, build_cache
@@ -143,6 +142,7 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
              "crop_scale": crop_scale, "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
              "normalise_target": normalise_target, "devices": devices, "num_nodes": num_nodes, "workers": workers,
              "checkpoint_every": checkpoint_every, "probe_every": probe_every, "max_time": max_time,
+             "max_steps": max_steps, "epochs": epochs, "warmup_steps": warmup_steps,
              "augment": augment, "precision": precision, "accelerator": accelerator}
     config = PretrainConfig.resolve(given, previous, cuda=use_cuda, where=str(run))
     last = run / "checkpoints" / "last.ckpt"
@@ -155,13 +155,13 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
         differ = {k: (previous.get(k), identity[k]) for k in _IDENTITY if previous.get(k) != identity[k]}
         if differ:
             raise InputError(f"{last}: the checkpoint is of another run ({', '.join(f'{k} {a} vs {b}' for k, (a, b) in differ.items())}).")
+    max_steps = config.max_steps
     if max_steps is None and previous:  # a resumed run keeps its length and schedule
         max_steps = previous.get("max_steps")
     if max_steps is None:
-        n_epochs = number(epochs if epochs is not None else 1, "epochs", positive=True)
+        n_epochs = config.epochs if config.epochs is not None else 1
         max_steps = max(1, math.ceil(n_epochs * images.n_images / (config.batch_size * config.accumulate * config.world)))
-    max_steps = number(max_steps, "max_steps", integer=True, low=0)
-    warmup = max_steps // 10 if warmup_steps is None else number(warmup_steps, "warmup_steps", integer=True, low=0)
+    warmup = max_steps // 10 if config.warmup_steps is None else config.warmup_steps
     precision = config.precision or ("16-mixed" if use_cuda else "32-true")
     on_device = config.augment == "device" or (config.augment == "auto" and use_cuda)
     if previous.get("augment") not in (None, "device" if on_device else "loader"):
@@ -271,7 +271,7 @@ def _training_data(config: PretrainConfig, images: _Images, module, *, max_steps
 
     method_cls = get_method(config.method)
     gamma = None if config.gamma is None else tuple(config.gamma)
-    light = dict(intensity=float(config.intensity), gamma=gamma, noise_std=0.02)
+    light = dict(intensity=config.intensity, gamma=gamma, noise_std=0.02)
     if on_device:
         module.device_transform = (BatchViewTransform(geometric=False, intensity=light["intensity"],
                                                       gamma=light["gamma"] or (1.0, 1.0), noise_std=0.02)

@@ -16,6 +16,7 @@ from kinetics.options import number
 
 from .errors import InputError
 from .methods import get_method
+from .models import ARCHITECTURES
 from .recipes import RUN_OPTIONS, recipe_defaults
 
 __all__ = ["PretrainConfig", "PRECISIONS", "RESUME_MUST_MATCH"]
@@ -24,7 +25,8 @@ log = logging.getLogger("ssl_rcc")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # options a resumed run may only repeat (it reads them from its run.json)
-RESUME_MUST_MATCH = ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale")
+RESUME_MUST_MATCH = ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale", "intensity", "gamma",
+                     "normalise_target")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,9 @@ class PretrainConfig:
     checkpoint_every: int
     probe_every: int
     max_time_min: float | None
+    max_steps: int | None  # as given (None: from the run or from epochs, once the images are counted)
+    epochs: float | None
+    warmup_steps: int | None  # None: a tenth of the run
     augment: str  # what was asked: auto, loader or device
     precision: str | None  # None: by the device
     accelerator: str
@@ -74,6 +79,13 @@ class PretrainConfig:
         recipe, defaults = recipe_defaults(given.get("recipe") or previous.get("recipe", "auto"), method, cuda=cuda)
         chosen = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
         crop_scale = _crop_scale(chosen["crop_scale"])
+        if chosen["architecture"] not in ARCHITECTURES:
+            raise InputError(f"architecture: unknown {chosen['architecture']!r}; expected one of {sorted(ARCHITECTURES)}.")
+        if not isinstance(chosen["normalise_target"], bool):
+            raise InputError(f"normalise_target: {chosen['normalise_target']!r} is neither true nor false.")
+        optional = {name: None if given.get(name) is None else number(given[name], name, **kind) for name, kind in
+                    (("max_steps", dict(integer=True, low=0)), ("epochs", dict(positive=True)),
+                     ("warmup_steps", dict(integer=True, low=0)))}
         config = cls(
             method=method, recipe=recipe, architecture=chosen["architecture"], patch=_patch3(chosen["patch"]),
             vit_patch=int(number(chosen["vit_patch"], "vit_patch", "voxels", integer=True, positive=True)),
@@ -82,7 +94,8 @@ class PretrainConfig:
             accumulate=number(chosen["accumulate"], "accumulate", integer=True, positive=True),
             lr=number(chosen["lr"], "lr", positive=True),
             temperature=number(chosen["temperature"], "temperature", positive=True),
-            crop_scale=crop_scale, intensity=chosen["intensity"], gamma=chosen["gamma"],
+            crop_scale=crop_scale, intensity=number(chosen["intensity"], "intensity", low=0),
+            gamma=_gamma(chosen["gamma"]),
             normalise_target=chosen["normalise_target"],
             seed=int(number(chosen["seed"], "seed", integer=True, low=0)),
             devices=number(given.get("devices", 1), "devices", integer=True, positive=True),
@@ -93,7 +106,7 @@ class PretrainConfig:
             probe_every=number(given.get("probe_every", 50), "probe_every", "steps", integer=True, positive=True),
             max_time_min=None if given.get("max_time") is None else number(given["max_time"], "max_time", "minutes",
                                                                            positive=True),
-            augment=given.get("augment", "auto"), precision=given.get("precision"), accelerator=accelerator,
+            **optional, augment=given.get("augment", "auto"), precision=given.get("precision"), accelerator=accelerator,
         )
         for name in RESUME_MUST_MATCH:
             if name in previous and given.get(name) is not None and previous[name] != getattr(config, name):
@@ -119,6 +132,19 @@ def _patch3(patch) -> list[int]:
     if len(values) != 3:
         raise InputError(f"patch: give one size or three, not {len(values)}.")
     return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
+
+
+def _gamma(gamma) -> list[float] | None:
+    if gamma is None:
+        return None
+    if isinstance(gamma, str):
+        gamma = gamma.split(",")
+    if len(gamma) != 2:
+        raise InputError(f"gamma: give two exponents (lo, hi), not {gamma!r}.")
+    lo, hi = (number(g, "gamma", positive=True) for g in gamma)
+    if lo > hi:
+        raise InputError(f"gamma: {lo:g} is larger than {hi:g}.")
+    return [lo, hi]
 
 
 def _crop_scale(crop_scale) -> list[float] | None:

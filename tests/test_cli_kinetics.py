@@ -466,14 +466,19 @@ def test_fit_roi_study_fits_every_scan_in_one_call(tmp_path, capsys, rng):
     code, captured = run(["fit-roi", "--study", study, "--curves", tmp_path / "scan0.csv", "--aif-column", "aorta",
                           "--out", tmp_path / "x.csv"], capsys)
     assert code == 2 and "not both" in captured.err
-    # t10_aif is the blood T10, not a ROI's; a baseline of 2.5 frames is refused, not truncated
+    # t10_aif is the blood T10 of its row (the default 1.6 s elsewhere), not a ROI's; a baseline of 2.5
+    # frames is refused, not truncated
     table = pd.read_csv(study)
     table["t10_aif"] = 1.6
+    table.loc[1, "t10_aif"] = 1.4
     table.to_csv(tmp_path / "with_blood.csv", index=False)
     code, _ = run(["fit-roi", "--study", tmp_path / "with_blood.csv", "--aif-column", "aorta", "--model", "2cfm",
                    "--input", "signal", "--out", tmp_path / "blood.csv"], capsys)
     assert code == 0
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "blood.csv")["gfr_ml_min"], rows["gfr_ml_min"], rtol=1e-6)
+    blood = pd.read_csv(tmp_path / "blood.csv")
+    changed = (blood["scan_id"] == "S001").to_numpy()
+    np.testing.assert_allclose(blood["gfr_ml_min"][~changed], rows["gfr_ml_min"][~changed], rtol=1e-6)
+    assert np.all(np.abs(blood["gfr_ml_min"][changed].to_numpy() / rows["gfr_ml_min"][changed].to_numpy() - 1) > 0.01)
     table["baseline"] = table["baseline"].astype(float)
     table.loc[0, "baseline"] = 2.5
     table.to_csv(tmp_path / "half_frame.csv", index=False)

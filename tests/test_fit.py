@@ -359,8 +359,8 @@ def test_frames_that_are_not_finite_are_left_out_not_the_voxel(rng):
     assert np.all(res.frames_excluded[10:] == 6) and np.all(res.frames_excluded[:10] == 0)
     ok = res.fit_status == 1
     assert ok[10:].mean() >= 0.95
-    within = within_tolerance("ktrans", res.params["ktrans"][ok], truth["ktrans"][ok])
-    assert within.mean() >= 0.95
+    # of the 390 gapped curves with enough frames left; a curve without an estimate counts as a miss
+    assert within_tolerance("ktrans", res.params["ktrans"][10:], truth["ktrans"][10:]).mean() >= 0.95
     assert np.nanmedian(res.rmse[ok]) == pytest.approx(np.nanmedian(full.rmse), rel=0.1)  # over the frames kept
     # a model without an exact Jacobian, noise-free: exact without the frames
     flows = two_compartment_filtration(T, CP, np.full(3, 200.0), np.full(3, 0.25), np.full(3, 30.0), np.full(3, 120.0))
@@ -398,10 +398,8 @@ def test_progress_is_reported_and_changes_nothing(rng, capsys):
 
 
 def test_engines_give_the_same_fit_and_say_which_ran(rng):
-    """Serial, threads and (where forking is safe) processes give the same maps; CurveFit.engine says
-    which ran and why; processes are refused with the reason where they are not safe."""
-    from kinetics import pool
-
+    """Serial and threads give the same maps (processes: the next test); CurveFit.engine says which
+    ran and why; an unknown engine is refused."""
     truth, conc = planted(rng, n=300)
     serial = fit_curves(conc, T, CP, chunk_size=64, engine="serial")
     threads = fit_curves(conc, T, CP, chunk_size=64, workers=2, engine="threads")
@@ -409,12 +407,17 @@ def test_engines_give_the_same_fit_and_say_which_ran(rng):
     np.testing.assert_array_equal(serial.params["ktrans"], threads.params["ktrans"])
     auto = fit_curves(conc, T, CP, chunk_size=64, workers=2)
     assert auto.engine == "threads (300 voxels: starting processes would cost more than it saves)"
-    if pool.fork_blocker() is None:
-        forked = fit_curves(conc, T, CP, chunk_size=64, workers=2, engine="processes")
-        assert forked.engine.startswith("processes")
-        np.testing.assert_array_equal(serial.params["ktrans"], forked.params["ktrans"])
     with pytest.raises(KineticsInputError, match="engine: unknown engine"):
         fit_curves(conc, T, CP, engine="gpu")
+
+
+@in_a_process_that_can_fork
+def test_forked_processes_give_the_serial_fit(rng):
+    truth, conc = planted(rng, n=300)
+    serial = fit_curves(conc, T, CP, chunk_size=64, engine="serial")
+    forked = fit_curves(conc, T, CP, chunk_size=64, workers=2, engine="processes")
+    assert forked.engine.startswith("processes")
+    np.testing.assert_array_equal(serial.params["ktrans"], forked.params["ktrans"])
 
 
 def test_fork_is_refused_while_openmp_blas_threads_run(monkeypatch):
@@ -424,9 +427,10 @@ def test_fork_is_refused_while_openmp_blas_threads_run(monkeypatch):
 
     monkeypatch.setattr(pool, "_blas_on_openmp", lambda: "gnu")
     monkeypatch.setattr(pool, "_foreign_threads", lambda: 2)
-    blocker = pool.fork_blocker()
-    if pool.threading.active_count() == 1 and pool.sys.platform.startswith("linux"):
-        assert "BLAS runs on OpenMP (gnu) and 2 other thread(s)" in blocker
+    monkeypatch.setattr(pool.threading, "active_count", lambda: 1)  # whatever threads earlier tests left
+    monkeypatch.setattr(pool.multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
+    monkeypatch.setattr(pool.sys, "platform", "linux")
+    assert "BLAS runs on OpenMP (gnu) and 2 other thread(s)" in pool.fork_blocker()
     assert pool.choose_engine("auto", 2, 10**6)[0] == "threads"
     with pytest.raises(KineticsInputError, match="processes cannot be used here"):
         pool.choose_engine("processes", 2, 10**6)
@@ -438,6 +442,5 @@ def test_a_delay_never_leaves_its_bounds_and_counts_at_its_bound():
     late = plasma_aif("parker", T, delay_s=37.0)  # the tissue's input 12 s after the AIF given
     conc = extended_tofts(T, late, np.array([0.2]), np.array([0.3]), np.array([0.02]))
     res = fit_curves(conc, T, CP, fit_delay=True, delay_step_s=3.0)
-    assert res.params["delay"][0] <= 10.0
-    if FIT_STATUS[res.fit_status[0]] == "at_bound":
-        assert res.at_bound["delay"] == 1 and res.params["delay"][0] == 10.0
+    assert FIT_STATUS[res.fit_status[0]] == "at_bound"
+    assert res.at_bound["delay"] == 1 and res.params["delay"][0] == 10.0

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kinetics.tolerance import within_tolerance
 from ssl_rcc.__main__ import main
 from ssl_rcc.phantoms import PRIORS, SITES, SUBTYPES, generate_phantoms, make_case, sample_labels
 from ssl_rcc.phantoms import appearance as A
@@ -96,32 +95,25 @@ def test_subtype_appearance_follows_the_literature():
 
 def test_kinetics_fit_recovers_phantom_tumour_ktrans(tmp_path):
     """At the default noise (motion switched off), the kinetics CLI recovers the true tumour Ktrans
-    within the OSIPI tolerance in at least 95% of tumour voxels; breathing motion lowers it."""
+    within the OSIPI tolerance in at least 95% of tumour voxels; breathing motion lowers it (measured
+    0.87-0.98 on these three cases)."""
     from kinetics.__main__ import main as kinetics_main
+    from ssl_rcc.phantoms.generate import kinetics_fit_arguments, tumour_ktrans_within_tolerance, write_case
 
     fractions = []
     for i, subtype in enumerate(["ccrcc", "prcc", "chrcc"]):
         labels = dict(subtype=subtype, grade="low", invasion="no", site=SITES[i])
         for motion in (0.0, 1.0):
             case = make_case(7 + i, labels, case_id=f"k{i}_{motion}", motion_scale=motion)
-            from ssl_rcc.phantoms.generate import _write_case
-
-            row = _write_case(case, tmp_path, unlabeled=False)
-            folder = tmp_path / case.case_id
-            code = kinetics_main(["fit", "--dce", str(tmp_path / row["dce"]), "--times", str(tmp_path / row["dce_times"]),
-                                  "--aif", str(tmp_path / row["aif"]), "--input", "signal", "--t10", str(tmp_path / row["t10"]),
-                                  "--tr", str(row["tr_s"]), "--fa", str(row["fa_deg"]), "--baseline", str(row["baseline_frames"]),
-                                  "--mask", str(tmp_path / row["dce_tumor_mask"]), "--out", str(folder / "maps")])
-            assert code == 0
-            mask = np.asarray(nib.load(str(tmp_path / row["dce_tumor_mask"])).dataobj) > 0
-            truth = np.asarray(nib.load(str(tmp_path / row["ktrans_true"])).dataobj)[mask]
-            fitted = np.asarray(nib.load(str(folder / "maps" / "ktrans.nii.gz")).dataobj)[mask]
-            fractions.append((motion, np.mean(within_tolerance("ktrans", fitted, truth))))
+            row = write_case(case, tmp_path)
+            maps = tmp_path / case.case_id / "maps"
+            assert kinetics_main(kinetics_fit_arguments(row, tmp_path) + ["--out", str(maps)]) == 0
+            fractions.append((motion, tumour_ktrans_within_tolerance(row, tmp_path, maps)))
     print("fraction of tumour voxels within OSIPI tolerance (motion scale, fraction):", fractions)
     still = [f for m, f in fractions if m == 0.0]
     moving = [f for m, f in fractions if m == 1.0]
     assert min(still) >= 0.95, fractions
-    assert np.mean(moving) < np.mean(still) and min(moving) > 0.6, fractions
+    assert np.mean(moving) < np.mean(still) and min(moving) > 0.8, fractions
 
 
 def first_order_features(case):

@@ -295,25 +295,3 @@ def test_untrained_export_resume_from_run_json_and_a_time_limit(archive, tmp_pat
     assert json.loads((timed / "encoder.json").read_text())["steps"] == options["steps_trained"]
     assert "stopped by --max-time" in caplog.text
 
-
-def test_pretrain_config_resolves_once_from_given_previous_and_recipe():
-    """Given options win, then a resumed run's run.json, then the recipe; the result is frozen, and a
-    resumed run given another batch size is refused in one sentence."""
-    import dataclasses
-
-    from ssl_rcc.errors import InputError
-    from ssl_rcc.pretrain_config import PretrainConfig
-    from ssl_rcc.recipes import RECIPES
-
-    config = PretrainConfig.resolve({"method": "simclr", "lr": 0.01, "patch": 16}, {}, cuda=False, where="run")
-    assert config.recipe == "cpu" and config.lr == 0.01 and config.patch == [16, 16, 16]
-    assert config.batch_size == RECIPES["cpu"]["batch_size"] and config.world == 1
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.lr = 1.0
-    previous = {"recipe": "cpu", "batch_size": 4, "temperature": 0.3, "crop_scale": [0.8, 1.0]}
-    resumed = PretrainConfig.resolve({"method": "simclr"}, previous, cuda=False, where="run")
-    assert (resumed.batch_size, resumed.temperature, resumed.crop_scale) == (4, 0.3, [0.8, 1.0])
-    with pytest.raises(InputError, match="run: --batch-size 8 differs from the run's 4"):
-        PretrainConfig.resolve({"method": "simclr", "batch_size": 8}, previous, cuda=False, where="run")
-    with pytest.raises(InputError, match="crop_scale: 2 is larger than 1"):
-        PretrainConfig.resolve({"method": "simclr", "crop_scale": "2,1"}, {}, cuda=False, where="run")

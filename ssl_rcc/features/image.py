@@ -28,7 +28,7 @@ import torch
 from ..data import PreprocessConfig
 from .lesion import LESION_MARGIN, RING_MM, lesion_crop, lesion_descriptors, preprocessed_lesion
 
-__all__ = ["tumour_embedding", "image_features", "lesion_descriptors", "preprocess_config", "lesion_crop", "tumour_crop",
+__all__ = ["tumour_embedding", "image_features", "embedding_columns", "lesion_descriptors", "preprocess_config", "lesion_crop", "tumour_crop",
            "tumour_crops", "write_untrained_encoder", "LESION_MARGIN", "RING_MM"]
 
 
@@ -66,12 +66,18 @@ def tumour_crops(table, encoder, meta, *, progress=False, cache=None) -> np.ndar
 
 def image_features(row, encoder, meta, *, cache=None) -> dict:
     """The image block of one case-table row (``ct``/``image``, ``tumor_mask``): ``e0 .. e{out_dim-1}``,
-    :func:`tumour_embedding`, then :func:`lesion_descriptors` (the embedding alone: the ``e`` columns).
+    :func:`tumour_embedding`, then :func:`lesion_descriptors` (the embedding alone:
+    :func:`embedding_columns`; ``extent_mm`` also starts with ``e``).
     ``cache`` (a :class:`~ssl_rcc.features.cache.FeatureCache`) keeps each case's preprocessed lesion,
     so that other encoders of the same preprocessing skip reading and resampling the volume."""
     data, mask = preprocessed_lesion(row, preprocess_config(meta), encoder.in_channels, cache=cache)
     out = {f"e{i}": float(v) for i, v in enumerate(tumour_embedding(encoder, data, mask))}
     return out | lesion_descriptors(data, mask, meta["spacing_mm"])
+
+
+def embedding_columns(columns: Iterable[str]) -> list[str]:
+    """The encoder's columns ``e0, e1, ...`` of an image block, without the descriptors."""
+    return [c for c in columns if c[:1] == "e" and c[1:].isdigit()]
 
 
 def write_untrained_encoder(folder: str | os.PathLike, *, architecture: str, in_channels: int, patch: Iterable[int],

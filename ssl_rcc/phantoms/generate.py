@@ -25,7 +25,7 @@ from .anatomy import Anatomy, build_anatomy
 from .labels import sample_labels
 from .render import DceSeries, render_ct, render_dce
 
-__all__ = ["Case", "make_case", "generate_phantoms", "CT_SPACING_MM"]
+__all__ = ["Case", "make_case", "write_case", "kinetics_fit_arguments", "tumour_ktrans_within_tolerance", "generate_phantoms", "CT_SPACING_MM"]
 
 log = logging.getLogger("ssl_rcc")
 CT_SPACING_MM = 1.5
@@ -60,7 +60,7 @@ def make_case(seed: int | np.random.SeedSequence, labels: dict, *, case_id: str 
     return Case(case_id, labels, anatomy, ct, affine, dce)
 
 
-def _write_case(case: Case, root: Path, unlabeled: bool, masks: bool = True) -> dict:
+def write_case(case: Case, root: Path, unlabeled: bool = False, masks: bool = True) -> dict:
     """Write one case under ``root/<case_id>/``; returns its row of the case table (relative paths)."""
     folder = root / case.case_id
     folder.mkdir()
@@ -91,6 +91,30 @@ def _write_case(case: Case, root: Path, unlabeled: bool, masks: bool = True) -> 
     return row
 
 
+def kinetics_fit_arguments(row: dict, root: str | os.PathLike) -> list[str]:
+    """``python -m kinetics fit`` arguments for the DCE series of a case written under ``root`` (its
+    ``row`` from :func:`write_case`): signal input with the case's T10 map, AIF and acquisition values,
+    fitted in the tumour mask. Add ``--out``."""
+    root = Path(root)
+    return ["fit", "--dce", str(root / row["dce"]), "--times", str(root / row["dce_times"]), "--aif", str(root / row["aif"]),
+            "--input", "signal", "--t10", str(root / row["t10"]), "--tr", str(row["tr_s"]), "--fa", str(row["fa_deg"]),
+            "--baseline", str(row["baseline_frames"]), "--mask", str(root / row["dce_tumor_mask"])]
+
+
+def tumour_ktrans_within_tolerance(row: dict, root: str | os.PathLike, maps: str | os.PathLike) -> float:
+    """Fraction of a written case's tumour voxels whose Ktrans in ``maps/ktrans.nii.gz`` (a ``kinetics
+    fit`` output) is within the OSIPI tolerance of the truth (a voxel without an estimate is a miss)."""
+    import nibabel as nib
+
+    from kinetics.tolerance import within_tolerance
+
+    root, maps = Path(root), Path(maps)
+    mask = np.asarray(nib.load(str(root / row["dce_tumor_mask"])).dataobj) > 0
+    truth = np.asarray(nib.load(str(root / row["ktrans_true"])).dataobj)[mask]
+    fitted = np.asarray(nib.load(str(maps / "ktrans.nii.gz")).dataobj)[mask]
+    return float(np.mean(within_tolerance("ktrans", fitted, truth)))
+
+
 def _single_threaded():
     """Worker initialiser: one BLAS thread per process, or the processes oversubscribe the cores."""
     from threadpoolctl import threadpool_limits
@@ -101,7 +125,7 @@ def _single_threaded():
 def _make_and_write(job):
     seed, labels, case_id, root, unlabeled, size, masks = job
     case = make_case(seed, labels, case_id=case_id, size=size, with_dce=not unlabeled)
-    return _write_case(case, Path(root), unlabeled, masks)
+    return write_case(case, Path(root), unlabeled, masks)
 
 
 def generate_phantoms(out: str | os.PathLike, *, n: int, seed: int = 0, unlabeled: bool = False,
