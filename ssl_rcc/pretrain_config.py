@@ -78,7 +78,8 @@ class PretrainConfig:
             raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
         recipe, defaults = recipe_defaults(given.get("recipe") or previous.get("recipe", "auto"), method, cuda=cuda)
         chosen = {k: given[k] if given.get(k) is not None else previous.get(k, defaults[k]) for k in RUN_OPTIONS}
-        crop_scale = _crop_scale(chosen["crop_scale"])
+        crop_scale = _ordered_pair(chosen["crop_scale"], "crop_scale",
+                                   "factors (smallest, largest view side over the patch)")
         if chosen["architecture"] not in ARCHITECTURES:
             raise InputError(f"architecture: unknown {chosen['architecture']!r}; expected one of {sorted(ARCHITECTURES)}.")
         if not isinstance(chosen["normalise_target"], bool):
@@ -95,7 +96,7 @@ class PretrainConfig:
             lr=number(chosen["lr"], "lr", positive=True),
             temperature=number(chosen["temperature"], "temperature", positive=True),
             crop_scale=crop_scale, intensity=number(chosen["intensity"], "intensity", low=0),
-            gamma=_gamma(chosen["gamma"]),
+            gamma=_ordered_pair(chosen["gamma"], "gamma", "exponents (lo, hi)"),
             normalise_target=chosen["normalise_target"],
             seed=int(number(chosen["seed"], "seed", integer=True, low=0)),
             devices=number(given.get("devices", 1), "devices", integer=True, positive=True),
@@ -134,27 +135,15 @@ def _patch3(patch) -> list[int]:
     return [number(p, "patch", "voxels", integer=True, low=8) for p in values]
 
 
-def _gamma(gamma) -> list[float] | None:
-    if gamma is None:
+def _ordered_pair(value, name: str, what: str) -> list[float] | None:
+    """None, or two positive numbers (lo <= hi) from a pair or "lo,hi"; ``what`` says what they are."""
+    if value is None:
         return None
-    if isinstance(gamma, str):
-        gamma = gamma.split(",")
-    if len(gamma) != 2:
-        raise InputError(f"gamma: give two exponents (lo, hi), not {gamma!r}.")
-    lo, hi = (number(g, "gamma", positive=True) for g in gamma)
+    if isinstance(value, str):
+        value = value.split(",")
+    if len(value) != 2:
+        raise InputError(f"{name}: give two {what}, not {value!r}.")
+    lo, hi = (number(v, name, positive=True) for v in value)
     if lo > hi:
-        raise InputError(f"gamma: {lo:g} is larger than {hi:g}.")
+        raise InputError(f"{name}: {lo:g} is larger than {hi:g}.")
     return [lo, hi]
-
-
-def _crop_scale(crop_scale) -> list[float] | None:
-    if crop_scale is None:
-        return None
-    if isinstance(crop_scale, str):
-        crop_scale = crop_scale.split(",")
-    if len(crop_scale) != 2:
-        raise InputError(f"crop_scale: give two factors (smallest, largest view side over the patch), not {crop_scale!r}.")
-    crop_scale = [number(c, "crop_scale", positive=True) for c in crop_scale]
-    if crop_scale[0] > crop_scale[1]:
-        raise InputError(f"crop_scale: {crop_scale[0]:g} is larger than {crop_scale[1]:g}.")
-    return crop_scale
