@@ -357,8 +357,6 @@ def _train(config: PretrainConfig, module, datamodule, callbacks, run: Path, las
                             "python -m ssl_rcc pretrain --data %s --method %s --out %s --resume", steps, max_steps, data,
                             config.method, run)
             raise SystemExit(128 + signal.SIGTERM) from None  # what a shell reports for a job ended by SIGTERM
-        except InputError as err:  # from a loader worker, the message carries the worker's traceback: keep its sentence
-            raise InputError(str(err).strip().splitlines()[-1].split("InputError: ", 1)[-1]) from None
         except RuntimeError as err:
             text = str(err)
             if resume and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):

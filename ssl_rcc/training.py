@@ -15,13 +15,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from torch.utils.data import DataLoader, IterableDataset
+from kinetics.errors import KineticsInputError
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from .data.views import PretrainDataset, StepSampler
 from .errors import InputError
 from .health import representation_health
 
-__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV", "RepresentationHealth", "quiet_lightning"]
+__all__ = ["PretrainData", "AtomicCheckpointIO", "MetricsCSV", "RepresentationHealth", "quiet_lightning", "collate_or_error"]
 
 log = logging.getLogger("ssl_rcc")
 
@@ -55,6 +56,43 @@ def quiet_lightning(*ignore: str) -> Iterator[None]:
         logger.removeFilter(notices)
 
 
+class _SamplesOrErrors(Dataset):
+    """A map-style dataset whose bad-input error comes back as the sample: a loader worker then sends
+    the exception itself to the training process (torch sends only its type and traceback text)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except KineticsInputError as err:
+            return err
+
+
+class _StreamOrError(IterableDataset):
+    """A stream that ends with its bad-input error as the last sample (as :class:`_SamplesOrErrors`)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __iter__(self):
+        try:
+            yield from self.stream
+        except KineticsInputError as err:
+            yield err
+
+
+def collate_or_error(samples):
+    """The batch of ``samples``, or the first bad-input error among them (raised again in the training
+    process by :meth:`ssl_rcc.methods.base.SSLMethod.on_before_batch_transfer`)."""
+    error = next((s for s in samples if isinstance(s, BaseException)), None)
+    return error if error is not None else default_collate(samples)
+
+
 class PretrainData(pl.LightningDataModule):
     """Batches of views; the sampler starts at the trainer's (restored) global step, on this rank."""
 
@@ -71,12 +109,13 @@ class PretrainData(pl.LightningDataModule):
             # Lightning restores a resumed run's step before it asks for the loader
             stream.start_batch = trainer.global_step * self.accumulate
             stream.rank, stream.world = trainer.global_rank, trainer.world_size
-            return DataLoader(stream, batch_size=self.batch_size, num_workers=self.workers, persistent_workers=False,
-                              pin_memory=torch.cuda.is_available())
+            return DataLoader(_StreamOrError(stream), batch_size=self.batch_size, num_workers=self.workers,
+                              persistent_workers=False, pin_memory=torch.cuda.is_available(), collate_fn=collate_or_error)
         sampler = StepSampler(self.batch_size * self.accumulate, self.max_steps, start_step=lambda: trainer.global_step,
                               rank=trainer.global_rank, world=trainer.world_size)
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available(), drop_last=False)
+        return DataLoader(_SamplesOrErrors(self.dataset), batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                          drop_last=False, collate_fn=collate_or_error)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -55,6 +55,10 @@ def test_descriptors_and_tissue_crops_on_a_real_ct(abdomen_dir):
     # this CT is unenhanced: the kidney's median HU, on the [-200, 300] HU window, above the fat around it
     hu = np.median(volume.data[0][kidney])
     assert found["level_c0"] == pytest.approx((hu + 200) / 500, abs=0.02) and found["ring_c0"] < found["level_c0"] - 0.05
+    inside = np.percentile(volume.data[0][kidney], [25, 75])
+    assert found["iqr_c0"] == pytest.approx((inside[1] - inside[0]) / 500, abs=0.02)
+    # the ring mixes kidney edge, fat and vessels: more spread than the kidney's own voxels
+    assert found["ring_sd_c0"] > found["iqr_c0"] / 1.349
     volume_ml = kidney.sum() * np.prod(volume.spacing_mm) / 1000
     assert found["diameter_mm"] == pytest.approx((6 * volume_ml * 1000 / np.pi) ** (1 / 3), rel=0.05)
     assert 40 < found["extent_mm"] < 160

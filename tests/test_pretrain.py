@@ -295,3 +295,35 @@ def test_untrained_export_resume_from_run_json_and_a_time_limit(archive, tmp_pat
     assert json.loads((timed / "encoder.json").read_text())["steps"] == options["steps_trained"]
     assert "stopped by --max-time" in caplog.text
 
+
+
+class _BadCase(torch.utils.data.Dataset):
+    """A dataset whose third sample is a bad file (as a corrupt cache entry or shard record would be)."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, index):
+        if index == 2:
+            from kinetics.errors import KineticsInputError
+
+            raise KineticsInputError("case_0002.npy: not a readable volume\n(truncated at byte 128).")
+        return torch.full((2,), float(index))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_workers_bad_input_arrives_as_the_exception_itself(workers):
+    from torch.utils.data import DataLoader
+
+    from kinetics.errors import KineticsInputError
+    from ssl_rcc.methods.base import SSLMethod
+    from ssl_rcc.training import _SamplesOrErrors, collate_or_error
+
+    loader = DataLoader(_SamplesOrErrors(_BadCase()), batch_size=2, num_workers=workers, collate_fn=collate_or_error)
+    batches = list(loader)
+    torch.testing.assert_close(batches[0], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    error = batches[1]  # the whole message, not a worker's traceback text with the sentence on its last line
+    assert type(error) is KineticsInputError and str(error) == "case_0002.npy: not a readable volume\n(truncated at byte 128)."
+    with pytest.raises(KineticsInputError, match="^case_0002.npy: not a readable volume"):
+        SSLMethod.on_before_batch_transfer(None, error, 0)
+    assert SSLMethod.on_before_batch_transfer(None, batches[0], 0) is batches[0]

@@ -62,7 +62,7 @@ def _job_key(block, row, encoder_files=()):
         aif = row.get("aif", "")
         files = [row[c] for c in columns if c != "aif" or Path(aif).exists()]
         return FeatureCache.key(block, {"model": KINETIC_MODEL, "version": 1, "aif": Path(aif).name}, files, values)
-    return FeatureCache.key(block, {"version": 2}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
+    return FeatureCache.key(block, {"version": 3}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
 
 
 def _tabular(job):

@@ -12,8 +12,9 @@ fine-tuning and Grad-CAM all go through them.
 - **What the crop removes is carried beside the embedding.** Resampling removes the tumour's size, and
   a network whose normalisation layers centre each sample loses absolute enhancement levels, which
   is what separates the subtypes on multi-phase CT. The block therefore also holds the tumour's
-  equivalent diameter and largest extent (mm) and, per phase, the median of the preprocessed tumour
-  voxels and of a 4.5 mm ring outside it.
+  equivalent diameter and largest extent (mm) and, per phase, the median and IQR of the preprocessed
+  tumour voxels and the median and SD of a 4.5 mm ring outside it (the spreads: heterogeneity and
+  fat stranding, which the embedding kept least of).
 """
 
 from __future__ import annotations

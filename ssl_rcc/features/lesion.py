@@ -40,8 +40,14 @@ def lesion_crop(data: ArrayLike, mask: ArrayLike, patch: ArrayLike, *,
 def lesion_descriptors(data, mask, spacing_mm) -> dict:
     """What the scaled crop and the network's normalisation take away, from the preprocessed volume:
     ``diameter_mm`` (of the sphere of the tumour's volume), ``extent_mm`` (largest bounding-box side),
-    and per channel ``c``: ``level_c{c}`` and ``ring_c{c}``, the median of the tumour's voxels and of
-    a :data:`RING_MM` ring outside it (values in the [0, 1] units of the preprocessing)."""
+    and per channel ``c``: ``level_c{c}`` and ``iqr_c{c}``, the median and interquartile range of the
+    tumour's voxels, ``ring_c{c}`` and ``ring_sd_c{c}``, the median and SD of a :data:`RING_MM` ring
+    outside it (values in the [0, 1] units of the preprocessing).
+
+    The spreads are what an encoder's embedding kept least of on the phantoms (issue 11): with the
+    levels alone a probe reached subtype AUC 0.67 at 10 labels per class, with the tumour's IQR 0.78
+    (heterogeneity marks ccRCC), and the ring's SD (fat stranding) took invasion from 0.56 to 0.74.
+    The IQR rather than the SD inside the tumour: necrosis, a few dark voxels, should not dominate it."""
     from scipy import ndimage
 
     mask = np.asarray(mask) > 0
@@ -54,8 +60,10 @@ def lesion_descriptors(data, mask, spacing_mm) -> dict:
     ball = np.ones(tuple(2 * radius + 1), bool)
     ring = ndimage.binary_dilation(mask, structure=ball) & ~mask
     for c, channel in enumerate(np.asarray(data)):
-        out[f"level_c{c}"] = float(np.median(channel[mask]))
-        out[f"ring_c{c}"] = float(np.median(channel[ring])) if ring.any() else out[f"level_c{c}"]
+        q25, q50, q75 = np.percentile(channel[mask], [25, 50, 75])
+        around = channel[ring] if ring.any() else channel[mask]
+        out |= {f"level_c{c}": float(q50), f"iqr_c{c}": float(q75 - q25), f"ring_c{c}": float(np.median(around)),
+                f"ring_sd_c{c}": float(np.std(around))}
     return out
 
 

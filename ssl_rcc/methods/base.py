@@ -61,6 +61,13 @@ class SSLMethod(pl.LightningModule):
                 views = [self.device_transform(v, seeds[:, i]) for i, v in enumerate(views)]
         return views, seeds
 
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        """A loader worker's bad-input error arrives as the batch (:func:`ssl_rcc.training.collate_or_error`):
+        raised here, in the training process, as it was raised there."""
+        if isinstance(batch, BaseException):
+            raise batch
+        return batch
+
     def training_step(self, batch, batch_idx):
         views, seeds = self.make_views(batch)
         loss = self.compute_loss(views, seeds)
