@@ -6,6 +6,8 @@ import sys
 
 from kinetics.cli import run_cli
 
+from .recipes import OPTIONS
+
 
 def demo(out="runs/demo", overwrite=False, seed=0):
     """Run the pipeline on built-in synthetic data and write a report with figures.
@@ -43,10 +45,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
                                  workers=workers, size=size, overwrite=overwrite, masks=masks, progress=True))
 
 
-def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max_steps=None, max_time=None, batch_size=None,
-             patch=None, resume=False, overwrite=False, devices=1, num_nodes=1, accelerator="auto", precision=None,
-             accumulate=None, lr=None, warmup_steps=None, temperature=None, crop_scale=None, checkpoint_every=50, seed=None,
-             workers=2, spacing=None, cache=None, vit_patch=None, probe=None, probe_every=50, augment="auto", hash_ids=False):
+def pretrain(data, method, out, resume=False, overwrite=False, cache=None, probe=None, hash_ids=False, **options):
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
 
     Options left out take the recipe's value (see README, "Pretraining recipe") or, with --resume, the
@@ -57,48 +56,36 @@ def pretrain(data, method, out, recipe=None, architecture=None, epochs=None, max
             folder of TFRecord shards written by `pack` (streamed; tf extra).
         method: simclr | byol | dino | mae.
         out: run directory: checkpoints/last.ckpt, encoder.pt, encoder.json, metrics.csv, run.json, tb/.
-        recipe: auto | cpu | gpu: the defaults below (auto: gpu when CUDA is available). cpu: resnet10_slim,
-            32^3 crops at 1.5 mm, batch 32; gpu: resnet18, 64^3 crops, batch 32; mae takes vit_tiny.
-        architecture: resnet10_slim | resnet18 | resnet34 | resnet50 | vit_tiny | vit_small.
-        epochs: passes over the archive (default 1), if max_steps is not given.
-        max_steps: optimiser steps; 0 exports the untrained encoder (the from-scratch baseline).
-        max_time: stop after this many minutes (run.json records the steps trained).
-        batch_size: volumes per device and step.
-        patch: crop size in voxels (one number or three).
         resume: continue RUN from checkpoints/last.ckpt.
         overwrite: replace an existing run directory.
-        devices: GPUs (or CPU processes) per node; more than one trains with DDP.
-        num_nodes: machines, for multi-node DDP.
-        accelerator: auto | cpu | gpu.
-        precision: 32-true | 16-mixed | bf16-mixed (default 16-mixed on GPU, 32-true on CPU).
-        accumulate: gradient accumulation steps (default 1).
-        lr: peak learning rate (AdamW, warm-up then cosine decay; default 1e-3).
-        warmup_steps: linear warm-up steps (default a tenth of the run).
-        temperature: SimCLR's softmax temperature (default: the recipe's, 0.1 on CPU, 0.2 on GPU).
-        crop_scale: smallest,largest side of a view's cube over the patch (default 0.75,2: views at the
-            scales of the tumour crops that are embedded).
-        checkpoint_every: steps between checkpoints.
-        seed: seed of initialisation and of the data order (default 0).
-        workers: data loader processes.
-        spacing: voxel size after resampling, mm (default 1.5).
         cache: preprocessing cache directory (default RUN/cache).
-        vit_patch: ViT token size, voxels.
         probe: a small labelled case table (ct, tumor_mask, subtype): logs a k-NN accuracy (val_knn_acc).
-        probe_every: steps between probe and representation-health measurements (effective rank, dead
-            dimensions; a warning when the representation collapses).
-        augment: where the views are made: loader (CPU workers) or device (a batch at a time on the
-            training device) or auto (device on a GPU, loader on CPU).
         hash_ids: name NIfTI images by a hash of their path rather than their file stem (in the cache's
             manifest and skip report), for archives whose file names carry identifiers.
     """
     from .pretrain import pretrain as run
 
-    return str(run(data, method=method, out=out, recipe=recipe, architecture=architecture, epochs=epochs,
-                   max_steps=max_steps, max_time=max_time, batch_size=batch_size, patch=patch, resume=resume,
-                   overwrite=overwrite, devices=devices, num_nodes=num_nodes, accelerator=accelerator, precision=precision,
-                   accumulate=accumulate, lr=lr, warmup_steps=warmup_steps, temperature=temperature, crop_scale=crop_scale,
-                   checkpoint_every=checkpoint_every, seed=seed, workers=workers, spacing=spacing, cache=cache,
-                   vit_patch=vit_patch, probe=probe, probe_every=probe_every, augment=augment, hash_ids=hash_ids))
+    return str(run(data, method=method, out=out, resume=resume, overwrite=overwrite, cache=cache, probe=probe,
+                   hash_ids=hash_ids, **options))
+
+
+def _with_options(command, options):
+    """``command`` (whose ``**options`` takes them) with ``options`` in its signature and its help: fire
+    and the unknown-option check read both, so the table of options is their one source."""
+    import inspect
+    import textwrap
+
+    signature = inspect.signature(command)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=o.default) for name, o in options.items()]
+    command.__signature__ = signature.replace(parameters=params)
+    lines = [textwrap.fill(f"{name}: {o.help}", 100, initial_indent=" " * 8, subsequent_indent=" " * 12)
+             for name, o in options.items()]
+    command.__doc__ = command.__doc__.rstrip() + "\n" + "\n".join(lines) + "\n    "
+    return command
+
+
+_with_options(pretrain, OPTIONS)
 
 
 def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):

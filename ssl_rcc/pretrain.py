@@ -7,6 +7,7 @@ RUN/run.json (the options), RUN/cache/ (preprocessed volumes, unless --cache poi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -14,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from .data.views import IntensityViewTransform, PretrainDataset, ViewTransform
 from .errors import InputError
 from .methods import get_method
 from .models import ENCODER_FORMAT
-from .pretrain_config import PretrainConfig
+from .pretrain_config import OPTIONS, PretrainConfig
 
 __all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
 
@@ -97,31 +97,22 @@ def _removes_a_failed_new_run(train):
 
 
 @_removes_a_failed_new_run
-def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, architecture: str | None = None,
-             epochs: float | None = None, max_steps: int | None = None, batch_size: int | None = None,
-             patch: int | Sequence[int] | None = None, resume: bool = False, overwrite: bool = False, devices: int = 1,
-             num_nodes: int = 1, accelerator: str = "auto", precision: str | None = None,
-             accumulate: int | None = None, lr: float | None = None, warmup_steps: int | None = None,
-             checkpoint_every: int = 50, seed: int | None = None, workers: int = 2, spacing: float | None = None,
-             cache: str | os.PathLike | None = None, vit_patch: int | None = None,
-             probe: str | os.PathLike | None = None, probe_every: int = 50, augment: str = "auto",
-             hash_ids: bool = False, progress: bool = True, recipe: str | None = None,
-             temperature: float | None = None, crop_scale: str | Sequence[float] | None = None,
-             max_time: float | None = None, intensity: float | None = None, gamma: Sequence[float] | None = None,
-             normalise_target: bool | None = None) -> Path:
+def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, resume: bool = False,
+             overwrite: bool = False, cache: str | os.PathLike | None = None, probe: str | os.PathLike | None = None,
+             hash_ids: bool = False, progress: bool = True, **options: Any) -> Path:
     """Pretrain an encoder with ``method`` on the images of ``data`` (folder, CSV or shards); returns RUN.
 
-    See ``python -m ssl_rcc pretrain --help`` for the options. Options left out (None) come from the
-    ``recipe`` (:mod:`ssl_rcc.recipes`: ``cpu``, ``gpu``, or ``auto`` by the device) or, when resuming,
-    from the run's own run.json; given ones must then equal the run's, except ``max_steps``, which
-    lengthens or shortens it (the cosine schedule is then that of the new length). A run directory is
-    never overwritten without ``overwrite``; ``resume`` continues RUN from ``checkpoints/last.ckpt`` with
-    the same data order, so the steps and the loss curve are those of an uninterrupted run.
-    ``max_steps=0`` exports the untrained encoder (the from-scratch baseline); ``max_time`` (minutes)
-    stops training after that long, and run.json records the steps actually trained. ``intensity`` (largest
-    scale and shift of a view's intensities, in window units) and ``gamma`` ((lo, hi) or None) change the
-    recipe's light views, and ``normalise_target`` MAE's per-patch normalised target (API only: the
-    recipe's values are the measured choice).
+    ``options`` are those of :data:`~ssl_rcc.pretrain_config.OPTIONS` (the command line's
+    ``python -m ssl_rcc pretrain --help`` lists them); an unknown one is refused. Options left out (or
+    None) come from the ``recipe`` (:mod:`ssl_rcc.recipes`: ``cpu``, ``gpu``, or ``auto`` by the device)
+    or, when resuming, from the run's own run.json; given ones must then equal the run's, except
+    ``max_steps``, which lengthens or shortens it (the cosine schedule is then that of the new length).
+    A run directory ``out`` is never overwritten without ``overwrite``; ``resume`` continues RUN from
+    ``checkpoints/last.ckpt`` with the same data order, so the steps and the loss curve are those of an
+    uninterrupted run. ``max_steps=0`` exports the untrained encoder (the from-scratch baseline);
+    ``max_time`` (minutes) stops training after that long, and run.json records the steps actually
+    trained. ``cache`` is the preprocessing cache (default RUN/cache), ``probe`` a labelled case table
+    for the k-NN probe, ``hash_ids`` names images by a hash of their path.
 
     The steps: the options are resolved and checked (:class:`~ssl_rcc.pretrain_config.PretrainConfig`),
     RUN is prepared, the images opened (cache or shards), the schedule and run.json written, then the
@@ -136,14 +127,9 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
         previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
     except ValueError:
         raise InputError(f"{run_file}: not valid JSON; the run cannot be resumed.") from None
+    accelerator = options.get("accelerator") or OPTIONS["accelerator"].default
     use_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    given = {"method": method, "recipe": recipe, "architecture": architecture, "patch": patch, "vit_patch": vit_patch,
-             "spacing_mm": spacing, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-             "crop_scale": crop_scale, "accumulate": accumulate, "seed": seed, "intensity": intensity, "gamma": gamma,
-             "normalise_target": normalise_target, "devices": devices, "num_nodes": num_nodes, "workers": workers,
-             "checkpoint_every": checkpoint_every, "probe_every": probe_every, "max_time": max_time,
-             "max_steps": max_steps, "epochs": epochs, "warmup_steps": warmup_steps,
-             "augment": augment, "precision": precision, "accelerator": accelerator}
+    given = dict(options, method=method)
     config = PretrainConfig.resolve(given, previous, cuda=use_cuda, where=str(run))
     last = run / "checkpoints" / "last.ckpt"
     secondary = _secondary_rank()
@@ -167,14 +153,11 @@ def pretrain(data: str | os.PathLike, *, method: str, out: str | os.PathLike, ar
     if previous.get("augment") not in (None, "device" if on_device else "loader"):
         log.warning("resuming with views made by the %s, where the run made them by the %s: the views from here on "
                     "differ from an uninterrupted run's", "device" if on_device else "loader", previous["augment"])
-    options = dict(identity, recipe=config.recipe, max_steps=max_steps, batch_size=config.batch_size,
-                   accumulate=config.accumulate, lr=config.lr, warmup_steps=warmup, temperature=config.temperature,
-                   crop_scale=config.crop_scale, intensity=config.intensity, gamma=config.gamma,
-                   normalise_target=config.normalise_target, max_time_min=config.max_time_min, devices=config.devices,
-                   num_nodes=config.num_nodes, precision=precision, seed=config.seed,
+    # run.json: the config as resolved, what it left open decided (length, warm-up, precision, where views are made)
+    options = dict(dataclasses.asdict(config), **identity, max_steps=max_steps, warmup_steps=warmup, precision=precision,
+                   augment="device" if on_device else "loader",
                    data=case_id_for(str(Path(data).resolve()), prefix="data") if hash_ids else str(data),
-                   augment="device" if on_device else "loader", n_images=images.n_images,
-                   preprocessing=images.preprocessing.to_dict(), workers=config.workers,
+                   n_images=images.n_images, preprocessing=images.preprocessing.to_dict(),
                    source="shards" if images.shards is not None else "cache",
                    provenance=provenance("ssl_rcc", command=not hash_ids))
     if not secondary:

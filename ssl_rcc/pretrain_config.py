@@ -17,9 +17,9 @@ from kinetics.options import number
 from .errors import InputError
 from .methods import get_method
 from .models import ARCHITECTURES
-from .recipes import RUN_OPTIONS, recipe_defaults
+from .recipes import OPTIONS, RUN_OPTIONS, Option, recipe_defaults
 
-__all__ = ["PretrainConfig", "PRECISIONS", "RESUME_MUST_MATCH"]
+__all__ = ["PretrainConfig", "Option", "OPTIONS", "PRECISIONS", "RESUME_MUST_MATCH"]
 
 log = logging.getLogger("ssl_rcc")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
@@ -27,6 +27,10 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # options a resumed run may only repeat (it reads them from its run.json)
 RESUME_MUST_MATCH = ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale", "intensity", "gamma",
                      "normalise_target")
+
+
+# options whose config field names the unit
+_FIELD = {"spacing": "spacing_mm", "max_time": "max_time_min"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,12 +72,17 @@ class PretrainConfig:
 
     @classmethod
     def resolve(cls, given: Mapping[str, Any], previous: Mapping[str, Any], *, cuda: bool, where: str) -> PretrainConfig:
-        """The config of ``given`` options (None: not given), completed from ``previous`` (a resumed run's
-        run.json, else empty) and then from the recipe; every value checked, one sentence per problem.
-        ``where`` names the run in the message when a resumed run is given another value."""
+        """The config of ``given`` options (``method`` and any of :data:`OPTIONS`; None or absent: not
+        given), completed from ``previous`` (a resumed run's run.json, else empty) and then from the
+        recipe; every value checked, one sentence per problem. ``where`` names the run in the message
+        when a resumed run is given another value."""
+        unknown = sorted(set(given) - set(OPTIONS) - {"method"})
+        if unknown:
+            raise InputError(f"pretrain: unknown option {unknown[0]!r}; the options are {', '.join(OPTIONS)}.")
         method = given["method"]
         method_cls = get_method(method)
-        accelerator = given.get("accelerator", "auto")
+        given = {_FIELD.get(k, k): given.get(k, option.default) for k, option in OPTIONS.items()}
+        accelerator = given["accelerator"]
         if accelerator not in ("auto", "cpu", "gpu", "cuda"):
             raise InputError(f"accelerator: {accelerator!r} is not one of auto, cpu, gpu.")
         recipe, defaults = recipe_defaults(given.get("recipe") or previous.get("recipe", "auto"), method, cuda=cuda)
@@ -84,7 +93,7 @@ class PretrainConfig:
             raise InputError(f"architecture: unknown {chosen['architecture']!r}; expected one of {sorted(ARCHITECTURES)}.")
         if not isinstance(chosen["normalise_target"], bool):
             raise InputError(f"normalise_target: {chosen['normalise_target']!r} is neither true nor false.")
-        optional = {name: None if given.get(name) is None else number(given[name], name, **kind) for name, kind in
+        optional = {name: None if given[name] is None else number(given[name], name, **kind) for name, kind in
                     (("max_steps", dict(integer=True, low=0)), ("epochs", dict(positive=True)),
                      ("warmup_steps", dict(integer=True, low=0)))}
         config = cls(
@@ -99,18 +108,17 @@ class PretrainConfig:
             gamma=_ordered_pair(chosen["gamma"], "gamma", "exponents (lo, hi)"),
             normalise_target=chosen["normalise_target"],
             seed=int(number(chosen["seed"], "seed", integer=True, low=0)),
-            devices=number(given.get("devices", 1), "devices", integer=True, positive=True),
-            num_nodes=number(given.get("num_nodes", 1), "num_nodes", integer=True, positive=True),
-            workers=number(given.get("workers", 2), "workers", integer=True, low=0),
-            checkpoint_every=number(given.get("checkpoint_every", 50), "checkpoint_every", "steps", integer=True,
-                                    positive=True),
-            probe_every=number(given.get("probe_every", 50), "probe_every", "steps", integer=True, positive=True),
-            max_time_min=None if given.get("max_time") is None else number(given["max_time"], "max_time", "minutes",
+            devices=number(given["devices"], "devices", integer=True, positive=True),
+            num_nodes=number(given["num_nodes"], "num_nodes", integer=True, positive=True),
+            workers=number(given["workers"], "workers", integer=True, low=0),
+            checkpoint_every=number(given["checkpoint_every"], "checkpoint_every", "steps", integer=True, positive=True),
+            probe_every=number(given["probe_every"], "probe_every", "steps", integer=True, positive=True),
+            max_time_min=None if given["max_time_min"] is None else number(given["max_time_min"], "max_time", "minutes",
                                                                            positive=True),
-            **optional, augment=given.get("augment", "auto"), precision=given.get("precision"), accelerator=accelerator,
+            **optional, augment=given["augment"], precision=given["precision"], accelerator=accelerator,
         )
         for name in RESUME_MUST_MATCH:
-            if name in previous and given.get(name) is not None and previous[name] != getattr(config, name):
+            if name in previous and given[name] is not None and previous[name] != getattr(config, name):
                 raise InputError(f"{where}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
                                  f"a resumed run continues with its own (leave the option out).")
         if config.batch_size < method_cls.min_batch_size:

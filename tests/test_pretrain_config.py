@@ -41,3 +41,18 @@ def test_every_bad_option_is_one_sentence_before_anything_runs():
     for given, run, message in cases:
         with pytest.raises(KineticsInputError, match=message):
             resolve(given, run)
+
+
+def test_one_table_of_options_for_the_function_the_command_line_and_the_config():
+    import inspect
+
+    from ssl_rcc.__main__ import pretrain as command
+    from ssl_rcc.recipes import OPTIONS
+
+    params = inspect.signature(command).parameters
+    assert set(OPTIONS) <= set(params) and all(params[k].default == o.default for k, o in OPTIONS.items())
+    assert all(f"{k}: {o.help.split()[0]}" in command.__doc__ for k, o in OPTIONS.items())  # fire's help
+    with pytest.raises(KineticsInputError, match="unknown option 'learning_rate'; the options are recipe, architecture"):
+        resolve({"learning_rate": 0.1})
+    config = resolve({"spacing": 3, "max_time": 2.5, "gamma": "0.8,1.2"})  # the names a user types
+    assert (config.spacing_mm, config.max_time_min, config.gamma) == (3.0, 2.5, [0.8, 1.2])
