@@ -10,7 +10,7 @@ from .errors import KineticsInputError
 
 def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10=None, tr=None, fa=None,
         r1=4.5, baseline=None, hct=0.42, aif_delay=None, mask=None, method="nlls", fit_delay=False,
-        motion_correct=False, denoise=False, max_iter=100, quality=False, engine="auto", overwrite=False):
+        motion_correct=False, denoise=False, max_iter=100, quality=False, engine="auto", overwrite=False) -> str:
     """Fit a pharmacokinetic model to every voxel of a DCE-MRI series and write maps.
 
     Args:
@@ -51,7 +51,7 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
 
 def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concentration", t10=None, t10_aif=1.6,
             tr=None, fa=None, r1=4.5, baseline=None, hct=0.42, method="nlls", fit_delay=False, volume_ml=None,
-            pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100, study=None, overwrite=False):
+            pr_form="plot", window_s=None, uptake_s=90.0, max_iter=100, study=None, overwrite=False) -> str:
     """Fit ROI curves (CSV: time_s, the AIF column, one column per ROI); one row of parameters per ROI.
 
     Args:
@@ -91,7 +91,7 @@ def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concent
     return str(run(curves, out=out, overwrite=overwrite, **options))
 
 
-def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False):
+def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False) -> str:
     """T1 map (s) from a variable flip angle series.
 
     Args:
@@ -108,7 +108,7 @@ def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=Fa
     return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, overwrite=overwrite))
 
 
-def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False):
+def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False) -> str:
     """Write a population AIF (plasma, mM) on the frame times to a CSV time_s,cp_mM.
 
     Args:
@@ -132,7 +132,7 @@ def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False):
     return str(out)
 
 
-def dro(out, snr=60.0, seed=0, overwrite=False):
+def dro(out, snr=60.0, seed=0, overwrite=False) -> str:
     """Write a digital reference object (QIBA-like blocks of known Ktrans, ve, vp) as fit inputs.
 
     Args:
@@ -150,7 +150,7 @@ def dro(out, snr=60.0, seed=0, overwrite=False):
 COMMANDS = {"fit": fit, "fit-roi": fit_roi, "t1map": t1map, "aif": aif, "dro": dro}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input prints one sentence and exits 2 (``--debug`` shows the traceback)."""
     return run_cli(COMMANDS, sys.argv[1:] if argv is None else argv, "kinetics")
 

@@ -9,7 +9,7 @@ from kinetics.cli import run_cli
 from .recipes import OPTIONS
 
 
-def demo(out="runs/demo", overwrite=False, seed=0):
+def demo(out="runs/demo", overwrite=False, seed=0) -> str:
     """Run the pipeline on built-in synthetic data and write a report with figures.
 
     Args:
@@ -23,7 +23,7 @@ def demo(out="runs/demo", overwrite=False, seed=0):
 
 
 def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, workers=None, size=96,
-             overwrite=False, masks=None):
+             overwrite=False, masks=None) -> str:
     """Write synthetic renal cases (multi-phase CT, DCE-MRI, masks, labels) and DIR/cases.csv.
 
     Args:
@@ -45,7 +45,7 @@ def phantoms(out, n=20, seed=0, unlabeled=False, balanced=False, preview=False, 
                                  workers=workers, size=size, overwrite=overwrite, masks=masks, progress=True))
 
 
-def pretrain(data, method, out, resume=False, overwrite=False, cache=None, probe=None, hash_ids=False, **options):
+def pretrain(data, method, out, resume=False, overwrite=False, cache=None, probe=None, hash_ids=False, **options) -> str:
     """Self-supervised pretraining of a 3D encoder on an unlabeled CT/MR archive.
 
     Options left out take the recipe's value (see README, "Pretraining recipe") or, with --resume, the
@@ -88,7 +88,7 @@ def _with_options(command, options):
 _with_options(pretrain, OPTIONS)
 
 
-def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):
+def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False) -> str:
     """Embeddings of every image (or tumour) with a pretrained encoder, as a parquet table.
 
     Args:
@@ -105,7 +105,7 @@ def embed(encoder, data, out, batch_size=8, overwrite=False, hash_ids=False):
 
 
 def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=False, cache=None, workers=None,
-         hash_ids=False):
+         hash_ids=False) -> str:
     """Preprocess an archive into sharded TFRecord files that `pretrain --data OUT` streams (tf extra).
 
     Args:
@@ -128,7 +128,7 @@ def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=Fa
 
 def finetune(cases, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20, test_site=None,
              seed=0, cache=None, workers=None, architecture="resnet10_slim", patch=32, spacing=1.5, n_boot=200, epochs=30, lr=1e-3,
-             batch_size=8, overwrite=False):
+             batch_size=8, overwrite=False) -> str:
     """Few-label head for a task, evaluated on repeated draws against each feature block alone.
 
     Args:
@@ -163,7 +163,7 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
                             batch_size=batch_size, overwrite=overwrite))
 
 
-def predict(model, cases, out, explain=False, cache=None, workers=None, overwrite=False):
+def predict(model, cases, out, explain=False, cache=None, workers=None, overwrite=False) -> str:
     """Class probabilities for new cases with a saved model (finetune's DIR/model).
 
     Args:
@@ -181,7 +181,7 @@ def predict(model, cases, out, explain=False, cache=None, workers=None, overwrit
     return str(predict_cases(model, cases, out=out, explain=explain, cache=cache, workers=workers, overwrite=overwrite))
 
 
-def evaluate(predictions, cases, out, n_boot=1000, seed=0, overwrite=False):
+def evaluate(predictions, cases, out, n_boot=1000, seed=0, overwrite=False) -> str:
     """Metrics with bootstrap intervals of saved predictions against a labelled case table (another site).
 
     Args:
@@ -201,7 +201,7 @@ COMMANDS = {"demo": demo, "phantoms": phantoms, "pretrain": pretrain, "embed": e
             "predict": predict, "evaluate": evaluate}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input prints one sentence and exits 2 (``--debug`` shows the traceback)."""
     return run_cli(COMMANDS, sys.argv[1:] if argv is None else argv, "ssl_rcc")
 

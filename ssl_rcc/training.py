@@ -9,6 +9,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ class _StreamOrError(IterableDataset):
             yield err
 
 
-def collate_or_error(samples):
+def collate_or_error(samples: list) -> Any:
     """The batch of ``samples``, or the first bad-input error among them (raised again in the training
     process by :meth:`ssl_rcc.methods.base.SSLMethod.on_before_batch_transfer`)."""
     error = next((s for s in samples if isinstance(s, BaseException)), None)
@@ -101,7 +102,7 @@ class PretrainData(pl.LightningDataModule):
         self.dataset, self.batch_size, self.accumulate = dataset, int(batch_size), int(accumulate)
         self.max_steps, self.workers = int(max_steps), int(workers)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if isinstance(self.dataset, IterableDataset):  # a stream of shards: it knows its batches itself
             stream = self.dataset

@@ -89,7 +89,7 @@ class BatchViewTransform:
         self.intensity, self.gamma, self.noise_std = float(intensity), tuple(gamma), float(noise_std)
         self.blur_sigma, self.prob, self.geometric = tuple(blur_sigma), float(prob), bool(geometric)
 
-    def draw(self, seeds):
+    def draw(self, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample parameters from per-sample generators: a dict of (B, ...) CPU tensors."""
         u = torch.stack([torch.rand(20, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         on = u[:, :6] < torch.tensor([self.prob] * 6)  # affine, scale, shift, gamma, noise, blur

@@ -107,7 +107,7 @@ class CachedArchive:
         return len(self.manifest)
 
     @property
-    def shapes(self):
+    def shapes(self) -> list[tuple[int, ...]]:
         """(C, X, Y, Z) of every entry, ints."""
         return [tuple(int(v) for v in str(s).split("x")) for s in self.manifest["shape"]]
 
@@ -120,7 +120,7 @@ class CachedArchive:
                              f"pretrain on one kind at a time.")
         return counts.pop()
 
-    def load(self, i):
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         row = self.manifest.iloc[int(i)]
         return self._open(row["key"], bool(row["has_mask"]))
 

@@ -28,7 +28,7 @@ class PreprocessConfig:
     mr_percentiles: tuple = (1.0, 99.0)
     axis_order: str = "RAS"
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 

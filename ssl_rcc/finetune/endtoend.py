@@ -14,6 +14,7 @@ gives a binary task's threshold. With ``encoder`` untrained it is the usual supe
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class FinetuneClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.out_dim + n_tabular, n_classes)
 
-    def forward(self, crops, tabular):
+    def forward(self, crops: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
         features = self.norm(self.encoder(crops))
         return self.head(self.dropout(torch.cat([features, tabular], dim=1)))
 
@@ -211,7 +212,7 @@ class FinetuneHead:
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta, arrays):
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> FinetuneHead:
         self = cls(meta["classes"], encoder_config=meta["encoder_config"], seed=meta["seed"], epochs=meta["epochs"], lr=meta["lr"])
         self.blocks_used, self.tabular_names, self.threshold = tuple(meta["blocks_used"]), meta["tabular_names"], meta["threshold"]
         self.epochs_trained = meta["epochs_trained"]

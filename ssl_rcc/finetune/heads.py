@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,7 +55,7 @@ class BlockScaler:
         return {f"scaler/{n}/{k}": v for n, s in self.stats.items() for k, v in zip(("median", "mean", "scale"), s)}
 
     @classmethod
-    def from_state(cls, names, arrays):
+    def from_state(cls, names: Sequence[str], arrays: Mapping[str, np.ndarray]) -> BlockScaler:
         self = cls()
         self.names = list(names)
         self.stats = {n: tuple(arrays[f"scaler/{n}/{k}"] for k in ("median", "mean", "scale")) for n in names}
@@ -229,7 +229,7 @@ class ProbeHead:
         return meta, arrays
 
     @classmethod
-    def from_state(cls, meta, arrays):
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> ProbeHead:
         self = cls(meta["classes"], fusion=meta["fusion"], seed=meta["seed"])
         self.blocks_used, self.threshold = tuple(meta["blocks_used"]), meta["threshold"]
         self.members = [(tuple(s), c, w) for s, c, w in meta["members"]]
@@ -297,7 +297,7 @@ class KnnHead:
                           class_weight=self.class_weight)
 
     @classmethod
-    def from_state(cls, meta, arrays):
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> KnnHead:
         self = cls(meta["classes"], seed=meta["seed"])
         self.blocks_used, self.k, self.threshold = tuple(meta["blocks_used"]), meta["k"], meta["threshold"]
         self.scaler = BlockScaler.from_state(self.blocks_used, arrays)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from lightly.models.utils import update_momentum
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 
@@ -39,7 +43,7 @@ class SSLMethod(pl.LightningModule):
         self.save_hyperparameters()
         self.backbone = Encoder(encoder["architecture"], encoder["in_channels"], encoder["patch"], encoder.get("vit_patch", 16))
 
-    def update_momentum_pairs(self, pairs):
+    def update_momentum_pairs(self, pairs: Iterable[tuple[nn.Module, nn.Module]]) -> None:
         """Move each (online, momentum) module pair's momentum copy towards the online one, once per
         optimiser step (not per micro-batch); the momentum rises from ``hparams.momentum`` to 1 on a
         cosine schedule of the step."""
@@ -50,10 +54,10 @@ class SSLMethod(pl.LightningModule):
         for online, momentum in pairs:
             update_momentum(online, momentum, m=m)
 
-    def compute_loss(self, views, seeds=None):  # pragma: no cover - every method overrides it
+    def compute_loss(self, views: list[torch.Tensor], seeds: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - every method overrides it
         raise NotImplementedError
 
-    def make_views(self, batch):
+    def make_views(self, batch: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The views of a batch ``(*views, seeds)``, augmented here if the loader left that to the device."""
         *views, seeds = batch
         if self.device_transform is not None:
@@ -61,14 +65,14 @@ class SSLMethod(pl.LightningModule):
                 views = [self.device_transform(v, seeds[:, i]) for i, v in enumerate(views)]
         return views, seeds
 
-    def on_before_batch_transfer(self, batch, dataloader_idx):
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """A loader worker's bad-input error arrives as the batch (:func:`ssl_rcc.training.collate_or_error`):
         raised here, in the training process, as it was raised there."""
         if isinstance(batch, BaseException):
             raise batch
         return batch
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, seeds = self.make_views(batch)
         loss = self.compute_loss(views, seeds)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)

@@ -5,6 +5,7 @@ Grill et al. "Bootstrap Your Own Latent", 2020, https://arxiv.org/abs/2006.07733
 
 import copy
 
+import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad
@@ -26,7 +27,7 @@ class BYOL(SSLMethod):
         deactivate_requires_grad(self.head_momentum)
         self.criterion = NegativeCosineSimilarity()
 
-    def compute_loss(self, views, seeds=None):
+    def compute_loss(self, views: list[torch.Tensor], seeds: torch.Tensor | None = None) -> torch.Tensor:
         self.update_momentum_pairs([(self.backbone, self.backbone_momentum), (self.head, self.head_momentum)])
         x0, x1 = views[:2]
         p0, p1 = (self.predictor(self.head(self.backbone(x))) for x in (x0, x1))

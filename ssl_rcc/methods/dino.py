@@ -6,6 +6,7 @@ https://arxiv.org/abs/2104.14294
 
 import copy
 
+import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad
@@ -29,12 +30,12 @@ class DINO(SSLMethod):
         self.criterion = DINOLoss(output_dim=out_dim, warmup_teacher_temp=teacher_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp_epochs=0)
 
-    def compute_loss(self, views, seeds=None):
+    def compute_loss(self, views: list[torch.Tensor], seeds: torch.Tensor | None = None) -> torch.Tensor:
         self.update_momentum_pairs([(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)])
         teacher = [self.teacher_head(self.teacher_backbone(v)).detach() for v in views[:2]]
         student = [self.head(self.backbone(v)) for v in views]
         return self.criterion(teacher, student)
 
-    def on_after_backward(self):
+    def on_after_backward(self) -> None:
         # the last layer stays frozen during warm-up; counted in steps, which survive a resume exactly
         self.head.cancel_last_layer_gradients(current_epoch=0 if self.global_step < self.hparams.warmup_steps else 1)

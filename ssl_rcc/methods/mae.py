@@ -58,7 +58,7 @@ class MAE(SSLMethod):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, p**3 * self.backbone.in_channels)
 
-    def compute_loss(self, views, seeds=None):
+    def compute_loss(self, views: list[torch.Tensor], seeds: torch.Tensor | None = None) -> torch.Tensor:
         x = views[0]
         b = x.shape[0]
         vit = self.backbone.net

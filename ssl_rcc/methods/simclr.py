@@ -4,6 +4,7 @@ Chen et al. "A Simple Framework for Contrastive Learning of Visual Representatio
 https://arxiv.org/abs/2002.05709
 """
 
+import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
@@ -19,6 +20,6 @@ class SimCLR(SSLMethod):
         self.head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
-    def compute_loss(self, views, seeds=None):
+    def compute_loss(self, views: list[torch.Tensor], seeds: torch.Tensor | None = None) -> torch.Tensor:
         z0, z1 = (self.head(self.backbone(v)) for v in views[:2])
         return self.criterion(z0, z1)

@@ -65,16 +65,16 @@ class Encoder(nn.Module):
                            classification=False, spatial_dims=3, **settings)
             self.out_dim = settings["hidden_size"]
 
-    def tokens(self, x):
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """ViT only: (B, N, hidden) token features."""
         return self.net(x)[0]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "resnet":
             return self.net(x)
         return self.tokens(x).mean(dim=1)
 
-    def config(self):
+    def config(self) -> dict:
         return {"architecture": self.architecture, "in_channels": self.in_channels, "patch": list(self.patch),
                 "vit_patch": self.vit_patch, "out_dim": self.out_dim}
 
