@@ -18,7 +18,7 @@ from kinetics.tolerance import within_tolerance
 
 from forking import in_a_process_that_can_fork
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 T = np.arange(60) * 5.0
 CP = plasma_aif("parker", T, delay_s=25.0)

@@ -11,7 +11,7 @@ from kinetics import KineticsInputError
 from kinetics.signal import (concentration_from_signal, signal_from_concentration, spgr_signal,
                              vfa_t1_linear, vfa_t1_nonlinear)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_signal_concentration_round_trip(rng):
