@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .block import BlockOptions, fit_block
+from ._block import BlockOptions, fit_block
 from .convolution import to_time_major
 from .errors import KineticsInputError
 from .options import worker_count
-from .pool import choose_engine, for_each_chunk, shared_zeros
+from ._pool import choose_engine, for_each_chunk, shared_zeros
 from .registry import get_model
 from .status import AT_BOUND, IMPLAUSIBLE, OK, OUTSIDE, has_estimate
 
@@ -169,11 +169,11 @@ def fit_curves(
           inspection; ``fit_status`` says why each is not ``ok``.
     workers : int or None
         Cores fitting chunks at once; None uses every core available to the process. They are
-        forked processes (see :mod:`kinetics.pool`) on Linux, from 50,000 voxels of a numpy array,
+        forked processes (see :mod:`kinetics._pool`) on Linux, from 50,000 voxels of a numpy array,
         when no other Python thread is running (not in Jupyter, for one); threads otherwise.
         Results do not depend on it.
     engine : {"auto", "processes", "threads", "serial"}
-        How the chunks run (:func:`kinetics.pool.choose_engine`): ``auto`` forks processes where that
+        How the chunks run (:func:`kinetics._pool.choose_engine`): ``auto`` forks processes where that
         is safe and worth it and uses threads otherwise; ``serial`` runs in this process alone (for
         debugging, or inside another parallel engine such as dask's). ``CurveFit.engine`` says which
         ran and why. Results do not depend on it.

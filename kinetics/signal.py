@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .options import worker_count
-from .pool import for_each_chunk, shared_zeros, use_processes
+from ._pool import for_each_chunk, shared_zeros, use_processes
 
 _CONVERSION_BLOCK = 8192  # voxels converted at a time by a worker process
 
@@ -303,7 +303,7 @@ def vfa_t1_nonlinear(
     Parameters as in :func:`vfa_t1_linear`. Voxels that do not converge to a positive T1 give NaN and
     ``fit_ok=False``.
     """
-    from .optimize import levenberg_marquardt
+    from ._optimize import levenberg_marquardt
 
     signal, a = _vfa_inputs(signal, fa_deg, tr_s, b1)
     lead = signal.shape[:-1]

@@ -11,12 +11,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import aif as aif_mod
-from .block import MIN_FRAMES_KEPT
+from ._block import MIN_FRAMES_KEPT
 from .errors import KineticsInputError
 from .fit import check_method, fit_image
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
-from .pool import check_engine
+from ._pool import check_engine
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear

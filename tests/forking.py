@@ -20,7 +20,7 @@ def in_a_process_that_can_fork(test):
 
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
-        from kinetics import pool
+        from kinetics import _pool as pool
 
         blocker = pool.fork_blocker()
         if blocker is None:

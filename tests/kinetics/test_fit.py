@@ -180,7 +180,7 @@ def test_bad_arguments_raise_one_clear_error(rng):
 @in_a_process_that_can_fork
 def test_forked_workers_give_the_serial_result(rng, monkeypatch):
     """Worker processes (forked, writing into a shared mapping) return exactly the serial maps."""
-    from kinetics import pool
+    from kinetics import _pool as pool
 
     truth, conc = planted(rng, n=500)
     conc[3, 5:] = np.nan  # no estimate
@@ -202,7 +202,7 @@ def test_forked_workers_give_the_serial_result(rng, monkeypatch):
 def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
     """An error in a forked child stops every worker after its current chunk, and reaches the caller
     even when its message is far larger than a pipe's buffer."""
-    from kinetics import pool
+    from kinetics import _pool as pool
 
     done = pool.shared_zeros((200,), np.int64)
     parent = os.getpid()
@@ -224,7 +224,7 @@ def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
     process, which may fork)."""
     script = (
         "import time\n"
-        "from kinetics import pool\n"
+        "from kinetics import _pool as pool\n"
         "def job(chunk):\n"
         "    time.sleep(0.05)\n"
         "    raise ValueError('is bad ' + 'x' * 15000)\n"
@@ -243,7 +243,7 @@ def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
     process's BLAS thread count is back to what it was afterwards."""
     from threadpoolctl import threadpool_info
 
-    from kinetics import pool
+    from kinetics import _pool as pool
 
     where = pool.shared_zeros((40,), np.int64)
     before = [lib["num_threads"] for lib in threadpool_info()]
@@ -259,7 +259,7 @@ def test_forked_workers_do_all_the_chunks_and_leave_this_process_as_it_was():
 def test_enhancement_shortcut_gives_the_full_answer(rng):
     """Given the sums of squares, the second differences are skipped where a bound already decides;
     on strong, weak, spiked, drifting and pure-noise curves the answer is the full test's."""
-    from kinetics.block import _enhancing
+    from kinetics._block import _enhancing
 
     n = 3000
     ktrans = np.concatenate([rng.uniform(0.05, 0.5, n), rng.uniform(0.0, 0.01, n), np.zeros(n)])
@@ -281,7 +281,7 @@ def test_enhancement_test_survives_an_outlying_frame(rng):
     """Noise comes from the mean absolute second difference: a single spike (a motion artefact)
     barely raises it, so a weakly enhancing curve with one spike still counts as enhancing, and
     noise alone does not."""
-    from kinetics.block import _enhancing
+    from kinetics._block import _enhancing
 
     n = 2000
     weak = np.ascontiguousarray(extended_tofts(T, CP, np.full(n, 0.01), np.full(n, 0.3), np.zeros(n)).T)
@@ -297,7 +297,7 @@ def test_a_voxel_without_washout_stops_at_the_kep_floor():
     """Data with no washout (Patlak, kep = 0) drive kep down; the separable fit stops at its floor
     within a few iterations, marked no_washout, and the voxel is flagged with ve on its upper bound,
     whether Ktrans is large or tiny (where ve computed at the floor would look physical)."""
-    from kinetics.separable import fit_tofts_separable
+    from kinetics._separable import fit_tofts_separable
 
     conc = patlak_model(T, CP, np.array([0.1, 1e-4]), np.array([0.03, 0.03]))
     fit = fit_tofts_separable(T, conc, CP, np.array([0.01, 0.01]), with_vp=True, max_iter=12)
@@ -310,7 +310,7 @@ def test_a_voxel_without_washout_stops_at_the_kep_floor():
 
 
 def test_no_washout_with_a_negative_vp_takes_the_tofts_refit_not_the_bounded_fit(monkeypatch):
-    from kinetics import block
+    from kinetics import _block as block
 
     def no_detour(*args, **kwargs):
         raise AssertionError("Levenberg-Marquardt was called")
@@ -383,7 +383,7 @@ def test_a_curve_gets_the_same_2cfm_fit_alone_or_with_others(rng):
 
 
 def test_progress_is_reported_and_changes_nothing(rng, capsys):
-    from kinetics.pool import for_each_chunk
+    from kinetics._pool import for_each_chunk
 
     seen = []
     for_each_chunk(lambda chunk: None, list(range(5)), 1, False, seen.append)
@@ -423,7 +423,7 @@ def test_forked_processes_give_the_serial_fit(rng):
 def test_fork_is_refused_while_openmp_blas_threads_run(monkeypatch):
     """With a BLAS on OpenMP (MKL), threads besides this one are counted from the OS, not only
     Python's: a forked worker calling that BLAS could hang on their locks."""
-    from kinetics import pool
+    from kinetics import _pool as pool
 
     monkeypatch.setattr(pool, "_blas_on_openmp", lambda: "gnu")
     monkeypatch.setattr(pool, "_foreign_threads", lambda: 2)

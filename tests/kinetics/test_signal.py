@@ -25,7 +25,7 @@ def test_signal_concentration_round_trip(rng):
 
 FORKED_CONVERSION = """
 import numpy as np
-from kinetics import pool
+from kinetics import _pool as pool
 from kinetics.signal import concentration_from_signal, signal_from_concentration
 
 assert pool._can_fork()

@@ -18,9 +18,9 @@ import numpy as np
 from .convolution import delay_input, exp_conv, from_time_major, to_time_major
 from .linear import dot_over_time
 from .models import SECONDS_PER_MINUTE
-from .optimize import levenberg_marquardt
+from ._optimize import levenberg_marquardt
 from .registry import ModelSpec
-from .separable import fit_tofts_separable
+from ._separable import fit_tofts_separable
 from .status import AT_BOUND, ESTIMATE_NOT_FINITE, INPUT_NOT_FINITE, NOT_CONVERGED, NOT_ENHANCING, OK
 
 __all__ = ["BlockOptions", "fit_block"]
