@@ -1,10 +1,14 @@
 """Run one function over many chunks of voxels on several cores: forked processes where safe, else threads.
 
+The processes are a :class:`~concurrent.futures.ProcessPoolExecutor` on the fork context: the workers
+inherit the job and its input (no pickling) and take chunks from a shared counter; the first error
+stops the others after their current chunk and arrives with its traceback, and a worker that dies
+raises ``BrokenProcessPool``.
+
 A block fit is a few hundred numpy calls, many of them short (a row of a running sum, a 3 x 3 solve
 per voxel). In threads each call takes the GIL back, and two threads fitting blocks run only about
 1.2x faster than one; two independent processes run 1.9x faster. Forked processes inherit the input
-without a copy and write their results into a shared anonymous mapping that the parent reads; all
-they share besides is a counter of the chunks taken.
+without a copy and write their results into a shared anonymous mapping that the parent reads.
 
 Two things cost the workers a third of their speed on a virtual machine, and are avoided here:
 
@@ -22,11 +26,10 @@ import ctypes
 import mmap
 import multiprocessing
 import os
-import pickle
 import sys
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -37,61 +40,7 @@ __all__ = ["check_engine", "choose_engine", "fork_blocker", "use_processes", "sh
 
 MIN_VOXELS_FOR_PROCESSES = 50_000  # below this, starting processes costs more than it saves
 
-_LOCK_TIMEOUT_S = 60.0  # the counter is held for microseconds; this long means its holder died
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def _take_chunks(job, chunks, counter, lock):
-    """Run ``job`` on chunks taken one at a time from the shared ``counter`` until none are left."""
-    while True:
-        i = _next_index(counter, lock)
-        if i >= len(chunks):
-            return
-        job(chunks[i])
-
-
-def _next_index(counter, lock, *, stop_at=None):
-    """The next chunk's index (and the counter moved on), or, with ``stop_at``, the counter set there."""
-    if not lock.acquire(timeout=_LOCK_TIMEOUT_S):
-        raise RuntimeError("a worker process stopped while it held the chunk counter.")
-    try:
-        i = int(counter[0])
-        counter[0] = i + 1 if stop_at is None else stop_at
-    finally:
-        lock.release()
-    return i
-
-
-def _portable_error(err, limit=16_384):
-    """``err`` if it pickles, unpickles and is small (a pipe holds 64 KiB), else a RuntimeError with its text."""
-    try:
-        if len(pickle.dumps(err)) <= limit:
-            pickle.loads(pickle.dumps(err))
-            return err
-    except Exception:
-        pass
-    return RuntimeError(f"{type(err).__name__}: {str(err)[:4000]}")
-
-
-def _drain(errors) -> list:
-    """Every error the workers have reported so far."""
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    return found
-
-
-def _join(children, errors, on_progress=None, counter=None) -> list:
-    """Wait for the children, reading their errors meanwhile: a child blocks on a full pipe (64 KiB,
-    a few large errors) until someone reads it. ``on_progress(n)`` hears the chunks taken so far."""
-    found = []
-    while any(child.is_alive() for child in children):
-        found += _drain(errors)
-        if on_progress is not None:
-            on_progress(int(counter[0]))
-        for child in children:
-            child.join(timeout=0.05)
-    return found
 
 
 def _keep_freed_memory() -> None:
@@ -106,16 +55,39 @@ def _keep_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-def _child(job, chunks, counter, lock, errors):
+_JOB: tuple | None = None  # (job, chunks, counter, lock) of the running for_each_chunk: workers inherit it
+_IN_WORKER = False  # True in a worker process of for_each_chunk
+_LOCK_TIMEOUT_S = 60.0  # the counter is held for microseconds; this long means its holder died
+
+
+def _start_worker() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     _keep_freed_memory()
+
+
+def _next_index(counter, lock, *, stop_at=None) -> int:
+    """The next chunk's index (and the counter moved on), or, with ``stop_at``, the counter set there."""
+    if not lock.acquire(timeout=_LOCK_TIMEOUT_S):
+        raise RuntimeError("a worker process stopped while it held the chunk counter.")
     try:
-        _take_chunks(job, chunks, counter, lock)
-    except BaseException as err:  # the others stop after their current chunk; the parent raises it
-        try:
-            _next_index(counter, lock, stop_at=len(chunks))
-        finally:
-            errors.put(_portable_error(err))
-        sys.exit(1)  # quietly: the parent raises the error
+        i = int(counter[0])
+        counter[0] = i + 1 if stop_at is None else stop_at
+    finally:
+        lock.release()
+    return i
+
+
+def _take_chunks() -> None:
+    """In a worker: run the inherited job on chunks taken one at a time from the shared counter until
+    none are left; on an error, move the counter to the end first, so that the others stop."""
+    job, chunks, counter, lock = _JOB
+    try:
+        while (i := _next_index(counter, lock)) < len(chunks):
+            job(chunks[i])
+    except BaseException:
+        _next_index(counter, lock, stop_at=len(chunks))
+        raise
 
 
 ENGINES = ("auto", "processes", "threads", "serial")
@@ -159,8 +131,8 @@ def fork_blocker() -> str | None:
     """Why this process should not fork workers now, or None when it may."""
     if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
         return f"fork is not safe on {sys.platform}"
-    if multiprocessing.current_process().daemon:
-        return "a daemonic process may not have children (a dask or multiprocessing worker)"
+    if multiprocessing.current_process().daemon or _IN_WORKER:
+        return "this is a worker process (of dask, multiprocessing or this engine)"
     if threading.active_count() > 1:  # a child could inherit one of their locks, held
         return f"{threading.active_count() - 1} other Python thread(s) are running (Jupyter, dask, a GUI)"
     layer = _blas_on_openmp()
@@ -231,14 +203,13 @@ def shared_zeros(shape, dtype=float) -> np.ndarray:
 def for_each_chunk(job, chunks, workers: int, processes: bool, on_progress=None) -> None:
     """Call ``job(chunk)`` for every chunk on ``workers`` cores; ``job`` writes its own results.
 
-    With ``processes`` (see :func:`use_processes`) ``workers`` forked processes take chunks one at a
-    time from a shared counter while this one waits. They inherit ``job``, a closure included, without
-    pickling; its results must go to arrays from :func:`shared_zeros`. This process does not fit, so
-    that its memory allocator keeps its settings (the workers change theirs); it would not start
-    faster anyway, as after the fork its writes copy pages as the workers' do. Where no process can
-    be forked, this one does the work. An error in any worker stops the others after their current
-    chunk and is raised here. ``on_progress(n)``, if given, hears how many chunks are done (started,
-    with processes) from time to time.
+    With ``processes`` (see :func:`use_processes`) ``workers`` forked processes run the chunks while this
+    one waits. They inherit ``job``, a closure included, without pickling; its results must go to
+    arrays from :func:`shared_zeros`. This process does not fit, so that its memory allocator keeps its
+    settings (the workers change theirs); it would not start faster anyway, as after the fork its
+    writes copy pages as the workers' do. An error in any worker stops the others after their
+    current chunk and is raised here. ``on_progress(n)``, if given, hears how many chunks are done
+    (started, with processes).
     """
     workers = min(int(workers), len(chunks))
     if workers <= 1:
@@ -253,44 +224,41 @@ def for_each_chunk(job, chunks, workers: int, processes: bool, on_progress=None)
                 if on_progress is not None:
                     on_progress(done)
         return
+    _in_processes(job, chunks, workers, on_progress)
+
+
+def _in_processes(job, chunks, workers: int, on_progress) -> None:
+    """:func:`for_each_chunk` on ``workers`` forked processes of a ProcessPoolExecutor, each taking
+    chunks from a shared counter (the pool's own queue would need this process between chunks, and
+    it competes for the cores with the workers: a linear fit ran 24-44% slower that way)."""
     from threadpoolctl import threadpool_limits
 
+    global _JOB
     context = multiprocessing.get_context("fork")
     counter = shared_zeros((1,), np.int64)
-    lock, errors = context.Lock(), context.SimpleQueue()
-    args = (job, chunks, counter, lock, errors)
-    children = []
     # the processes are the parallelism: they inherit one BLAS thread each (set here, before the fork,
     # once rather than in each child), so as not to oversubscribe the cores; and this process keeps
     # one until they are done, because OpenBLAS's idle threads spin for about 0.1 s after a change
     limits = threadpool_limits(1)
+    _JOB = (job, chunks, counter, context.Lock())
     try:
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the
-            # children run numpy alone, and _can_fork excluded other Python threads
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            for _ in range(workers):
-                child = context.Process(target=_child, args=args, daemon=True)
-                try:
-                    child.start()
-                except OSError:  # no memory or process slots for another: fewer workers
-                    break
-                children.append(child)
-        if not children:
-            _take_chunks(job, chunks, counter, lock)
-        reported = _join(children, errors, on_progress, counter)
-    except BaseException:
-        _next_index(counter, lock, stop_at=len(chunks))  # the children stop after their current chunk
-        raise
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+            try:
+                with warnings.catch_warnings():
+                    # Python >= 3.12 warns on any fork of a process with threads (BLAS keeps some): the
+                    # workers run numpy alone, and fork_blocker excluded other Python threads
+                    warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                    futures = [pool.submit(_take_chunks) for _ in range(workers)]  # the workers fork here
+                pending = futures
+                while pending:
+                    done, pending = wait(pending, timeout=0.05, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()  # a worker's error, raised here with its traceback as the cause
+                    if on_progress is not None:
+                        on_progress(min(int(counter[0]), len(chunks)))
+            except BaseException:
+                counter[0] = len(chunks)  # the workers stop after their current chunk
+                raise
     finally:
-        try:
-            for child in children:
-                child.join()
-        finally:
-            limits.restore_original_limits()
-    reported += _drain(errors)
-    if reported:
-        raise reported[0]
-    failed = [child.exitcode for child in children if child.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"a worker process ended with exit code {failed[0]} before its chunks were done.")
+        _JOB = None
+        limits.restore_original_limits()

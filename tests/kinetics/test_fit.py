@@ -213,9 +213,33 @@ def test_worker_errors_reach_the_caller_and_stop_the_others(tmp_path):
             raise ValueError("chunk %d is bad " % chunk + "x" * 200_000)
         time.sleep(0.01)
 
-    with pytest.raises((ValueError, RuntimeError), match="is bad"):
+    with pytest.raises(ValueError, match="is bad"):
         pool.for_each_chunk(job, list(range(200)), 2, processes=True)
     assert done.sum() < 50  # the other worker stopped soon after the first error
+
+
+@in_a_process_that_can_fork
+def test_a_workers_error_carries_its_traceback_and_a_dead_worker_is_named():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from kinetics import _pool as pool
+
+    parent = os.getpid()
+
+    def failing_fit(chunk):
+        if os.getpid() != parent and chunk == 7:
+            raise ZeroDivisionError("chunk 7")
+
+    with pytest.raises(ZeroDivisionError, match="chunk 7") as caught:
+        pool.for_each_chunk(failing_fit, list(range(40)), 2, processes=True)
+    assert "in failing_fit" in str(caught.value.__cause__)  # the worker's own traceback
+
+    def dying_fit(chunk):
+        if os.getpid() != parent and chunk == 3:
+            os._exit(9)  # as a worker killed for memory would end
+
+    with pytest.raises(BrokenProcessPool):
+        pool.for_each_chunk(dying_fit, list(range(40)), 2, processes=True)
 
 
 def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():
