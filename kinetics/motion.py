@@ -35,9 +35,12 @@ from scipy import ndimage
 
 from .errors import KineticsInputError
 
-__all__ = ["frame_translations", "translate_frames", "model_driven_motion_correct", "ModelDrivenCorrection"]
+__all__ = ["frame_translations", "translate_frames", "model_driven_motion_correct", "motion_correct_series",
+           "ModelDrivenCorrection", "MARGIN_MM"]
 
 log = logging.getLogger("kinetics")
+
+MARGIN_MM = 20.0  # tissue around the mask that the registration compares (edges carry the motion)
 
 
 class ModelDrivenCorrection(NamedTuple):
@@ -168,3 +171,93 @@ def model_driven_motion_correct(
         log.info("motion correction, round %d of %d: frame shifts up to %.2f voxels", round_ + 1, int(iterations),
                  float(np.abs(shifts).max()))
     return ModelDrivenCorrection(current, shifts, prediction, valid)
+
+
+def motion_correct_series(
+    series: ArrayLike,
+    t_s: ArrayLike,
+    cp_mM: ArrayLike,
+    *,
+    model: str = "extended_tofts",
+    mask: ArrayLike | None = None,
+    voxel_mm: ArrayLike = (1.0, 1.0, 1.0),
+    signal: dict | None = None,
+    engine: str = "auto",
+    iterations: int = 3,
+) -> ModelDrivenCorrection:
+    """Model-driven correction of a whole DCE series, as ``kinetics fit --motion-correct`` does it.
+
+    The model is fitted by the linear method over ``mask`` and :data:`MARGIN_MM` around it (the whole
+    image without one), and :func:`model_driven_motion_correct` registers each frame to its
+    prediction. The rounds run on the bounding box of that field (plus room for the shifts); the
+    whole series is then moved once.
+
+    Parameters
+    ----------
+    series : (x, y, z, t) ndarray
+        Concentration (mM), or SPGR signal when ``signal`` is given.
+    t_s, cp_mM : (t,) ndarray
+        Frame times (s) and the plasma AIF (mM).
+    model : str
+        A model of :data:`kinetics.registry.MODELS` that has a linear method.
+    mask : (x, y, z) bool ndarray, optional
+    voxel_mm : (3,) float
+        Voxel size along the array axes (for the margin).
+    signal : dict, optional
+        The SPGR acquisition of a signal series: ``t10_s`` (a value or an (x, y, z) map), ``tr_s``,
+        ``fa_deg``, ``r1_per_mM_s``, ``baseline`` (frames).
+    engine : str
+        How the fits run (:func:`kinetics.fit.fit_curves`).
+
+    Returns
+    -------
+    ModelDrivenCorrection
+        The whole series moved; ``prediction`` and ``valid`` on the field's bounding box.
+    """
+    from .fit import fit_image
+    from .registry import get_model
+    from .signal import concentration_from_signal, s0_from_baseline, signal_from_concentration
+    from .status import has_estimate
+
+    spec = get_model(model)
+    series = np.asarray(series, np.float32)
+    if series.ndim != 4:
+        raise KineticsInputError(f"motion correction: expected a 4D (x, y, z, t) series, got {series.ndim}D.")
+    field = np.isfinite(series).all(axis=-1)
+    if mask is not None:
+        roi = np.asarray(mask, bool)
+        field &= ndimage.distance_transform_edt(~roi, sampling=np.asarray(voxel_mm, float)) <= MARGIN_MM
+    t10 = None if signal is None else signal["t10_s"]
+    if t10 is not None and np.ndim(t10):
+        field &= np.isfinite(t10) & (t10 > 0)
+    if not field.any():
+        raise KineticsInputError("motion correction: no voxel with a finite series (and T10) to register.")
+    pad = 10  # voxels of room for the shifts and the smoothing around the field
+    lo = np.maximum(np.argwhere(field).min(axis=0) - pad, 0)
+    hi = np.minimum(np.argwhere(field).max(axis=0) + pad + 1, field.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    field_box = field[box]
+    t10_box = t10[box] if t10 is not None and np.ndim(t10) else t10
+
+    def predict(current):
+        conc = current
+        if signal is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                conc = concentration_from_signal(current, t10_s=t10_box, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                                 r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
+                                                 dtype=np.float32)
+        fit = fit_image(conc, t_s, cp_mM, mask=field_box, model=spec.name, method="llsq", engine=engine)
+        valid = field_box & has_estimate(fit.fit_status)
+        curves = spec.forward(t_s, cp_mM, *(fit.params[name][valid] for name in spec.params))
+        if signal is not None:
+            t10_valid = t10_box[valid] if np.ndim(t10_box) else t10_box
+            s0 = s0_from_baseline(current[valid], t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                  baseline=signal["baseline"])
+            curves = signal_from_concentration(curves, t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                               r1_per_mM_s=signal["r1_per_mM_s"], s0=s0)
+        prediction = np.zeros(current.shape, np.float32)
+        prediction[valid] = curves
+        return prediction, valid
+
+    corrected = model_driven_motion_correct(series[box], predict, iterations=iterations)
+    return corrected._replace(series=translate_frames(series, corrected.shifts_vox))

@@ -301,7 +301,6 @@ def fit_dce(
 
 
 MOTION_MODES = ("model", "mean")
-MOTION_MARGIN_MM = 20.0  # tissue around the mask that the registration compares (edges carry the motion)
 
 
 def motion_mode(motion_correct) -> str | None:
@@ -317,60 +316,24 @@ def motion_mode(motion_correct) -> str | None:
 
 
 def _model_driven(series, t_s, spec, *, aif, hct, aif_delay, roi, affine, signal, engine):
-    """:func:`kinetics.motion.model_driven_motion_correct` with the fit's own model, fitted by the linear
-    method over the mask and :data:`MOTION_MARGIN_MM` around it (everything without a mask). The rounds
-    run on the field's bounding box (plus room for the shifts); the whole series is moved once."""
-    from scipy import ndimage
+    """:func:`kinetics.motion.motion_correct_series` with the fit's own model and AIF (resolved once,
+    from the series as acquired where it is found in the image)."""
+    from .motion import motion_correct_series
 
-    from .motion import model_driven_motion_correct, translate_frames
-    from .signal import s0_from_baseline, signal_from_concentration
-
-    voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
-    field = np.isfinite(series).all(axis=-1)
-    if roi is not None:
-        field &= ndimage.distance_transform_edt(~roi, sampling=voxel_mm) <= MOTION_MARGIN_MM
-    t10 = None if signal is None else signal["t10_s"]
-    if t10 is not None and np.ndim(t10):
-        field &= np.isfinite(t10) & (t10 > 0)
-    if not field.any():
-        raise KineticsInputError("motion correction: no voxel with a finite series (and T10) to register.")
-
-    def concentration(current, t10_part):
-        if signal is None:
-            return current
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return concentration_from_signal(current, t10_s=t10_part, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
-                                             r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
-                                             dtype=np.float32)
-
-    # the AIF once, from the series as acquired where it is found in the image
     from_image = str(aif) == "auto" or (str(aif) in aif_mod.POPULATION_AIFS and aif_delay is None)
-    cp = resolve_aif(aif, t_s, conc=concentration(series, t10) if from_image else None, mask=roi, hct=hct,
-                     aif_delay_s=aif_delay)
-    pad = 10  # voxels of room for the shifts and the smoothing around the field
-    lo = np.maximum(np.argwhere(field).min(axis=0) - pad, 0)
-    hi = np.minimum(np.argwhere(field).max(axis=0) + pad + 1, field.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    field_box = field[box]
-    t10_box = t10[box] if t10 is not None and np.ndim(t10) else t10
+    conc = None
+    if from_image:
+        conc = series if signal is None else _concentration(series, signal)
+    cp = resolve_aif(aif, t_s, conc=conc, mask=roi, hct=hct, aif_delay_s=aif_delay)
+    return motion_correct_series(series, t_s, cp, model=spec.name, mask=roi,
+                                 voxel_mm=np.linalg.norm(affine[:3, :3], axis=0), signal=signal, engine=engine)
 
-    def predict(current):
-        fit = fit_image(concentration(current, t10_box), t_s, cp, mask=field_box, model=spec.name, method="llsq",
-                        engine=engine)
-        valid = field_box & has_estimate(fit.fit_status)
-        curves = spec.forward(t_s, cp, *(fit.params[name][valid] for name in spec.params))
-        if signal is not None:
-            t10_valid = t10_box[valid] if np.ndim(t10_box) else t10_box
-            s0 = s0_from_baseline(current[valid], t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
-                                  baseline=signal["baseline"])
-            curves = signal_from_concentration(curves, t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
-                                               r1_per_mM_s=signal["r1_per_mM_s"], s0=s0)
-        prediction = np.zeros(current.shape, np.float32)
-        prediction[valid] = curves
-        return prediction, valid
 
-    corrected = model_driven_motion_correct(series[box], predict)
-    return corrected._replace(series=translate_frames(series, corrected.shifts_vox))
+def _concentration(series, signal):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return concentration_from_signal(series, t10_s=signal["t10_s"], tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                         r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
+                                         dtype=np.float32)
 
 
 PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)
