@@ -207,6 +207,7 @@ def fit_dce(
     t_s = read_times(times, n_frames=n_frames)
     check_frame_times(t_s, times)
     roi = _mask(mask, spatial, affine)
+    t10_value = None
     if input == "signal":
         tr, fa, r1, baseline = signal_options(tr, fa, r1, baseline, n_frames, dce)
         t10_value = _t10(t10, spatial, roi, affine)
@@ -218,13 +219,13 @@ def fit_dce(
             )
     if not np.isfinite(series[roi] if roi is not None else series).any():
         raise KineticsInputError(f"{dce}: the series has no finite value where the fit is asked.")
+    signal = dict(t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline) if input == "signal" else None
     shifts_mm = None
     if motion == "mean":
         from .preprocess import motion_correct as register
 
         series = register(series, affine).series
     elif motion == "model":
-        signal = dict(t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline) if input == "signal" else None
         corrected = _model_driven(series, t_s, spec, aif=aif, hct=hct, aif_delay=aif_delay, roi=roi, affine=affine,
                                   signal=signal, engine=engine)
         series = corrected.series
@@ -235,20 +236,8 @@ def fit_dce(
         from .preprocess import denoise_mppca
 
         series = denoise_mppca(series, mask=roi)
-    reason = None  # why a voxel's curve has no finite concentration, where the signal says (signal input)
-    if input == "signal":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            conc = concentration_from_signal(
-                series, t10_s=t10_value, tr_s=tr, fa_deg=fa, r1_per_mM_s=r1, baseline=baseline, dtype=np.float32
-            )
-        if roi is None:
-            reason = conversion_status(series, conc, t10_value)
-        else:  # only where the fit is asked: a whole series is several passes more
-            reason = np.zeros(spatial, np.uint8)
-            reason[roi] = conversion_status(series[roi], conc[roi], t10_value[roi] if np.ndim(t10_value) else t10_value)
-        del series
-    else:
-        conc = series
+    conc, reason = (series, None) if signal is None else _concentration_and_reason(series, signal, roi)
+    del series
     cp = resolve_aif(aif, t_s, conc=conc, mask=roi, hct=hct, aif_delay_s=aif_delay)
     n_voxels = int(roi.sum()) if roi is not None else int(np.prod(spatial))
     log.info("fitting %s (%s) to %d voxels", spec.name, method, n_voxels)
@@ -260,7 +249,6 @@ def fit_dce(
     if not has_estimate(status).any():
         raise KineticsInputError(no_fit_message(conc[roi] if roi is not None else conc.reshape(-1, n_frames), cp, input,
                                                 method))
-    maps = result.params
     counts = status_counts(status)
     options = dict(
         dce=str(dce), times=str(times), aif=str(aif), model=spec.name, input=input, method=method,
@@ -274,23 +262,7 @@ def fit_dce(
         status_codes={str(code): name for code, name in FIT_STATUS.items()}, engine=result.engine,
         provenance=provenance("kinetics", {"dce": dce, "times": times, "aif": aif, "t10": t10, "mask": mask}),
     )
-    with output_directory(out, overwrite=overwrite) as tmp:
-        for name, values in maps.items():
-            save_image(tmp / f"{name}.nii.gz", values.astype(np.float32), affine, header)
-        save_image(tmp / "rmse.nii.gz", result.rmse.astype(np.float32), affine, header)
-        save_image(tmp / "r2.nii.gz", result.r2.astype(np.float32), affine, header)
-        save_image(tmp / "fit_ok.nii.gz", result.fit_ok.astype(np.uint8), affine, header)
-        save_image(tmp / "fit_status.nii.gz", status, affine, header)
-        ds = maps_dataset(maps, result.units, affine=affine, rmse=result.rmse, r2=result.r2, fit_ok=result.fit_ok,
-                          fit_status=status, attrs={"model": spec.name, "method": method})
-        ds["frames_excluded"] = (("x", "y", "z"), result.frames_excluded.astype(np.int16),
-                                 {"long_name": "frames left out of the fit (not finite: above the signal maximum)"})
-        ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
-        if quality:
-            from .quality import quality_figure
-
-            quality_figure(tmp / "quality.png", status, {k: maps[k] for k in spec.params[:2]}, result.units)
-        (tmp / "fit.json").write_text(json.dumps(options, indent=2))
+    _write_maps(out, result, status, options, affine, header, quality=quality, overwrite=overwrite)
     log.info("wrote %s: %d of %d voxels fitted (%s)", out, options["n_ok"], n_voxels,
              ", ".join(f"{name} {n}" for name, n in counts.items()))
     if options["frames_excluded"]["voxels"]:
@@ -334,6 +306,40 @@ def _concentration(series, signal):
         return concentration_from_signal(series, t10_s=signal["t10_s"], tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
                                          r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
                                          dtype=np.float32)
+
+
+def _concentration_and_reason(series, signal, roi):
+    """Concentration of a signal series, and why a voxel's has no finite value (only inside ``roi``
+    when given: over a whole series that is several passes more)."""
+    conc = _concentration(series, signal)
+    t10 = signal["t10_s"]
+    if roi is None:
+        return conc, conversion_status(series, conc, t10)
+    reason = np.zeros(series.shape[:3], np.uint8)
+    reason[roi] = conversion_status(series[roi], conc[roi], t10[roi] if np.ndim(t10) else t10)
+    return conc, reason
+
+
+def _write_maps(out, result, status, options, affine, header, *, quality, overwrite):
+    """The files of :func:`fit_dce`, all at once (``out`` appears complete or not at all)."""
+    maps, model = result.params, options["model"]
+    with output_directory(out, overwrite=overwrite) as tmp:
+        for name, values in maps.items():
+            save_image(tmp / f"{name}.nii.gz", values.astype(np.float32), affine, header)
+        save_image(tmp / "rmse.nii.gz", result.rmse.astype(np.float32), affine, header)
+        save_image(tmp / "r2.nii.gz", result.r2.astype(np.float32), affine, header)
+        save_image(tmp / "fit_ok.nii.gz", result.fit_ok.astype(np.uint8), affine, header)
+        save_image(tmp / "fit_status.nii.gz", status, affine, header)
+        ds = maps_dataset(maps, result.units, affine=affine, rmse=result.rmse, r2=result.r2, fit_ok=result.fit_ok,
+                          fit_status=status, attrs={"model": model, "method": options["method"]})
+        ds["frames_excluded"] = (("x", "y", "z"), result.frames_excluded.astype(np.int16),
+                                 {"long_name": "frames left out of the fit (not finite: above the signal maximum)"})
+        ds.to_netcdf(tmp / "maps.nc", engine="h5netcdf")
+        if quality:
+            from .quality import quality_figure
+
+            quality_figure(tmp / "quality.png", status, {k: maps[k] for k in get_model(model).params[:2]}, result.units)
+        (tmp / "fit.json").write_text(json.dumps(options, indent=2))
 
 
 PROGRESS_VOXELS = 100_000  # a fit this large shows a progress bar (smaller ones take a second or two)
