@@ -295,6 +295,8 @@ def fit_image(conc_mM, t_s, cp_mM, *, mask=None, **options) -> CurveFit:
     result = fit_curves(matrix if everything else matrix[index], t_s, cp, **options)
 
     def scatter(values, fill):
+        if everything:  # every voxel fitted: the result's rows, reshaped (fresh memory is slow to touch)
+            return np.asarray(values).reshape(spatial)
         full = np.full(matrix.shape[0], fill, dtype=np.asarray(values).dtype)
         full[index] = values
         return full.reshape(spatial)
