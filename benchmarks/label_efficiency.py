@@ -9,8 +9,8 @@ and a labelled case table (balanced subtypes) are generated; SimCLR with the dev
 pretrained on the archive (``--encoder`` reuses a finished run instead, e.g. ``benchmarks.ssl_value``'s)
 and the untrained encoder of the same recipe and seed is exported (``--max-steps 0``); features are computed
 once and cached; then for each task and each of 5, 10, 20 labels per class and all (stratified halves),
-the probe is evaluated on the same draws for: radiomic, kinetic, image (SSL), image (untrained) and
-the fusion image (SSL) + kinetic + radiomic; then the encoder fine-tuned end to end with all labels
+the probe is evaluated on the same draws for: radiomic, kinetic, lesion, image (SSL), image (untrained) and
+the fusion image (SSL) + lesion + kinetic + radiomic; then the encoder fine-tuned end to end with all labels
 (``--finetune-tasks``, ``--finetune-repeats`` draws), pretrained vs untrained. Prints a markdown table and writes
 benchmarks/results/label_efficiency.json and label_efficiency.png.
 """
@@ -84,9 +84,10 @@ def main(argv=None):
     start = time.perf_counter()
     tabular = compute_features(table, ["kinetic", "radiomic"], cache=work / "cache", progress=False)
     timings["kinetic_radiomic_features_s"] = time.perf_counter() - start
-    ssl = compute_features(table, ["image"], encoder=run / "encoder.pt", cache=work / "cache", progress=False)["image"]
+    ssl = compute_features(table, ["image", "lesion"], encoder=run / "encoder.pt", cache=work / "cache", progress=False)
     untrained = compute_features(table, ["image"], encoder=scratch, cache=work / "cache", progress=False)["image"]
-    blocks = {"image": ssl.to_numpy(), "kinetic": tabular["kinetic"].to_numpy(), "radiomic": tabular["radiomic"].to_numpy()}
+    blocks = {"image": ssl["image"].to_numpy(), "lesion": ssl["lesion"].to_numpy(), "kinetic": tabular["kinetic"].to_numpy(),
+              "radiomic": tabular["radiomic"].to_numpy()}
     sites = table["site"].to_numpy(dtype=str)
     results = {}
     start = time.perf_counter()
@@ -144,7 +145,7 @@ def _write(results, timings, args, finetuned):
     RESULTS.mkdir(exist_ok=True)
     document = {"settings": vars(args), "timings": timings, "auc": results, "finetune_all_labels_auc": finetuned}
     (RESULTS / "label_efficiency.json").write_text(json.dumps(document, indent=2))
-    names = ["radiomic", "kinetic", "image (SSL)", "image (untrained)", "fusion"]
+    names = ["radiomic", "kinetic", "lesion", "image (SSL)", "image (untrained)", "fusion"]
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), constrained_layout=True, squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items()):
         x = np.arange(len(rows))

@@ -10,11 +10,11 @@ initialisation). Then, for subtype, grade and invasion at 5, 10, 20 labels per c
 of a linear probe (the heads' ``probe`` protocol, the same draws for every feature set) for:
 
 - ``embedding (SSL)`` / ``embedding (untrained)``: the encoder's output for the scaled tumour crop alone;
-- ``image (SSL)`` / ``image (untrained)``: the whole image block (embedding plus size and per-phase
-  tumour and ring levels);
-- ``descriptors``: the size and levels alone (no encoder);
+- ``image (SSL)`` / ``image (untrained)``: the image and lesion blocks late-fused, as the heads use them
+  (``--features image,lesion``);
+- ``descriptors``: the lesion block alone (size, per-phase tumour and ring levels and spreads; no encoder);
 - ``first-order radiomics`` (PyRadiomics first-order features per phase) and ``radiomic`` (all);
-- ``fusion``: image (SSL) + kinetic + radiomic, late fusion as ``finetune`` does it.
+- ``fusion``: image (SSL) + lesion + kinetic + radiomic, late fusion as ``finetune`` does it.
 
 Also: the paired AUC difference embedding SSL minus untrained (95% CI over draws and bootstrap), the
 effective rank (RankMe) and dead dimensions of each embedding over the labelled cases, the training
@@ -61,7 +61,6 @@ def main(argv=None):
     from ssl_rcc.data import PreprocessConfig, build_cache
     from ssl_rcc.data.cases import read_case_table
     from ssl_rcc.features import compute_features
-    from ssl_rcc.features.image import embedding_columns
     from ssl_rcc.phantoms import generate_phantoms
     from ssl_rcc.pretrain import pretrain
 
@@ -96,17 +95,19 @@ def main(argv=None):
     tabular = compute_features(table, ["kinetic", "radiomic"], cache=work / "features", progress=False)
     timings["kinetic_radiomic_features_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    image = {k: compute_features(table, ["image"], encoder=r / "encoder.pt", cache=work / "features", progress=False)["image"]
-             for k, r in runs.items()}
+    image = {k: compute_features(table, ["image", "lesion"], encoder=r / "encoder.pt", cache=work / "features",
+                                 progress=False) for k, r in runs.items()}
     timings["image_features_s"] = time.perf_counter() - start
     radiomic = tabular["radiomic"]
-    # the encoder's output alone: e0, e1, ... (not extent_mm, a descriptor, whose millimetres once
-    # dominated the effective rank of "the embedding": 9.4 instead of 56)
-    embedding = {k: v[embedding_columns(v.columns)].to_numpy() for k, v in image.items()}
+    # the encoder's output alone (e0, e1, ...), and the lesion block beside it (the same preprocessing)
+    embedding = {k: v["image"].to_numpy() for k, v in image.items()}
+    lesion = image["SSL"]["lesion"].to_numpy()
     sets = {
         "embedding (SSL)": embedding["SSL"], "embedding (untrained)": embedding["untrained"],
-        "image (SSL)": image["SSL"].to_numpy(), "image (untrained)": image["untrained"].to_numpy(),
-        "descriptors": image["SSL"].drop(columns=embedding_columns(image["SSL"].columns)).to_numpy(),
+        # the image blocks as the heads use them: the embedding and the lesion block, fused late
+        "image (SSL)": {"image": embedding["SSL"], "lesion": lesion},
+        "image (untrained)": {"image": embedding["untrained"], "lesion": lesion},
+        "descriptors": lesion,
         "first-order radiomics": radiomic[[c for c in radiomic.columns if "firstorder" in c]].to_numpy(),
         "radiomic": radiomic.to_numpy(),
     }
@@ -114,8 +115,9 @@ def main(argv=None):
 
     health = {k: representation_health(v) for k, v in embedding.items()}
     start = time.perf_counter()
-    auc, paired, fusion = _evaluate(table, sets, {"image": sets["image (SSL)"], "kinetic": tabular["kinetic"].to_numpy(),
-                                                  "radiomic": radiomic.to_numpy()}, args)
+    auc, paired, fusion = _evaluate(table, sets, {"image": embedding["SSL"], "lesion": lesion,
+                                                  "kinetic": tabular["kinetic"].to_numpy(), "radiomic": radiomic.to_numpy()},
+                                    args)
     timings["evaluation_s"] = time.perf_counter() - start
     training = _training(runs["SSL"], run, timings)
     _write(args, run, timings, auc, paired, fusion, health, training)
@@ -133,14 +135,15 @@ def _evaluate(table, sets, fusion_blocks, args):
         labels = task.labels(table).to_numpy()
         for shots in SHOTS:
             try:
-                results = {k: evaluate_draws({"image": x}, labels, sites, classes=task.classes, protocol="probe", shots=shots,
-                                             repeats=args.repeats, seed=args.seed, n_boot=100) for k, x in sets.items()}
+                results = {k: evaluate_draws(x if isinstance(x, dict) else {"image": x}, labels, sites, classes=task.classes,
+                                             protocol="probe", shots=shots, repeats=args.repeats, seed=args.seed, n_boot=100)
+                           for k, x in sets.items()}
                 fused = evaluate_draws(fusion_blocks, labels, sites, classes=task.classes, protocol="probe", shots=shots,
                                        repeats=args.repeats, seed=args.seed, n_boot=100)
             except ValueError as err:  # too few cases of a class for this many shots
                 print(f"{name} {shots}: skipped ({err})")
                 continue
-            auc.setdefault(name, {})[str(shots)] = {k: r["sets"]["image"]["auc"] for k, r in results.items()}
+            auc.setdefault(name, {})[str(shots)] = {k: r["sets"][r["main"]]["auc"] for k, r in results.items()}
             auc[name][str(shots)]["fusion"] = fused["sets"][fused["main"]]["auc"]
             fusion.setdefault(name, {})[str(shots)] = fused["differences"]
             # paired by draw (same seed, same draws) and by bootstrap resample (same seed per draw)

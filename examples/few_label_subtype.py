@@ -4,7 +4,7 @@ Synthetic cases stand in for your case table (cases.csv: one row a lesion, see D
 columns). The same from the shell:
     python -m ssl_rcc finetune --cases cases.csv --task subtype --features kinetic,radiomic \
         --shots 2,all --repeats 5 --out subtype/
-Add image features with --features image,kinetic,radiomic --encoder RUN/encoder.pt (or none).
+Add image features with --features image,lesion,kinetic,radiomic --encoder RUN/encoder.pt (or none).
 Usage: python examples/few_label_subtype.py [OUTDIR]
 """
 

@@ -126,7 +126,7 @@ def pack(data, out, spacing=1.5, shards=None, shard_mb=512, seed=0, overwrite=Fa
                    cache=cache, workers=workers, hash_ids=hash_ids))
 
 
-def finetune(cases, task, out, encoder=None, features="image", protocol="probe", shots="all", repeats=20, test_site=None,
+def finetune(cases, task, out, encoder=None, features="image,lesion", protocol="probe", shots="all", repeats=20, test_site=None,
              seed=0, cache=None, workers=None, architecture="resnet10_slim", patch=32, spacing=1.5, n_boot=200, epochs=30, lr=1e-3,
              batch_size=8, overwrite=False) -> str:
     """Few-label head for a task, evaluated on repeated draws against each feature block alone.
@@ -137,7 +137,9 @@ def finetune(cases, task, out, encoder=None, features="image", protocol="probe",
         out: output directory: metrics.json, predictions.csv, model/, roc.png, reliability.png,
             confusion.png (label_curve.png for several shots), report.md.
         encoder: RUN/encoder.pt for the image block, or none for an untrained encoder of --architecture.
-        features: feature blocks, any of image,kinetic,radiomic (fused early, each standardised).
+        features: feature blocks, any of image,lesion,kinetic,radiomic: image the encoder's embedding of the
+            tumour, lesion its size and per-phase levels and spreads (no encoder needed); with the probe
+            each block is its own logistic regression, fused late by its inner cross-validated AUC.
         protocol: probe (logistic regression, C and blocks by inner cross-validation) | knn (cosine) |
             finetune (the encoder trained end to end with a linear head over it and the tabular blocks).
         shots: labelled training cases per class: K, all, or a list such as 5,10,20,all.

@@ -259,7 +259,7 @@ def _finetune_section(tmp, seed, repeats=10):
 
     start = time.perf_counter()
     out = run_finetune(tmp / "phantoms" / "cases.csv", task="malignant", out=tmp / "finetune",
-                       encoder=tmp / "pretrain" / "encoder.pt", features="image,kinetic,radiomic", shots="all",
+                       encoder=tmp / "pretrain" / "encoder.pt", features="image,lesion,kinetic,radiomic", shots="all",
                        repeats=repeats, seed=seed, cache=tmp / "feature-cache", n_boot=100, progress=False)
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
@@ -267,13 +267,13 @@ def _finetune_section(tmp, seed, repeats=10):
     def cell(m):
         return "-" if m["mean"] is None else f"{m['mean']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
 
-    rows = [["image+kinetic+radiomic", cell(metrics["auc"]), cell(metrics["balanced_accuracy"]), cell(metrics["ece"])]]
+    rows = [["image+lesion+kinetic+radiomic", cell(metrics["auc"]), cell(metrics["balanced_accuracy"]), cell(metrics["ece"])]]
     rows += [[b, cell(m["auc"]), cell(m["balanced_accuracy"]), cell(m["ece"])] for b, m in metrics["baselines"].items()]
     lines = [
         "",
         "## Few-label head: malignant (ccRCC, pRCC, chRCC) vs benign (oncocytoma, fat-poor AML)",
         "",
-        f"`python -m ssl_rcc finetune --task malignant --features image,kinetic,radiomic --shots all --repeats {repeats}` "
+        f"`python -m ssl_rcc finetune --task malignant --features image,lesion,kinetic,radiomic --shots all --repeats {repeats}` "
         f"on the {metrics['n_train'] + metrics['n_test']} labelled cases above, in {seconds:.0f} s: each draw trains a "
         "class-balanced logistic regression per feature block (C chosen by inner cross-validation on the training "
         f"half only; the blocks weighed by their inner AUC) on {metrics['n_train']} cases and tests it on the other {metrics['n_test']}. Intervals are 95% over "

@@ -140,7 +140,7 @@ def image_branch(head, encoder=None, tabular_row=None) -> nn.Module:
     start = sum(len(head.scaler.stats[b][1]) for b in subset[:subset.index("image")])
     _, mean, scale = head.scaler.stats["image"]
     coef, intercept = head.coefs[member]
-    d = encoder.out_dim  # the embedding leads the image block; its descriptors do not depend on the crop
+    d = encoder.out_dim  # the image block is the embedding (the lesion block holds what the crop cannot carry)
     return _ProbeImageBranch(encoder, mean[:d], scale[:d], coef[:, start:start + d], intercept)
 
 

@@ -1,12 +1,14 @@
 """Per-lesion feature blocks, each a pure function of a case-table row to a named vector, cached per case.
 
-- ``image``: the encoder's embedding of the crop scaled to the tumour, with the tumour's size and
-  per-phase levels (:mod:`ssl_rcc.features.image`, :mod:`ssl_rcc.features.lesion`);
+- ``image``: the encoder's embedding of the crop scaled to the tumour (:mod:`ssl_rcc.features.image`);
+- ``lesion``: what that crop cannot carry: the tumour's size, per-phase levels and spreads, and those
+  of a ring around it (:func:`ssl_rcc.features.lesion.lesion_features`; no encoder needed);
 - ``kinetic``: tumour statistics of Ktrans, ve, vp, kep (:mod:`ssl_rcc.features.kinetic`);
 - ``radiomic``: PyRadiomics (IBSI) features per phase and enhancement ratios (:mod:`ssl_rcc.features.radiomic`).
 
-:func:`compute_features` runs the tabular blocks over cases in parallel processes and the image block
-in this process (torch), taking every case it can from a :class:`FeatureCache`.
+:func:`compute_features` runs the kinetic and radiomic blocks over cases in parallel processes and the
+image and lesion blocks in this process (torch; the preprocessed lesion they share is cached), taking
+every case it can from a :class:`FeatureCache`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from .radiomic import SETTINGS_FILE, radiomic_features
 __all__ = ["BLOCKS", "parse_blocks", "compute_features", "FeatureCache", "default_cache_dir", "block_columns"]
 
 log = logging.getLogger("ssl_rcc")
-BLOCKS = ("image", "kinetic", "radiomic")
+BLOCKS = ("image", "lesion", "kinetic", "radiomic")
+IN_PROCESS = ("image", "lesion")  # the blocks computed in this process, after the others' workers
 
 
 def parse_blocks(features) -> tuple:
@@ -45,14 +48,15 @@ def parse_blocks(features) -> tuple:
 
 def block_columns(block: str) -> tuple:
     """Case-table columns a block needs in every row."""
-    return {"image": ("tumor_mask",), "kinetic": ("dce_tumor_mask",), "radiomic": ("tumor_mask",)}[block]
+    return {"image": ("tumor_mask",), "lesion": ("tumor_mask",), "kinetic": ("dce_tumor_mask",),
+            "radiomic": ("tumor_mask",)}[block]
 
 
 def _image_column(row):
     return "ct" if row.get("ct") else "image"
 
 
-def _job_key(block, row, encoder_files=()):
+def _job_key(block, row, encoder_files=(), preprocessing=None):
     if block == "radiomic":
         files = [row[_image_column(row)], row["tumor_mask"]] + ([row["kidney_mask"]] if row.get("kidney_mask") else [])
         return FeatureCache.key(block, {"settings": file_digest(SETTINGS_FILE), "version": 1}, files)
@@ -62,7 +66,23 @@ def _job_key(block, row, encoder_files=()):
         aif = row.get("aif", "")
         files = [row[c] for c in columns if c != "aif" or Path(aif).exists()]
         return FeatureCache.key(block, {"model": KINETIC_MODEL, "version": 1, "aif": Path(aif).name}, files, values)
-    return FeatureCache.key(block, {"version": 3}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
+    if block == "lesion":
+        return FeatureCache.key(block, {"preprocessing": preprocessing, "version": 1},
+                                [row[_image_column(row)], row["tumor_mask"]])
+    return FeatureCache.key(block, {"version": 4}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
+
+
+def _preprocessing(encoder):
+    """The preprocessing of ``encoder`` (its encoder.json), or the default one."""
+    from ..data import PreprocessConfig
+
+    if encoder is None or not Path(encoder).with_suffix(".json").is_file():
+        return PreprocessConfig()
+    import json
+
+    from .image import preprocess_config
+
+    return preprocess_config(json.loads(Path(encoder).with_suffix(".json").read_text()))
 
 
 def _tabular(job):
@@ -92,7 +112,8 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
     blocks : sequence of str
         Among :data:`BLOCKS`.
     encoder : None or str or Path
-        ``encoder.pt`` (with its encoder.json) for the image block.
+        ``encoder.pt`` (with its encoder.json) for the image block; the lesion block takes its
+        preprocessing (spacing, intensity window), or the default one without an encoder.
     cache : None, str, Path or FeatureCache
         Where per-case vectors are kept (None: no cache).
     workers : int or None
@@ -106,7 +127,8 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     rows = [dict(r) for _, r in table.iterrows()]
     out = {}
-    for block in sorted(blocks, key=lambda b: b == "image"):  # fork the tabular workers before torch starts threads
+    config = _preprocessing(encoder)
+    for block in sorted(blocks, key=lambda b: b in IN_PROCESS):  # fork the tabular workers before torch starts threads
         encoder_files = ()
         if block == "image":
             if encoder is None:
@@ -115,7 +137,7 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
         if block == "kinetic":
             for r in rows:
                 check_kinetic_row(r, f"{table.attrs.get('source', 'case table')}, case {r['case_id']}")
-        keys = [_job_key(block, r, encoder_files) for r in rows]
+        keys = [_job_key(block, r, encoder_files, config.to_dict()) for r in rows]
         values = [cache.get(block, k) for k in keys]
         todo = [i for i, v in enumerate(values) if v is None]
         if todo:
@@ -127,6 +149,12 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
             model, meta = load_encoder(encoder)
             for i in _progress(todo, len(todo), "image features", progress):
                 values[i] = image_features(rows[i], model, meta, cache=cache)
+                cache.put(block, keys[i], values[i])
+        elif block == "lesion" and todo:
+            from .lesion import lesion_features
+
+            for i in _progress(todo, len(todo), "lesion features", progress):
+                values[i] = lesion_features(rows[i], config, cache=cache)
                 cache.put(block, keys[i], values[i])
         elif todo:
             n_workers = min(len(todo), workers or available_cpus())

@@ -23,7 +23,8 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from .cache import FeatureCache
 
-__all__ = ["lesion_crop", "lesion_descriptors", "lesion_region", "preprocessed_lesion", "LESION_MARGIN", "RING_MM"]
+__all__ = ["lesion_crop", "lesion_descriptors", "lesion_features", "lesion_region", "preprocessed_lesion", "LESION_MARGIN",
+           "RING_MM"]
 
 RING_MM = 4.5  # width of the peritumoural ring of the descriptors
 
@@ -84,11 +85,19 @@ def lesion_region(data: ArrayLike, mask: ArrayLike, spacing_mm: ArrayLike, *,
     return np.asarray(data)[(slice(None),) + box], mask[box]
 
 
-def preprocessed_lesion(row: Mapping[str, Any], config: PreprocessConfig, in_channels: int, *,
+def lesion_features(row: Mapping[str, Any], config: PreprocessConfig, *, cache: FeatureCache | None = None) -> dict:
+    """The ``lesion`` block of one case-table row: :func:`lesion_descriptors` of its tumour, preprocessed
+    with ``config`` (an encoder's, so that the block matches its image block, or the default)."""
+    data, mask = preprocessed_lesion(row, config, None, cache=cache)
+    return lesion_descriptors(data, mask, config.spacing_mm)
+
+
+def preprocessed_lesion(row: Mapping[str, Any], config: PreprocessConfig, in_channels: int | None, *,
                         cache: FeatureCache | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(data, mask) of :func:`lesion_region` for one case-table row (``ct``/``image``, ``tumor_mask``),
     preprocessed with ``config``; float16-rounded values (as the pretraining cache keeps volumes), read
-    from ``cache`` when there (keyed by the files' content and the preprocessing)."""
+    from ``cache`` when there (keyed by the files' content and the preprocessing). ``in_channels``: the
+    channels an encoder takes (None: any)."""
     from .cache import FeatureCache
 
     image = row.get("ct") or row.get("image")
@@ -97,13 +106,13 @@ def preprocessed_lesion(row: Mapping[str, Any], config: PreprocessConfig, in_cha
         key = FeatureCache.key("lesion", {"preprocessing": config.to_dict(), "margin": LESION_MARGIN, "ring_mm": RING_MM,
                                           "version": 1}, [image, row["tumor_mask"]])
         arrays = cache.get_arrays("lesion", key)
-        if arrays is not None and arrays["data"].shape[0] == in_channels:
+        if arrays is not None and in_channels in (None, arrays["data"].shape[0]):
             return arrays["data"].astype(np.float32), arrays["mask"]
     volume = read_nifti(image, case_id=str(row["case_id"]))
     mask = read_mask(row["tumor_mask"], volume)
     if not mask.any():
         raise InputError(f"{row['tumor_mask']}: the tumour mask of case {row['case_id']} is empty.")
-    if volume.data.shape[0] != in_channels:
+    if in_channels is not None and volume.data.shape[0] != in_channels:
         raise InputError(f"case {row['case_id']}: the image has {volume.data.shape[0]} channels, the encoder takes "
                          f"{in_channels}.")
     data, _, mask = preprocess_volume(volume, config, mask.astype(np.uint8))

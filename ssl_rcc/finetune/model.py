@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["save_model", "load_model", "MODEL_FORMAT"]
 
-MODEL_FORMAT = "ssl-rcc-head/1"
+MODEL_FORMAT = "ssl-rcc-head/2"  # 2: the image block is the embedding alone (its descriptors: the lesion block)
 
 
 def save_model(folder: str | os.PathLike, head: ProbeHead | KnnHead | FinetuneHead, *, task: str,

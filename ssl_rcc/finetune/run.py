@@ -63,8 +63,8 @@ def _encoder_path(encoder, blocks, table, *, architecture, patch, spacing, seed,
 
 
 def _image_column_check(table, blocks):
-    if ("image" in blocks or "radiomic" in blocks) and not ({"ct", "image"} & set(table.columns)):
-        raise InputError(f"{table.attrs['source']}: image and radiomic features need a ct (or image) column.")
+    if {"image", "lesion", "radiomic"} & set(blocks) and not ({"ct", "image"} & set(table.columns)):
+        raise InputError(f"{table.attrs['source']}: image, lesion and radiomic features need a ct (or image) column.")
 
 
 def _required(blocks, task):
@@ -145,7 +145,7 @@ def _finetune_options(encoder_pt, epochs, lr, batch_size):
 
 
 def run_finetune(cases: str | os.PathLike, *, task: str, out: str | os.PathLike,
-                 encoder: str | os.PathLike | None = None, features: str | Sequence[str] = "image",
+                 encoder: str | os.PathLike | None = None, features: str | Sequence[str] = "image,lesion",
                  protocol: str = "probe", shots: int | str | Sequence[int | str] = "all", repeats: int = 20,
                  test_site: str | None = None, seed: int = 0, cache: str | os.PathLike | None = None,
                  workers: int | None = None, architecture: str = "resnet10_slim", patch: int = 32,

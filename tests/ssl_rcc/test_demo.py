@@ -26,7 +26,7 @@ def test_demo_report_on_the_dro(tmp_path):
     assert summary["pretraining"]["n_embedded"] == 10 and np.isfinite(summary["pretraining"]["final_loss"])
     assert (report.parent / "pretrain" / "encoder.pt").is_file() and "![Pretraining](pretraining.png)" in text
     assert "![ROC](finetune/roc.png)" in text and (report.parent / "finetune" / "roc.png").is_file()
-    assert set(summary["finetune"]["baselines"]) == {"image", "kinetic", "radiomic"}
+    assert set(summary["finetune"]["baselines"]) == {"image", "lesion", "kinetic", "radiomic"}
     assert 0 <= summary["finetune"]["auc"]["mean"] <= 1
     assert "![Grad-CAM](gradcam.png)" in text and (report.parent / "gradcam.png").stat().st_size > 10_000
     # what the report states is true of what it shows

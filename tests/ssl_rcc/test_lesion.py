@@ -150,3 +150,25 @@ def test_pretraining_crops_the_lesion_of_a_segmented_real_ct(abdomen_dir, tmp_pa
     # a lesion view shows the lesion at least as much as the embedded crop (it zooms into the cube); crops
     # of enhancing tissue show it far less
     assert min(views[:8]) > 0.9 * share and np.mean(views[8:]) < 0.5 * share
+
+
+def test_the_lesion_block_is_the_descriptors_beside_an_embedding_only_image_block(tmp_path):
+    from ssl_rcc.data.cases import read_case_table
+    from ssl_rcc.features import compute_features
+    from ssl_rcc.features.image import write_untrained_encoder
+    from ssl_rcc.features.lesion import preprocessed_lesion
+    from ssl_rcc.phantoms import generate_phantoms
+
+    table = read_case_table(generate_phantoms(tmp_path / "cases", n=2, seed=5, size=48, workers=1))
+    encoder = write_untrained_encoder(tmp_path / "enc", architecture="resnet10_slim", in_channels=4, patch=(16,) * 3,
+                                      spacing_mm=3.0)
+    blocks = compute_features(table, ["image", "lesion"], encoder=encoder, cache=tmp_path / "cache", workers=1,
+                              progress=False)
+    assert list(blocks["image"].columns) == [f"e{i}" for i in range(blocks["image"].shape[1])]
+    row = table.iloc[0].to_dict()
+    at_3mm = PreprocessConfig(spacing_mm=(3.0,) * 3)  # the encoder's preprocessing, not the default 1.5 mm
+    expected = lesion_descriptors(*preprocessed_lesion(row, at_3mm, 4), 3.0)
+    assert blocks["lesion"].iloc[0].to_dict() == pytest.approx(expected)
+    alone = compute_features(table, ["lesion"], cache=tmp_path / "cache", workers=1, progress=False)["lesion"]
+    default = lesion_descriptors(*preprocessed_lesion(row, PreprocessConfig(), None), 1.5)
+    assert alone.iloc[0].to_dict() == pytest.approx(default) and alone.iloc[0]["diameter_mm"] > 0
