@@ -3,7 +3,7 @@
 The processes are a :class:`~concurrent.futures.ProcessPoolExecutor` on the fork context: the workers
 inherit the job and its input (no pickling) and take chunks from a shared counter; the first error
 stops the others after their current chunk and arrives with its traceback, and a worker that dies
-raises ``BrokenProcessPool``.
+stops the work with a RuntimeError that says so.
 
 A block fit is a few hundred numpy calls, many of them short (a row of a running sum, a 3 x 3 solve
 per voxel). In threads each call takes the GIL back, and two threads fitting blocks run only about
@@ -30,6 +30,7 @@ import sys
 import threading
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -144,10 +145,6 @@ def fork_blocker() -> str | None:
     return None
 
 
-def _can_fork() -> bool:
-    return fork_blocker() is None
-
-
 def check_engine(engine: str) -> str:
     """``engine`` if it is one of :data:`ENGINES`, else one sentence."""
     if engine not in ENGINES:
@@ -240,7 +237,8 @@ def _in_processes(job, chunks, workers: int, on_progress) -> None:
     # once rather than in each child), so as not to oversubscribe the cores; and this process keeps
     # one until they are done, because OpenBLAS's idle threads spin for about 0.1 s after a change
     limits = threadpool_limits(1)
-    _JOB = (job, chunks, counter, context.Lock())
+    lock = context.Lock()
+    _JOB = (job, chunks, counter, lock)
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
             try:
@@ -256,8 +254,14 @@ def _in_processes(job, chunks, workers: int, on_progress) -> None:
                         future.result()  # a worker's error, raised here with its traceback as the cause
                     if on_progress is not None:
                         on_progress(min(int(counter[0]), len(chunks)))
-            except BaseException:
+            except BaseException as err:
+                held = lock.acquire(timeout=1.0)  # not held: its holder died; the counter is set anyway
                 counter[0] = len(chunks)  # the workers stop after their current chunk
+                if held:
+                    lock.release()
+                if isinstance(err, BrokenProcessPool):
+                    raise RuntimeError("a worker process ended abruptly (killed for memory?) before its chunks were "
+                                       "done; engine='threads' runs without processes.") from err
                 raise
     finally:
         _JOB = None

@@ -33,6 +33,9 @@ __all__ = [
     "maps_dataset",
     "output_directory",
     "output_file",
+    "check_output_file",
+    "table_sidecar",
+    "write_table",
 ]
 
 
@@ -258,6 +261,23 @@ def output_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         tmp.rename(path)
 
 
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``path`` as a file to write: a directory there, or an existing file without ``overwrite``, is one
+    sentence (so that a command can check before its work, not only when it writes)."""
+    path = Path(path)
+    if path.is_dir():
+        raise KineticsInputError(f"{path}: is a directory; give a file name.")
+    if path.exists() and not overwrite:
+        raise KineticsInputError(f"{path}: output file exists; choose another or pass --overwrite.")
+    return path
+
+
+def table_sidecar(path: str | os.PathLike) -> Path:
+    """``<path>.json``: where :func:`write_table` puts a table's options and provenance."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
 @contextlib.contextmanager
 def output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file name beside ``path`` (same extension) that replaces ``path`` on success.
@@ -265,11 +285,7 @@ def output_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     An existing ``path`` raises unless ``overwrite``; a directory there always raises; on any error the
     temporary file is removed.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise KineticsInputError(f"{path}: is a directory; give a file name.")
-    if path.exists() and not overwrite:
-        raise KineticsInputError(f"{path}: output file exists; choose another or pass --overwrite.")
+    path = check_output_file(path, overwrite=overwrite)
     _check_parent(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -301,9 +317,9 @@ def write_table(path: str | os.PathLike, table, origin: dict, *, overwrite: bool
     ``<path>.json`` beside it, each atomically (:func:`output_file`); returns ``path``."""
     import json
 
-    path = Path(path)
-    sidecar = path.with_name(path.name + ".json")
-    with output_file(sidecar, overwrite=overwrite) as meta, output_file(path, overwrite=overwrite) as tmp:
+    path, sidecar = Path(path), table_sidecar(path)
+    # the table is committed last: a table on disk always has its sidecar
+    with output_file(path, overwrite=overwrite) as tmp, output_file(sidecar, overwrite=overwrite) as meta:
         table.to_csv(tmp, index=False, float_format="%.6g")
         meta.write_text(json.dumps(origin, indent=2, default=str))
     return path

@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
 from .fit import fit_curves
-from .io import write_table
+from .io import check_output_file, table_sidecar, write_table
 from .provenance import provenance
 from .options import haematocrit, iterations, number, plausible
 from .registry import get_model
@@ -108,8 +108,8 @@ def fit_roi(curves: str | os.PathLike, *, aif_column: str, out: str | os.PathLik
     (:func:`kinetics.renal.patlak_rutland`).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    for path in (out, table_sidecar(out)):  # before the fits, not when they are done
+        check_output_file(path, overwrite=overwrite)
     rows = roi_parameters(curves, aif_column=aif_column, model=model, input=input, t10=t10, t10_aif=t10_aif, tr=tr,
                           fa=fa, r1=r1, baseline=baseline, hct=hct, method=method, fit_delay=fit_delay,
                           volume_ml=volume_ml, pr_form=pr_form, window_s=window_s, uptake_s=uptake_s,

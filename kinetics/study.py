@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import KineticsInputError
-from .io import write_table
+from .io import check_output_file, table_sidecar, write_table
 from .provenance import provenance
 from .roi import roi_parameters
 
@@ -100,10 +100,8 @@ def fit_study(
 
     tqdm.monitor_interval = 0  # no monitor thread: it would make the fits refuse to fork
     out = Path(out)
-    if out.is_dir():
-        raise KineticsInputError(f"{out}: is a directory; --out names the CSV file to write.")
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    for path in (out, table_sidecar(out)):  # before the fits, not when they are done
+        check_output_file(path, overwrite=overwrite)
     table = read_study(study)
     root = Path(study).parent
     ids = [r["scan_id"].strip() if r.get("scan_id", "").strip() else Path(r["curves"]).stem for _, r in table.iterrows()]

@@ -15,6 +15,8 @@ from ._block import MIN_FRAMES_KEPT
 from .errors import KineticsInputError
 from .fit import check_method, fit_image
 from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
+from .motion import MARGIN_MM as MOTION_MARGIN_MM
+from .motion import ROUNDS as MOTION_ROUNDS
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
 from ._pool import check_engine
 from .provenance import provenance
@@ -256,6 +258,7 @@ def fit_dce(
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
         motion_correct=motion, denoise=bool(denoise), max_iter=max_iter, aif_delay=aif_delay,
         frame_shifts_mm=None if shifts_mm is None else np.round(shifts_mm, 3).tolist(),
+        motion_model_driven=None if motion != "model" else {"rounds": MOTION_ROUNDS, "margin_mm": MOTION_MARGIN_MM},
         n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
         frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},
@@ -288,8 +291,9 @@ def motion_mode(motion_correct) -> str | None:
 
 
 def _model_driven(series, t_s, spec, *, aif, hct, aif_delay, roi, affine, signal, engine):
-    """:func:`kinetics.motion.motion_correct_series` with the fit's own model and AIF (resolved once,
-    from the series as acquired where it is found in the image)."""
+    """:func:`kinetics.motion.motion_correct_series` with the fit's own model, and its AIF resolved from
+    the series as acquired where it is found in the image (the fit resolves it again, from the
+    corrected series)."""
     from .motion import motion_correct_series
 
     from_image = str(aif) == "auto" or (str(aif) in aif_mod.POPULATION_AIFS and aif_delay is None)
@@ -303,9 +307,7 @@ def _model_driven(series, t_s, spec, *, aif, hct, aif_delay, roi, affine, signal
 
 def _concentration(series, signal):
     with np.errstate(invalid="ignore", divide="ignore"):
-        return concentration_from_signal(series, t10_s=signal["t10_s"], tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
-                                         r1_per_mM_s=signal["r1_per_mM_s"], baseline=signal["baseline"],
-                                         dtype=np.float32)
+        return concentration_from_signal(series, **signal, dtype=np.float32)
 
 
 def _concentration_and_reason(series, signal, roi):

@@ -204,6 +204,10 @@ def test_fit_roi_gives_single_kidney_gfr(tmp_path, capsys):
     code, captured = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
                           "--max-iter", 0, "--out", tmp_path / "zero.csv"], capsys)
     assert code == 2 and "max_iter" in captured.err
+    (tmp_path / "left.csv.json").write_text("{}")  # a sidecar left behind: refused before any fit, not after
+    code, captured = run(["fit-roi", "--curves", tmp_path / "curves.csv", "--aif-column", "aorta", "--model", "2cfm",
+                          "--out", tmp_path / "left.csv"], capsys)
+    assert code == 2 and "left.csv.json: output file exists" in captured.err and not (tmp_path / "left.csv").exists()
 
 
 def test_fit_roi_takes_a_t10_per_kidney(tmp_path, capsys):

@@ -238,8 +238,9 @@ def test_a_workers_error_carries_its_traceback_and_a_dead_worker_is_named():
         if os.getpid() != parent and chunk == 3:
             os._exit(9)  # as a worker killed for memory would end
 
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(RuntimeError, match="a worker process ended abruptly") as caught:
         pool.for_each_chunk(dying_fit, list(range(40)), 2, processes=True)
+    assert isinstance(caught.value.__cause__, BrokenProcessPool)
 
 
 def test_many_workers_with_large_errors_do_not_block_on_the_error_pipe():

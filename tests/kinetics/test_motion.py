@@ -41,6 +41,17 @@ def test_model_driven_correction_refuses_what_it_cannot_use():
         model_driven_motion_correct(np.zeros((4, 4, 4)), lambda s: (s, np.ones(s.shape[:3], bool)))
     with pytest.raises(KineticsInputError, match="no estimate"):
         model_driven_motion_correct(np.zeros((4, 4, 4, 3)), lambda s: (s, np.zeros(s.shape[:3], bool)))
+    with pytest.raises(KineticsInputError, match="iterations: 1.5 iterations is not a whole number"):
+        model_driven_motion_correct(np.zeros((4, 4, 4, 3)), lambda s: (s, np.ones(s.shape[:3], bool)), iterations=1.5)
+    from kinetics.motion import motion_correct_series
+
+    series, t_s, cp = np.ones((6, 6, 6, 5)), np.arange(5.0), np.arange(5.0)
+    for options, message in (({"mask": np.ones((5, 5, 5), bool)}, r"mask has shape \(5, 5, 5\); the series' grid is"),
+                             ({"mask": np.zeros((6, 6, 6), bool)}, "the mask selects no voxel"),
+                             ({"voxel_mm": (1.0, 1.0)}, "voxel_mm takes one size or three"),
+                             ({"signal": {"t10_s": 1.0}}, "signal needs exactly")):
+        with pytest.raises(KineticsInputError, match=message):
+            motion_correct_series(series, t_s, cp, **options)
 
 
 @pytest.mark.slow  # 15 s: three rounds of fit and registration

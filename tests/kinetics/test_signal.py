@@ -28,7 +28,7 @@ import numpy as np
 from kinetics import _pool as pool
 from kinetics.signal import concentration_from_signal, signal_from_concentration
 
-assert pool._can_fork()
+assert pool.fork_blocker() is None
 rng = np.random.default_rng(0)
 shape = (20, 30, 30)  # 18,000 voxels: several slabs
 conc = np.abs(rng.normal(0.5, 0.5, shape + (30,)))
