@@ -10,9 +10,9 @@ initialisation). Then, for subtype, grade and invasion at 5, 10, 20 labels per c
 of a linear probe (the heads' ``probe`` protocol, the same draws for every feature set) for:
 
 - ``embedding (SSL)`` / ``embedding (untrained)``: the encoder's output for the scaled tumour crop alone;
-- ``image (SSL)`` / ``image (untrained)``: the image and lesion blocks late-fused, as the heads use them
+- ``image+lesion (SSL)`` / ``image+lesion (untrained)``: the image and lesion blocks late-fused, as the heads use them
   (``--features image,lesion``);
-- ``descriptors``: the lesion block alone (size, per-phase tumour and ring levels and spreads; no encoder);
+- ``lesion``: the lesion block alone (size, per-phase tumour and ring levels and spreads; no encoder);
 - ``first-order radiomics`` (PyRadiomics first-order features per phase) and ``radiomic`` (all);
 - ``fusion``: image (SSL) + lesion + kinetic + radiomic, late fusion as ``finetune`` does it.
 
@@ -105,9 +105,9 @@ def main(argv=None):
     sets = {
         "embedding (SSL)": embedding["SSL"], "embedding (untrained)": embedding["untrained"],
         # the image blocks as the heads use them: the embedding and the lesion block, fused late
-        "image (SSL)": {"image": embedding["SSL"], "lesion": lesion},
-        "image (untrained)": {"image": embedding["untrained"], "lesion": lesion},
-        "descriptors": lesion,
+        "image+lesion (SSL)": {"image": embedding["SSL"], "lesion": lesion},
+        "image+lesion (untrained)": {"image": embedding["untrained"], "lesion": lesion},
+        "lesion": lesion,
         "first-order radiomics": radiomic[[c for c in radiomic.columns if "firstorder" in c]].to_numpy(),
         "radiomic": radiomic.to_numpy(),
     }
@@ -190,6 +190,8 @@ def _training(run_dir, run, timings):
 def _write(args, run, timings, auc, paired, fusion, health, training):
     import matplotlib
 
+    from kinetics.provenance import provenance
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -198,10 +200,11 @@ def _write(args, run, timings, auc, paired, fusion, health, training):
                                                                      "temperature", "crop_scale", "intensity", "gamma",
                                                                      "max_steps")},
                 "timings": timings, "training": training, "auc": auc, "ssl_minus_untrained": paired,
-                "fusion_minus_block": fusion, "embedding_health": health}
+                "fusion_minus_block": fusion, "embedding_health": health, "provenance": provenance("ssl_rcc")}
     stem = f"ssl_value{'_' + args.tag if args.tag else ''}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2))
-    names = ["embedding (SSL)", "embedding (untrained)", "image (SSL)", "descriptors", "first-order radiomics", "radiomic", "fusion"]
+    names = ["embedding (SSL)", "embedding (untrained)", "image+lesion (SSL)", "lesion", "first-order radiomics", "radiomic",
+             "fusion"]
     fig, axes = plt.subplots(1, len(auc) + 1, figsize=(4.2 * (len(auc) + 1), 3.4), constrained_layout=True, squeeze=False)
     for ax, (task, rows) in zip(axes[0], auc.items()):
         x = np.arange(len(rows))

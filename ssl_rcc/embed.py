@@ -26,13 +26,13 @@ from .data.volume import read_mask
 from .errors import InputError
 from .models import ENCODER_FORMAT, Encoder
 
-__all__ = ["load_encoder", "embed_archive", "embed_volume"]
+__all__ = ["load_encoder", "read_encoder_meta", "embed_archive", "embed_volume"]
 
 log = logging.getLogger("ssl_rcc")
 
 
-def load_encoder(path: str | os.PathLike) -> tuple[Encoder, dict]:
-    """An :class:`Encoder` from ``encoder.pt`` and its sidecar ``encoder.json``; returns (encoder, meta)."""
+def read_encoder_meta(path: str | os.PathLike) -> dict:
+    """The checked ``encoder.json`` beside an ``encoder.pt`` (architecture, preprocessing, method)."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
@@ -41,8 +41,16 @@ def load_encoder(path: str | os.PathLike) -> tuple[Encoder, dict]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError:
         raise InputError(f"{meta_path}: not valid JSON.") from None
-    if meta.get("format") != ENCODER_FORMAT:
-        raise InputError(f"{meta_path}: not an ssl-rcc encoder description (format {meta.get('format')!r}).")
+    if not isinstance(meta, dict) or meta.get("format") != ENCODER_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{meta_path}: not an ssl-rcc encoder description (format {found!r}).")
+    return meta
+
+
+def load_encoder(path: str | os.PathLike) -> tuple[Encoder, dict]:
+    """An :class:`Encoder` from ``encoder.pt`` and its sidecar ``encoder.json``; returns (encoder, meta)."""
+    path = Path(path)
+    meta = read_encoder_meta(path)
     encoder = Encoder(meta["architecture"], meta["in_channels"], meta["patch"], meta.get("vit_patch", 16))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -40,8 +40,9 @@ from .pretrain_config import OPTIONS, PretrainConfig
 __all__ = ["pretrain", "export_encoder", "ENCODER_FORMAT"]
 
 log = logging.getLogger("ssl_rcc")
-# options a resumed run must share with the run it continues (it reads them from its run.json)
-_IDENTITY = ("method", "architecture", "patch", "vit_patch", "channels", "spacing_mm")
+# what a resumed run must share with the run it continues and only the images tell (PretrainConfig.resolve
+# compares the options, before the images are opened): the method, the channels, the spacing of shards
+_IDENTITY = ("method", "channels", "spacing_mm")
 
 
 def _process_ranks():

@@ -17,16 +17,16 @@ from kinetics.options import number
 from .errors import InputError
 from .methods import get_method
 from .models import ARCHITECTURES
-from .recipes import OPTIONS, RUN_OPTIONS, Option, recipe_defaults
+from .recipes import OPTIONS, RUN_OPTIONS, recipe_defaults
 
-__all__ = ["PretrainConfig", "Option", "OPTIONS", "PRECISIONS", "RESUME_MUST_MATCH"]
+__all__ = ["PretrainConfig", "PRECISIONS", "RESUME_MUST_MATCH"]
 
 log = logging.getLogger("ssl_rcc")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # options a resumed run may only repeat (it reads them from its run.json)
-RESUME_MUST_MATCH = ("batch_size", "accumulate", "seed", "lr", "temperature", "crop_scale", "intensity", "gamma",
-                     "normalise_target")
+RESUME_MUST_MATCH = ("architecture", "patch", "vit_patch", "spacing_mm", "batch_size", "accumulate", "seed", "lr",
+                     "temperature", "crop_scale", "intensity", "gamma", "normalise_target")
 
 
 # options whose config field names the unit
@@ -119,7 +119,8 @@ class PretrainConfig:
         )
         for name in RESUME_MUST_MATCH:
             if name in previous and given[name] is not None and previous[name] != getattr(config, name):
-                raise InputError(f"{where}: --{name.replace('_', '-')} {given[name]} differs from the run's {previous[name]}; "
+                option = {v: k for k, v in _FIELD.items()}.get(name, name).replace("_", "-")
+                raise InputError(f"{where}: --{option} {given[name]} differs from the run's {previous[name]}; "
                                  f"a resumed run continues with its own (leave the option out).")
         if config.batch_size < method_cls.min_batch_size:
             raise InputError(f"batch_size: {config.batch_size} volume per device; {method} needs at least "
@@ -149,7 +150,7 @@ def _ordered_pair(value, name: str, what: str) -> list[float] | None:
         return None
     if isinstance(value, str):
         value = value.split(",")
-    if len(value) != 2:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise InputError(f"{name}: give two {what}, not {value!r}.")
     lo, hi = (number(v, name, positive=True) for v in value)
     if lo > hi:

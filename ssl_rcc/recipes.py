@@ -55,9 +55,8 @@ class Option:
 # The options of a run, in the order ``--help`` lists them: the one place that names them. The Python
 # function and the command line take exactly these (plus data, method, out and where things go).
 OPTIONS: dict[str, Option] = {
-    "recipe": Option(None, "auto | cpu | gpu: the defaults below (auto: gpu when CUDA is available). The cpu "
-                           "recipe trains resnet10_slim on 32^3 crops at 1.5 mm, batch 32, the gpu recipe resnet18 "
-                           "on 64^3 crops, batch 32; mae takes vit_tiny."),
+    "recipe": Option(None, "auto | cpu | gpu: where the options left out come from (auto: gpu when CUDA is "
+                           "available; README, Pretraining recipe); mae takes vit_tiny."),
     "architecture": Option(None, "resnet10_slim | resnet18 | resnet34 | resnet50 | vit_tiny | vit_small."),
     "epochs": Option(None, "passes over the archive (default 1), if max_steps is not given."),
     "max_steps": Option(None, "optimiser steps; 0 exports the untrained encoder (the from-scratch baseline)."),
@@ -68,30 +67,27 @@ OPTIONS: dict[str, Option] = {
     "num_nodes": Option(1, "machines, for multi-node DDP."),
     "accelerator": Option("auto", "auto | cpu | gpu."),
     "precision": Option(None, "32-true | 16-mixed | bf16-mixed (default 16-mixed on GPU, 32-true on CPU)."),
-    "accumulate": Option(None, "gradient accumulation steps (default 1)."),
-    "lr": Option(None, "peak learning rate (AdamW, warm-up then cosine decay; default 1e-3)."),
+    "accumulate": Option(None, "gradient accumulation steps (default: the recipe's)."),
+    "lr": Option(None, "peak learning rate (AdamW, warm-up then cosine decay; default: the recipe's)."),
     "warmup_steps": Option(None, "linear warm-up steps (default a tenth of the run)."),
-    "temperature": Option(None, "SimCLR's softmax temperature (default: the recipe's, 0.1 on CPU, 0.2 on GPU)."),
-    "crop_scale": Option(None, "smallest,largest side of a view's cube over the patch (default 0.75,2: views at the "
-                               "scales of the tumour crops that are embedded)."),
-    "intensity": Option(None, "largest scale and shift of a view's intensities, in window units (default 0.02)."),
-    "gamma": Option(None, "lo,hi exponents of a random gamma curve on each view (default none)."),
-    "normalise_target": Option(None, "MAE: reconstruct per-patch normalised voxels (default false: the normalised "
-                                     "target discards attenuation)."),
+    "temperature": Option(None, "SimCLR's softmax temperature (default: the recipe's)."),
+    "crop_scale": Option(None, "smallest,largest side of a view's cube over the patch (default: the recipe's, views "
+                               "at the scales of the tumour crops that are embedded)."),
+    "intensity": Option(None, "largest scale and shift of a view's intensities, in window units (default: the "
+                              "recipe's)."),
+    "gamma": Option(None, "lo,hi exponents of a random gamma curve on each view (default: the recipe's)."),
+    "normalise_target": Option(None, "MAE: reconstruct per-patch normalised voxels (default: the recipe's; the "
+                                     "normalised target discards attenuation)."),
     "checkpoint_every": Option(50, "steps between checkpoints."),
-    "seed": Option(None, "seed of initialisation and of the data order (default 0)."),
+    "seed": Option(None, "seed of initialisation and of the data order (default: the recipe's)."),
     "workers": Option(2, "data loader processes."),
-    "spacing": Option(None, "voxel size after resampling, mm (default 1.5)."),
+    "spacing": Option(None, "voxel size after resampling, mm (default: the recipe's)."),
     "vit_patch": Option(None, "ViT token size, voxels."),
     "probe_every": Option(50, "steps between probe and representation-health measurements (effective rank, dead "
                               "dimensions; a warning when the representation collapses)."),
     "augment": Option("auto", "where the views are made: loader (CPU workers) or device (a batch at a time on the "
                               "training device) or auto (device on a GPU, loader on CPU)."),
 }
-
-# options a recipe sets; a resumed run reads every one of them back from its run.json
-RUN_OPTIONS = ("architecture", "patch", "vit_patch", "spacing_mm", "batch_size", "lr", "temperature", "crop_scale",
-               "intensity", "gamma", "accumulate", "seed", "normalise_target")
 
 RECIPES = {
     "cpu": {"architecture": "resnet10_slim", "patch": [32, 32, 32], "vit_patch": 8, "spacing_mm": 1.5, "batch_size": 32,
@@ -101,6 +97,8 @@ RECIPES = {
             "lr": 1e-3, "temperature": 0.2, "crop_scale": [0.75, 2.0], "intensity": 0.02, "gamma": None,
             "accumulate": 1, "seed": 0, "normalise_target": False},
 }
+# options a recipe sets; a resumed run reads every one of them back from its run.json
+RUN_OPTIONS = tuple(RECIPES["cpu"])
 
 
 def recipe_defaults(recipe: str, method: str, *, cuda: bool) -> tuple[str, dict]:

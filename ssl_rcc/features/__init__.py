@@ -25,6 +25,7 @@ from kinetics.options import available_cpus
 from ..errors import InputError
 from .cache import FeatureCache, default_cache_dir, file_digest
 from .kinetic import MODEL as KINETIC_MODEL
+from .lesion import LESION_MARGIN, RING_MM
 from .kinetic import check_kinetic_row, kinetic_features, kinetic_inputs
 from .radiomic import SETTINGS_FILE, radiomic_features
 
@@ -67,7 +68,8 @@ def _job_key(block, row, encoder_files=(), preprocessing=None):
         files = [row[c] for c in columns if c != "aif" or Path(aif).exists()]
         return FeatureCache.key(block, {"model": KINETIC_MODEL, "version": 1, "aif": Path(aif).name}, files, values)
     if block == "lesion":
-        return FeatureCache.key(block, {"preprocessing": preprocessing, "version": 1},
+        return FeatureCache.key(block, {"preprocessing": preprocessing, "margin": LESION_MARGIN, "ring_mm": RING_MM,
+                                        "version": 1},
                                 [row[_image_column(row)], row["tumor_mask"]])
     return FeatureCache.key(block, {"version": 4}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
 
@@ -76,13 +78,12 @@ def _preprocessing(encoder):
     """The preprocessing of ``encoder`` (its encoder.json), or the default one."""
     from ..data import PreprocessConfig
 
-    if encoder is None or not Path(encoder).with_suffix(".json").is_file():
+    if encoder is None:
         return PreprocessConfig()
-    import json
-
+    from ..embed import read_encoder_meta
     from .image import preprocess_config
 
-    return preprocess_config(json.loads(Path(encoder).with_suffix(".json").read_text()))
+    return preprocess_config(read_encoder_meta(encoder))
 
 
 def _tabular(job):
@@ -137,6 +138,10 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
         if block == "kinetic":
             for r in rows:
                 check_kinetic_row(r, f"{table.attrs.get('source', 'case table')}, case {r['case_id']}")
+        elif not all(r.get("ct") or r.get("image") for r in rows):
+            case = next(r["case_id"] for r in rows if not (r.get("ct") or r.get("image")))
+            raise InputError(f"{table.attrs.get('source', 'case table')}, case {case}: {block} features need a ct (or "
+                             "image) file.")
         keys = [_job_key(block, r, encoder_files, config.to_dict()) for r in rows]
         values = [cache.get(block, k) for k in keys]
         todo = [i for i, v in enumerate(values) if v is None]

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from ..data import PreprocessConfig
-from .lesion import LESION_MARGIN, RING_MM, lesion_crop, lesion_descriptors, preprocessed_lesion
+from .lesion import LESION_MARGIN, RING_MM, lesion_crop, preprocessed_lesion
 
-__all__ = ["tumour_embedding", "image_features", "embedding_columns", "lesion_descriptors", "preprocess_config", "lesion_crop", "tumour_crop",
+__all__ = ["tumour_embedding", "image_features", "preprocess_config", "lesion_crop", "tumour_crop",
            "tumour_crops", "write_untrained_encoder", "LESION_MARGIN", "RING_MM"]
 
 
@@ -75,11 +75,6 @@ def image_features(row, encoder, meta, *, cache=None) -> dict:
     block, skip reading and resampling the volume."""
     data, mask = preprocessed_lesion(row, preprocess_config(meta), encoder.in_channels, cache=cache)
     return {f"e{i}": float(v) for i, v in enumerate(tumour_embedding(encoder, data, mask))}
-
-
-def embedding_columns(columns: Iterable[str]) -> list[str]:
-    """The encoder's columns ``e0, e1, ...`` among ``columns`` (an image block's are all of them)."""
-    return [c for c in columns if c[:1] == "e" and c[1:].isdigit()]
 
 
 def write_untrained_encoder(folder: str | os.PathLike, *, architecture: str, in_channels: int, patch: Iterable[int],

@@ -59,7 +59,8 @@ def load_model(folder: str | os.PathLike) -> tuple[dict, ProbeHead | KnnHead | F
     except ValueError:
         raise InputError(f"{path}: not valid JSON.") from None
     if description.get("format") != MODEL_FORMAT:
-        raise InputError(f"{path}: model format {description.get('format')!r}; this version of ssl-rcc reads {MODEL_FORMAT!r}.")
+        raise InputError(f"{path}: model format {description.get('format')!r}; this version of ssl-rcc reads {MODEL_FORMAT!r} "
+                         "(run finetune again to make one).")
     try:
         with np.load(folder / "head.npz", allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

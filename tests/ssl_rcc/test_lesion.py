@@ -8,7 +8,7 @@ import pytest
 from ssl_rcc.data import PreprocessConfig, preprocess_volume, read_mask, read_nifti
 from ssl_rcc.data.crops import box_crop, centred_crop, lesion_box
 from ssl_rcc.data.views import LESION_VIEW_ZOOM, lesion_views, make_views, tissue_centre
-from ssl_rcc.features.image import lesion_crop, lesion_descriptors
+from ssl_rcc.features.lesion import lesion_crop, lesion_descriptors
 from ssl_rcc.health import effective_rank, representation_health
 
 

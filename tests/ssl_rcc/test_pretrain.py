@@ -201,7 +201,11 @@ def test_existing_run_resume_of_another_architecture_and_wrong_weights(archive, 
     assert main(base) == 0
     assert main(base) == 2 and "run directory exists" in capsys.readouterr().err
     assert main(base + ["--resume", "--architecture", "resnet34"]) == 2
-    assert "the checkpoint is of another run (architecture resnet10_slim vs resnet34)" in capsys.readouterr().err
+    assert "--architecture resnet34 differs from the run's resnet10_slim" in capsys.readouterr().err
+    cache = {p.name: p.stat().st_mtime_ns for p in (run / "cache").iterdir()}
+    assert main(base + ["--resume", "--spacing", "2"]) == 2  # refused before the archive is preprocessed again
+    assert "--spacing 2 differs from the run's 3.0" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "cache").iterdir()} == cache
     meta = json.loads((run / "encoder.json").read_text())
     (run / "encoder.json").write_text(json.dumps(dict(meta, architecture="resnet34")))
     code = main(["embed", "--encoder", str(run / "encoder.pt"), "--data", str(archive), "--out", str(tmp_path / "x.parquet")])

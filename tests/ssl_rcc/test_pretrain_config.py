@@ -34,6 +34,8 @@ def test_every_bad_option_is_one_sentence_before_anything_runs():
              ({"architecture": "resnet7"}, None, "architecture: unknown 'resnet7'"),
              ({"intensity": "x"}, None, "intensity"),
              ({"gamma": [0.5]}, None, "gamma: give two exponents"),
+             ({"gamma": 2}, None, "gamma: give two exponents"),  # fire passes --gamma 2 as a number
+             ({"spacing": 3}, {"spacing_mm": 1.5}, "run: --spacing 3 differs from the run's 1.5"),
              ({"normalise_target": "no"}, None, "normalise_target: 'no' is neither true nor false"),
              ({"max_steps": -1}, None, "max_steps"),
              ({"epochs": 0}, None, "epochs"),
