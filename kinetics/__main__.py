@@ -31,8 +31,9 @@ def fit(dce, times, aif, out, model="extended_tofts", input="concentration", t10
         method: nlls (bounded Levenberg-Marquardt seeded by llsq) | llsq (linear only).
         fit_delay: also estimate the arterial delay per voxel (s).
         motion_correct: register the frames first. The bare flag or "model": each frame to the model's
-            prediction of it, refitted three times (kinetics.motion; fit.json lists the frame shifts,
-            mm along the array axes);
+            prediction of it, then all frames' shifts refined with the model's parameters projected
+            out, refitting between rounds (kinetics.motion; fit.json lists the frame shifts, mm along
+            the array axes);
             "mean": every frame to the mean frame (dipy, mutual information).
         denoise: MP-PCA denoising of the series first (dipy).
         max_iter: iterations of the nonlinear fit (voxels that need more get the status not_converged).

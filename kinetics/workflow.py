@@ -258,7 +258,7 @@ def fit_dce(
         baseline=baseline, hct=hct, mask=None if mask is None else str(mask),
         motion_correct=motion, denoise=bool(denoise), max_iter=max_iter, aif_delay=aif_delay,
         frame_shifts_mm=None if shifts_mm is None else np.round(shifts_mm, 3).tolist(),
-        motion_model_driven=None if motion != "model" else {"rounds": MOTION_ROUNDS, "margin_mm": MOTION_MARGIN_MM},
+        motion_model_driven=None if motion != "model" else {"rounds_at_most": MOTION_ROUNDS, "margin_mm": MOTION_MARGIN_MM},
         n_fitted=n_voxels, n_ok=int(result.fit_ok.sum()), fit_status=counts,
         at_bound={name: n for name, n in result.at_bound.items() if n},
         frames_excluded={"voxels": int(np.sum(result.frames_excluded > 0)), "frames": int(np.sum(result.frames_excluded))},

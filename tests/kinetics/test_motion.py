@@ -54,11 +54,12 @@ def test_model_driven_correction_refuses_what_it_cannot_use():
             motion_correct_series(series, t_s, cp, **options)
 
 
-@pytest.mark.slow  # 15 s: three rounds of fit and registration
+@pytest.mark.slow  # 10 s: six rounds of fit and registration
 def test_cli_motion_correction_on_a_breathing_phantom(tmp_path, capsys):
     """On a phantom with breathing motion (seed 9, the chrcc case of the phantom test), the corrected
-    fit recovers more tumour Ktrans within the OSIPI tolerance than the uncorrected one (0.907 -> 0.965,
-    case m2 of benchmarks/results/motion_correction.json) and the frame shifts in fit.json match the planted ones."""
+    fit recovers tumour Ktrans within the OSIPI tolerance in at least 97% of voxels, issue 12's target
+    (0.907 -> 0.996, case m2 of benchmarks/results/motion_correction.json), and the frame shifts in
+    fit.json match the planted ones (0.017 voxel RMS against a planted SD of 0.106)."""
     case = make_case(9, dict(subtype="chrcc", grade="low", invasion="no", site=SITES[2]), case_id="breathing")
     planted = case.dce.frame_shifts_vox
     row = write_case(case, tmp_path)
@@ -72,9 +73,53 @@ def test_cli_motion_correction_on_a_breathing_phantom(tmp_path, capsys):
     error = np.sqrt(np.mean((found - planted) ** 2))
     print("within tolerance:", fractions, "shift RMS error (voxels):", error, "planted SD:", planted.std())
     assert report["motion_correct"] == "model"
-    assert fractions["model"] > fractions["none"] + 0.02, fractions
-    assert error < 0.5 * planted.std()
-    assert np.corrcoef(found, planted)[0, 1] > 0.9
+    assert fractions["model"] >= 0.97 > fractions["none"], fractions
+    assert error < 0.25 * planted.std()
+    assert np.corrcoef(found, planted)[0, 1] > 0.97
     capsys.readouterr()
     assert main(common + ["--out", str(tmp_path / "bad"), "--motion-correct", "warp"]) == 2
     assert "motion_correct: unknown 'warp'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cubic_translation_is_ndimage_shift(rng):
+    from kinetics.motion import _cubic_translation
+
+    frame = structured_volume(rng, (20, 18, 12))
+    for shift in ((0.3, -0.2, 0.7), (0.0, 0.0, -1.6), (2.4, 0.1, 0.0)):
+        np.testing.assert_allclose(_cubic_translation(frame, shift),
+                                   ndimage.shift(frame, -np.array(shift), order=3, mode="nearest"), atol=1e-8)
+
+
+def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng):
+    """Registering frames to the prediction alone leaves the shift of the first-pass frames that the
+    fitted vp map takes up (the prediction moves with them); the projected update does not."""
+    from kinetics import motion
+    from kinetics.aif import plasma_aif
+    from kinetics.models import extended_tofts
+    from ssl_rcc.phantoms.render import shift_frames_z
+
+    shape = (20, 20, 16)
+
+    def smooth(low, high):
+        field = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
+        return low + (high - low) * (field - field.min()) / np.ptp(field)
+
+    t = np.arange(40) * 5.0
+    cp = plasma_aif("parker", t, hct=0.42, delay_s=20.0)
+    conc = extended_tofts(t, cp, smooth(0.05, 0.5).ravel(), smooth(0.1, 0.5).ravel(), smooth(0.0, 0.15).ravel())
+    planted = rng.normal(0.0, 0.25, t.size)
+    moved = shift_frames_z(conc.reshape(shape + (t.size,)).astype(np.float32), planted)  # as a scanner moves them
+    moved += rng.normal(0.0, 0.005, moved.shape).astype(np.float32)
+    contrast = np.flatnonzero(cp > 0.1 * cp.max())  # frames with something to register (the first is the peak's)
+
+    def error(found):  # the mean shift is a choice of reference, not an error
+        e = found[contrast, 2] - planted[contrast]
+        return e - e.mean()
+
+    projected = error(motion.motion_correct_series(moved, t, cp).shifts_vox)
+    alternating = error(motion.motion_correct_series(moved, t, cp, projected=False).shifts_vox)  # registration only
+    print("RMS error (voxels): projected", np.sqrt(np.mean(projected ** 2)), "alternating", np.sqrt(np.mean(alternating ** 2)),
+          "first-pass frames:", projected[:3], alternating[:3])
+    assert np.sqrt(np.mean(projected ** 2)) < 0.01
+    assert np.abs(alternating[:3]).max() > max(2.5 * np.abs(projected[:3]).max(), 0.04)  # 0.054 against 0.015
+    assert np.sqrt(np.mean(alternating ** 2)) > 2.5 * np.sqrt(np.mean(projected ** 2))  # 0.017 against 0.0044
