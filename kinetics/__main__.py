@@ -92,7 +92,7 @@ def fit_roi(curves=None, aif_column=None, out=None, model="2cfm", input="concent
     return str(run(curves, out=out, overwrite=overwrite, **options))
 
 
-def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=False) -> str:
+def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, status=None, overwrite=False) -> str:
     """T1 map (s) from a variable flip angle series.
 
     Args:
@@ -103,10 +103,12 @@ def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, overwrite=Fa
         method: nonlinear (seeded by DESPOT1) | linear (DESPOT1).
         b1: relative B1 map (NIfTI) or number.
         mask: 3D NIfTI; voxels > 0 are fitted.
+        status: also write each voxel's status code (NIfTI): 0 outside the mask, 1 ok, 3 a signal not
+            finite, 8 no T1 fits, 9 T1 outside 0.05-10 s (set to NaN in the map; counted in a warning).
     """
     from .workflow import t1_map
 
-    return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, overwrite=overwrite))
+    return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, status=status, overwrite=overwrite))
 
 
 def aif(name, times, out, hct=0.42, delay=0.0, overwrite=False) -> str:

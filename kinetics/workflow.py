@@ -14,7 +14,7 @@ from . import aif as aif_mod
 from ._block import MIN_FRAMES_KEPT
 from .errors import KineticsInputError
 from .fit import check_method, fit_image
-from .io import check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
+from .io import check_output_file, check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
 from .motion import MARGIN_MM as MOTION_MARGIN_MM
 from .motion import ROUNDS as MOTION_ROUNDS
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
@@ -22,7 +22,8 @@ from ._pool import check_engine
 from .provenance import provenance
 from .registry import get_model
 from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
-from .status import FIT_STATUS, INPUT_NOT_FINITE, OUTSIDE, conversion_status, has_estimate, status_counts
+from .status import (ESTIMATE_NOT_FINITE, FIT_STATUS, IMPLAUSIBLE, INPUT_NOT_FINITE, OK, OUTSIDE, conversion_status, has_estimate,
+                     status_counts)
 
 __all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "check_delay", "INPUTS"]
 
@@ -377,9 +378,15 @@ def t1_map(
     method: str = "nonlinear",
     b1: float | str | os.PathLike | None = None,
     mask: str | os.PathLike | None = None,
+    status: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
     """T1 map (s) from a variable flip angle series file (x, y, z, n_fa); writes ``out`` (NIfTI).
+
+    T1 outside the plausible range (0.05-10 s: background and noise fit T1s of hours) is set to NaN
+    with a warning that counts it; ``status`` (a NIfTI path, optional) also gets every voxel's
+    :mod:`kinetics.status` code: ``outside_mask``, ``ok``, ``input_not_finite`` (a flip angle's
+    signal), ``estimate_not_finite`` (no T1 fits) or ``implausible``.
 
     Parameters
     ----------
@@ -394,9 +401,11 @@ def t1_map(
         raise KineticsInputError(f"method: unknown method {method!r}; expected 'nonlinear' or 'linear'.")
     angles = np.array(flip_angles(fa))
     tr = plausible(tr, "tr")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise KineticsInputError(f"{out}: output file exists; choose another or pass --overwrite.")
+    out = check_output_file(out, overwrite=overwrite)
+    if status is not None:
+        status = check_output_file(status, overwrite=overwrite)
+        if status.resolve() == out.resolve():
+            raise KineticsInputError(f"{status}: the status map needs a file of its own, not the T1 map's.")
     data, affine, header = load_image(vfa, ndim=4, name="VFA series")
     if angles.size != data.shape[-1]:
         raise KineticsInputError(f"{vfa}: {data.shape[-1]} volumes for {angles.size} flip angles.")
@@ -413,12 +422,18 @@ def t1_map(
     t1[roi] = fit_fn(data[roi], angles, tr_s=tr, b1=None if b1_map is None else b1_map[roi]).t1_s
     low, high, *_ = PLAUSIBLE["t10"]
     implausible = np.isfinite(t1) & ((t1 < low) | (t1 > high))  # background and noise fit T1s of hours
+    codes = np.select([~roi, ~np.isfinite(data).all(axis=-1), implausible, ~(t1 > 0)],
+                      [OUTSIDE, INPUT_NOT_FINITE, IMPLAUSIBLE, ESTIMATE_NOT_FINITE], OK).astype(np.uint8)
     if implausible.any():
         if implausible.sum() == np.isfinite(t1).sum():
             raise KineticsInputError(f"{vfa}: no voxel has a plausible T1 ({low:g}-{high:g} s); check --tr (s) and --fa (degrees).")
         log.warning("%d of %d voxels have a T1 outside %g-%g s (background or noise) and are set to NaN%s",
                     int(implausible.sum()), int(roi.sum()), low, high, "" if mask is not None else "; --mask fits tissue only")
         t1[implausible] = np.nan
+    log.info("T1 status: %s", ", ".join(f"{name} {n}" for name, n in status_counts(codes).items()))
     with output_file(out, overwrite=overwrite) as tmp:
         save_image(tmp, t1, affine, header)
+    if status is not None:
+        with output_file(status, overwrite=overwrite) as tmp:
+            save_image(tmp, codes, affine, header)
     return out

@@ -343,19 +343,36 @@ def test_module_entry_point_exits_2(tmp_path):
     assert proc.stderr.strip().endswith("DCE series file not found.")
 
 
-def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning(dro_dir, tmp_path, caplog):
+def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning_and_a_status(dro_dir, tmp_path, caplog, capsys):
+    from kinetics.status import STATUS_CODE
     from kinetics.workflow import t1_map
 
     vfa = nib.load(str(dro_dir / "vfa.nii.gz"))
     data = np.asarray(vfa.dataobj).astype(np.float32)
     data[:3] = np.random.default_rng(0).normal(5.0, 3.0, size=data[:3].shape)  # unmasked background: noise
+    data[10, 10, 1, 2] = np.nan  # one flip angle's signal lost in one voxel
     save_image(tmp_path / "vfa.nii.gz", data, vfa.affine)
     fa = ",".join(str(a) for a in json.loads((dro_dir / "dro.json").read_text())["vfa_fa_deg"])
     with caplog.at_level("WARNING", logger="kinetics"):
-        t1_map(tmp_path / "vfa.nii.gz", fa, tr=0.004, out=tmp_path / "t1.nii.gz")
-    t1 = load(tmp_path / "t1.nii.gz")
-    assert np.nanmax(t1) <= 10.0 and np.isnan(t1[:3]).any() and np.isfinite(t1[3:]).all()
-    assert "have a T1 outside 0.05-10 s (background or noise) and are set to NaN; --mask fits tissue only" in caplog.text
+        t1_map(tmp_path / "vfa.nii.gz", fa, tr=0.004, out=tmp_path / "t1.nii.gz", status=tmp_path / "status.nii.gz")
+    t1, status = load(tmp_path / "t1.nii.gz"), load(tmp_path / "status.nii.gz")
+    assert np.nanmax(t1) <= 10.0 and np.isnan(t1[:3]).any()
+    implausible = status == STATUS_CODE["implausible"]
+    assert f"{implausible.sum()} of {t1.size} voxels have a T1 outside 0.05-10 s (background or noise) and are set to NaN; " \
+           "--mask fits tissue only" in caplog.text
+    assert implausible.any() and not implausible[3:].any() and np.isnan(t1[implausible]).all()
+    assert status[10, 10, 1] == STATUS_CODE["input_not_finite"] and np.isnan(t1[10, 10, 1])
+    tissue = np.ones(t1.shape, bool)
+    tissue[:3] = tissue[10, 10, 1] = False
+    assert (status[tissue] == STATUS_CODE["ok"]).all() and np.isfinite(t1[tissue]).all()
+    assert (status[:3] != STATUS_CODE["ok"]).sum() == np.isnan(t1[:3]).sum()  # every NaN says why
+    # the status map is checked before the work: a name it shares with the T1 map, or a file already there
+    code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "a.nii.gz",
+                          "--status", tmp_path / "a.nii.gz"], capsys)
+    assert code == 2 and "the status map needs a file of its own" in captured.err and not (tmp_path / "a.nii.gz").exists()
+    code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "b.nii.gz",
+                          "--status", tmp_path / "status.nii.gz"], capsys)
+    assert code == 2 and "output file exists" in captured.err and not (tmp_path / "b.nii.gz").exists()
 
 
 def test_two_runs_to_one_output_never_replace_each_other(tmp_path):
