@@ -47,11 +47,11 @@ def main(argv=None):
     from ssl_rcc.phantoms import SITES, make_case
     from ssl_rcc.phantoms.generate import kinetics_fit_arguments, tumour_ktrans_within_tolerance, write_case
 
-    import kinetics.motion
+    from kinetics import motion
 
     variants = ({"none": [], "model": ["--motion-correct"], "registration only": ["--motion-correct"]}
                 | ({"mean": ["--motion-correct", "mean"]} if args.mean else {}))
-    projected = kinetics.motion.motion_correct_series
+    projected = motion.motion_correct_series
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -72,13 +72,13 @@ def main(argv=None):
                 out = root / f"{case.case_id}_{name.replace(' ', '_')}"
                 arguments = (planted_fit + ["--out", str(out)]) if extra is None else (common + ["--out", str(out)] + extra)
                 # the fit reads kinetics.motion.motion_correct_series when it runs
-                kinetics.motion.motion_correct_series = (partial(projected, projected=False)
+                motion.motion_correct_series = (partial(projected, projected=False)
                                                          if name == "registration only" else projected)
                 start = time.perf_counter()
                 try:
                     assert kinetics(arguments) == 0
                 finally:
-                    kinetics.motion.motion_correct_series = projected
+                    motion.motion_correct_series = projected
                 result[f"{name}_s"] = time.perf_counter() - start
                 result[name] = tumour_ktrans_within_tolerance(row, root, out)
                 if name in ("model", "registration only"):
