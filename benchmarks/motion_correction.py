@@ -6,14 +6,14 @@ Each case is drawn with breathing motion (the site's SD of a frame's shift along
 3 mm voxels, times ``--scale``) and fitted by
 ``python -m kinetics fit`` (extended Tofts, signal input, tumour mask) without correction, with the
 model-driven correction (``--motion-correct``), with the same correction registering each frame to
-the prediction in every round (``registration only``: the projected updates off, the method before
-them) and, with ``--mean``, with the registration to the mean frame (``--motion-correct mean``;
+the prediction in every round (``registration only``: the projected updates off; up to the same 6
+rounds, where the method before them ran 3) and, with ``--mean``, with the registration to the mean frame (``--motion-correct mean``;
 minutes a case); and, as the bound a perfect registration would reach, the series moved back by the
 planted shifts themselves. Reported: the fraction of tumour voxels whose Ktrans is within the OSIPI
 tolerance of the truth, per case and on average, the wall time of each fit, and the error of the
 frame shifts found against the planted ones (RMS over the frames, less their mean, which is a choice
 of reference: the correction holds the mean shift at 0). Writes
-``benchmarks/results/motion_correction.json`` (other seeds or scales: ``motion_correction_seed<S>_scale<X>.json``).
+``benchmarks/results/motion_correction.json`` (other settings: ``motion_correction_seed<S>_scale<X>[_cases<N>][_mean].json``).
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def main(argv=None):
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
     print("mean:", {k: round(v, 3) for k, v in summary.items()})
     RESULTS.mkdir(exist_ok=True)
-    name = "motion_correction" + ("" if (args.seed, args.scale) == (7, 1.0) else f"_seed{args.seed}_scale{args.scale:g}")
+    name = "motion_correction" + ("" if (args.seed, args.scale, args.cases, args.mean) == (7, 1.0, 6, False) else
+                                  f"_seed{args.seed}_scale{args.scale:g}" + (f"_cases{args.cases}" if args.cases != 6 else "")
+                                  + ("_mean" if args.mean else ""))
     (RESULTS / f"{name}.json").write_text(json.dumps({"settings": vars(args), "cases": rows, "mean": summary,
                                                       "provenance": provenance("kinetics")}, indent=2))
 

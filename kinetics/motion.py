@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -56,19 +55,21 @@ SIGNAL_KEYS = ("t10_s", "tr_s", "fa_deg", "r1_per_mM_s", "baseline")  # an SPGR 
 
 class ModelPrediction(NamedTuple):
     """What the fitted model says of a series: ``curves`` (x, y, z, t), every voxel's predicted curve
-    (0 where it has none); ``valid`` (x, y, z) bool, where it has one; ``sensitivity`` (n_valid, t, p)
-    or None, the derivative of each valid voxel's curve (in ``valid``'s C order) with respect to the p
-    values fitted to it (its parameters, and S0 for a signal series)."""
+    (0 where it has none); ``valid`` (x, y, z) bool, where it has one; ``sensitivity``, None or a
+    callable ``sensitivity(rows) -> (n_rows, t, p)``: the derivative of the curves of the valid voxels
+    ``rows`` (a slice of them in ``valid``'s C order) with respect to the p values fitted to each (its
+    parameters, and S0 for a signal series), computed when asked for, a block at a time."""
 
     curves: np.ndarray
     valid: np.ndarray
-    sensitivity: np.ndarray | None = None
+    sensitivity: Callable[[slice], np.ndarray] | None = None
 
 
 class ModelDrivenCorrection(NamedTuple):
     """``series`` (x, y, z, t) registered; ``shifts_vox`` (t, 3), the translation of each frame found
     (voxels along the array axes: frame t's content sat at x + shift); ``prediction`` (x, y, z, t), the
-    model's last prediction (0 where it has none); ``valid`` (x, y, z), where it has one."""
+    model's last prediction, fitted before the last round's step (0 where it has none); ``valid``
+    (x, y, z), where it has one."""
 
     series: np.ndarray
     shifts_vox: np.ndarray
@@ -119,6 +120,20 @@ def translate_frames(series: ArrayLike, shifts_vox: ArrayLike, *, order: int = 3
     return out
 
 
+def _movable_axes(shape):
+    """The spatial axes a frame can be moved along: those of more than one voxel (a single slice moves in plane)."""
+    axes = [k for k in range(3) if shape[k] > 1]
+    if not axes:
+        raise KineticsInputError(f"motion correction: a series of {shape[:3]} voxels has no axis to register along.")
+    return axes
+
+
+def _spatial_gradient(volume, axes):
+    """Central differences of ``volume`` along each of ``axes``, a list of arrays of its shape."""
+    grads = np.gradient(volume, axis=tuple(axes))
+    return grads if isinstance(grads, (list, tuple)) else [grads]
+
+
 def frame_translations(
     moving: ArrayLike,
     target: ArrayLike,
@@ -159,6 +174,7 @@ def frame_translations(
     inside = weight > 0
     w = weight[inside]
     shifts = np.zeros((moving.shape[-1], 3)) if initial is None else np.array(initial, float).reshape(-1, 3)
+    axes = _movable_axes(moving.shape)
     scale = float(target[inside].std())
     # a target frame without structure (a concentration frame before the bolus) fixes no shift
     flat = np.array([target[..., t][inside].std() <= 1e-3 * scale for t in range(target.shape[-1])])
@@ -168,12 +184,12 @@ def frame_translations(
             f = (ndimage.gaussian_filter(target[..., t], sigma) if sigma else target[..., t])[inside]
             for _ in range(steps):
                 warped = ndimage.shift(m, -shifts[t], order=1, mode="nearest")
-                grad = np.stack([g[inside] for g in np.gradient(warped)], axis=-1)  # (n, 3)
+                grad = np.stack([g[inside] for g in _spatial_gradient(warped, axes)], axis=-1)  # (n, axes)
                 hessian = np.einsum("ni,nj,n->ij", grad, grad, w)
                 if np.linalg.cond(hessian) > 1e8:
                     break  # no structure along some direction
                 step = -np.linalg.solve(hessian, grad.T @ (w * (warped[inside] - f)))
-                shifts[t] = np.clip(shifts[t] + np.clip(step, -1.0, 1.0), -max_shift_vox, max_shift_vox)
+                shifts[t, axes] = np.clip(shifts[t, axes] + np.clip(step, -1.0, 1.0), -max_shift_vox, max_shift_vox)
                 if np.abs(step).max() < 1e-3:
                     break
     return shifts
@@ -213,44 +229,59 @@ def projected_shift_update(
     if prediction.sensitivity is None:
         raise KineticsInputError("motion correction: the projected update needs the model's sensitivity.")
     n_frames = series.shape[-1]
+    axes = _movable_axes(series.shape)
+    d = len(axes)
     valid = np.asarray(prediction.valid, bool)
-    frames = [np.gradient(series[..., t]) for t in range(n_frames)]  # per frame: ndimage and numpy do the voxels
-    hessian = np.zeros((3 * n_frames, 3 * n_frames))
-    gradient = np.zeros(3 * n_frames)
-    where = np.flatnonzero(valid.ravel())
-    for start in range(0, where.size, _VOXELS_PER_BLOCK):
-        index = where[start:start + _VOXELS_PER_BLOCK]
-        g = np.stack([np.stack([axis.ravel()[index] for axis in frame], axis=-1) for frame in frames], axis=1)  # (n, t, 3)
-        residual = series.reshape(-1, n_frames)[index] - prediction.curves.reshape(-1, n_frames)[index]
-        jac = np.asarray(prediction.sensitivity[start:start + _VOXELS_PER_BLOCK], float)
+    hessian = np.zeros((d * n_frames, d * n_frames))
+    gradient = np.zeros(d * n_frames)
+    spread = np.zeros((3, n_frames))  # count, sum and sum of squares of the predicted frames, for their spread
+    # slabs along the first axis: a slab's valid voxels are consecutive rows of the sensitivity (C order), and
+    # only the slab's gradients (with a plane either side, for central differences) are held at once
+    first_row = np.concatenate([[0], np.cumsum(valid.reshape(valid.shape[0], -1).sum(axis=1))])
+    planes = max(1, _VOXELS_PER_BLOCK // int(np.prod(valid.shape[1:])))
+    for a in range(0, valid.shape[0], planes):
+        b = min(a + planes, valid.shape[0])
+        if first_row[b] == first_row[a]:
+            continue
+        lo, hi = max(a - 1, 0), min(b + 1, valid.shape[0])
+        inner = valid[a:b]
+        g = np.stack([axis[a - lo:b - lo][inner] for axis in _spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
+        curves = prediction.curves[a:b][inner]
+        residual = series[a:b][inner] - curves
+        jac = np.asarray(prediction.sensitivity(slice(first_row[a], first_row[b])), float)
         usable = np.isfinite(jac).all(axis=(1, 2)) & np.isfinite(residual).all(axis=1) & np.isfinite(g).all(axis=(1, 2))
-        g, residual, jac = g[usable].astype(float), residual[usable].astype(float), jac[usable]
+        g, residual, jac, curves = g[usable].astype(float), residual[usable].astype(float), jac[usable], curves[usable]
         if not len(g):
             continue
+        spread += [np.full(n_frames, len(curves)), curves.sum(axis=0), (curves.astype(float) ** 2).sum(axis=0)]
         u, singular, _ = np.linalg.svd(jac, full_matrices=False)
         q = u * (singular > 1e-6 * singular[:, :1])[:, None, :]  # an orthonormal basis of what the model can absorb
         residual -= np.einsum("ntj,nj->nt", q, np.einsum("ntj,nt->nj", q, residual))
         gradient += np.einsum("ntk,nt->tk", g, residual).ravel()
         same_frame = np.einsum("ntk,ntl->tkl", g, g)
         for t in range(n_frames):
-            hessian[3 * t:3 * t + 3, 3 * t:3 * t + 3] += same_frame[t]
-        absorbed = np.einsum("ntj,ntk->njtk", q, g).reshape(-1, 3 * n_frames)
+            hessian[d * t:d * t + d, d * t:d * t + d] += same_frame[t]
+        absorbed = np.einsum("ntj,ntk->njtk", q, g).reshape(-1, d * n_frames)
         hessian -= absorbed.T @ absorbed
     # a frame whose prediction is flat (a concentration frame before the bolus) fixes no shift: it keeps its own
-    curves = prediction.curves[valid]
-    moving = np.flatnonzero(curves.std(axis=0) > 1e-3 * curves.std())
     update = np.zeros_like(shifts)
+    count, total, squares = spread
+    if not count[0]:
+        return update
+    frame_sd = np.sqrt(np.maximum(squares / count[0] - (total / count[0]) ** 2, 0.0))
+    overall_sd = np.sqrt(max(squares.sum() / count.sum() - (total.sum() / count.sum()) ** 2, 0.0))
+    moving = np.flatnonzero(frame_sd > 1e-3 * overall_sd)
     if not moving.size:
         return update
-    rows = (3 * moving[:, None] + np.arange(3)).ravel()
-    hessian, gradient, current = hessian[np.ix_(rows, rows)], gradient[rows], shifts[moving].ravel()
+    rows = (d * moving[:, None] + np.arange(d)).ravel()
+    hessian, gradient, current = hessian[np.ix_(rows, rows)], gradient[rows], shifts[np.ix_(moving, axes)].ravel()
     scale = np.trace(hessian) / len(rows)
     if not scale > 0:
         return update
-    mean_shift = np.kron(np.full((moving.size, moving.size), 1.0 / moving.size), np.eye(3))
+    mean_shift = np.kron(np.full((moving.size, moving.size), 1.0 / moving.size), np.eye(d))
     system = hessian + scale * (_SHIFT_PRIOR * np.eye(len(rows)) + _MEAN_SHIFT_WEIGHT * mean_shift)
     rhs = -gradient - scale * (_SHIFT_PRIOR * current + _MEAN_SHIFT_WEIGHT * mean_shift @ current)
-    update[moving] = np.clip(np.linalg.solve(system, rhs).reshape(-1, 3), -1.0, 1.0)
+    update[np.ix_(moving, axes)] = np.clip(np.linalg.solve(system, rhs).reshape(-1, d), -1.0, 1.0)
     return update
 
 
@@ -272,11 +303,13 @@ def model_driven_motion_correct(
         prediction (:func:`frame_translations`); with one, the rounds after the first are
         :func:`projected_shift_update`, until no frame moves more than :data:`STEP_TOLERANCE_VOX`.
     iterations : int
-        Rounds of fit and registration (at most); each moves the original frames.
+        Rounds of fit and registration, at most: after the first, they stop when no frame moved more
+        than :data:`STEP_TOLERANCE_VOX`. Each moves the original frames.
 
     Returns
     -------
     ModelDrivenCorrection
+        Its ``prediction`` is the last one fitted, before the last round's step.
     """
     series = np.asarray(series, np.float32)
     if series.ndim != 4:
@@ -358,7 +391,7 @@ def motion_correct_series(
     engine : str
         How the fits run (:func:`kinetics.fit.fit_curves`).
     iterations : int
-        Rounds of fit and registration, at most.
+        Rounds of fit and registration, at most (:func:`model_driven_motion_correct`).
     projected : bool
         False: every round registers each frame to the prediction (the projected updates off; for
         comparison).
@@ -412,17 +445,28 @@ def motion_correct_series(
                 conc = concentration_from_signal(current, **(signal | {"t10_s": t10_box}), dtype=np.float32)
         fit = fit_image(conc, t_s, cp_mM, mask=field_box, model=spec.name, method="llsq", engine=engine)
         valid = field_box & has_estimate(fit.fit_status)
-        curves, sensitivity = _curves_and_sensitivity(spec, t_s, cp_mM, [fit.params[name][valid] for name in spec.params])
-        if signal is not None:  # the same in signal: through dS/dC, with S0 as one more fitted value
-            t10_valid = t10_box[valid] if np.ndim(t10_box) else t10_box
+        params = [fit.params[name][valid] for name in spec.params]
+        curves = spec.forward(t_s, cp_mM, *params)
+        if signal is not None:
+            t10_valid = t10_box[valid] if np.ndim(t10_box) else np.full(len(curves), t10_box)
             s0 = s0_from_baseline(current[valid], t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
                                   baseline=signal["baseline"])
-            to_signal = partial(signal_from_concentration, t10_s=t10_valid, tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
-                                r1_per_mM_s=signal["r1_per_mM_s"], s0=s0)
-            step_mM = 1e-3
-            per_mM = (to_signal(curves + step_mM) - to_signal(curves - step_mM)) / (2 * step_mM)
+
+            def to_signal(conc, rows=slice(None)):
+                return signal_from_concentration(conc, t10_s=t10_valid[rows], tr_s=signal["tr_s"], fa_deg=signal["fa_deg"],
+                                                 r1_per_mM_s=signal["r1_per_mM_s"], s0=s0[rows])
+
             curves = to_signal(curves)
-            sensitivity = np.concatenate([sensitivity * per_mM[..., None], (curves / s0[:, None])[..., None]], axis=-1)
+
+        def sensitivity(rows):  # asked for a block at a time by the projected updates only
+            conc, jac = _curves_and_sensitivity(spec, t_s, cp_mM, [p[rows] for p in params])
+            if signal is None:
+                return jac
+            # the same in signal: through dS/dC, with S0 as one more fitted value
+            step_mM = 1e-3
+            per_mM = (to_signal(conc + step_mM, rows) - to_signal(conc - step_mM, rows)) / (2 * step_mM)
+            return np.concatenate([jac * per_mM[..., None], (to_signal(conc, rows) / s0[rows, None])[..., None]], axis=-1)
+
         prediction = np.zeros(current.shape, np.float32)
         prediction[valid] = curves
         return ModelPrediction(prediction, valid, sensitivity if projected else None)

@@ -401,6 +401,9 @@ def t1_map(
         raise KineticsInputError(f"method: unknown method {method!r}; expected 'nonlinear' or 'linear'.")
     angles = np.array(flip_angles(fa))
     tr = plausible(tr, "tr")
+    for name, path in (("out", out), ("status", status)):
+        if path is not None and not str(path).endswith((".nii", ".nii.gz")):
+            raise KineticsInputError(f"{path}: {name} needs a NIfTI file name (.nii or .nii.gz).")
     out = check_output_file(out, overwrite=overwrite)
     if status is not None:
         status = check_output_file(status, overwrite=overwrite)
@@ -433,7 +436,7 @@ def t1_map(
     log.info("T1 status: %s", ", ".join(f"{name} {n}" for name, n in status_counts(codes).items()))
     with output_file(out, overwrite=overwrite) as tmp:
         save_image(tmp, t1, affine, header)
-    if status is not None:
-        with output_file(status, overwrite=overwrite) as tmp:
-            save_image(tmp, codes, affine, header)
+        if status is not None:  # inside: if it cannot be written, the T1 map is not either
+            with output_file(status, overwrite=overwrite) as tmp_status:
+                save_image(tmp_status, codes, affine, header)
     return out

@@ -373,6 +373,13 @@ def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning_and_a_status
     code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "b.nii.gz",
                           "--status", tmp_path / "status.nii.gz"], capsys)
     assert code == 2 and "output file exists" in captured.err and not (tmp_path / "b.nii.gz").exists()
+    code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "c.nii.gz",
+                          "--status", tmp_path / "st"], capsys)
+    assert code == 2 and "status needs a NIfTI file name" in captured.err and not (tmp_path / "c.nii.gz").exists()
+    (tmp_path / "a_file").write_text("")  # a status map that cannot be written: neither is the T1 map
+    code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "d.nii.gz",
+                          "--status", tmp_path / "a_file" / "st.nii.gz"], capsys)
+    assert code == 2 and captured.err.count("\n") == 1 and not (tmp_path / "d.nii.gz").exists()
 
 
 def test_two_runs_to_one_output_never_replace_each_other(tmp_path):

@@ -123,3 +123,33 @@ def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng):
     assert np.sqrt(np.mean(projected ** 2)) < 0.01
     assert np.abs(alternating[:3]).max() > max(2.5 * np.abs(projected[:3]).max(), 0.04)  # 0.054 against 0.015
     assert np.sqrt(np.mean(alternating ** 2)) > 2.5 * np.sqrt(np.mean(projected ** 2))  # 0.017 against 0.0044
+
+
+def test_a_single_slice_is_registered_in_plane_and_blocks_change_nothing(rng, monkeypatch):
+    """A one-slice series (a breast DCE slice) moves in plane only; the projected sums taken a plane at a
+    time give the same shifts as in one block."""
+    from kinetics import motion
+    from kinetics.aif import plasma_aif
+    from kinetics.models import extended_tofts
+
+    shape = (32, 28, 1)
+
+    def smooth(low, high):
+        field = ndimage.gaussian_filter(rng.normal(size=shape[:2]), 2.0)[..., None]
+        return low + (high - low) * (field - field.min()) / np.ptp(field)
+
+    t = np.arange(40) * 5.0
+    cp = plasma_aif("parker", t, hct=0.42, delay_s=20.0)
+    conc = extended_tofts(t, cp, smooth(0.05, 0.5).ravel(), smooth(0.1, 0.5).ravel(), smooth(0.0, 0.15).ravel())
+    conc = conc.reshape(shape + (t.size,)).astype(np.float32)
+    planted = rng.normal(0.0, 0.3, (t.size, 2))
+    moved = np.stack([ndimage.shift(conc[..., k], (*planted[k], 0.0), order=3, mode="nearest") for k in range(t.size)], axis=-1)
+    found = motion.motion_correct_series(moved, t, cp).shifts_vox
+    contrast = cp > 0.1 * cp.max()
+    error = found[contrast, :2] - planted[contrast]
+    assert np.sqrt(np.mean((error - error.mean(axis=0)) ** 2)) < 0.01  # 0.0015
+    assert np.all(found[:, 2] == 0.0)
+    monkeypatch.setattr(motion, "_VOXELS_PER_BLOCK", 50)  # one plane a block
+    np.testing.assert_allclose(motion.motion_correct_series(moved, t, cp).shifts_vox, found, atol=1e-9)
+    with pytest.raises(KineticsInputError, match="no axis to register along"):
+        motion.frame_translations(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 3)), np.ones((1, 1, 1)))
