@@ -42,7 +42,7 @@ def main(argv=None):
     import nibabel as nib
 
     from kinetics.__main__ import main as kinetics
-    from kinetics.motion import translate_frames
+    from kinetics.registration import translate_frames
     from kinetics.provenance import provenance
     from ssl_rcc.phantoms import SITES, make_case
     from ssl_rcc.phantoms.generate import kinetics_fit_arguments, tumour_ktrans_within_tolerance, write_case

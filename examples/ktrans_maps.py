@@ -17,7 +17,8 @@ import nibabel as nib
 import numpy as np
 
 from kinetics.dro import make_dro, write_dro
-from kinetics.workflow import fit_dce, t1_map
+from kinetics.t1map import t1_map
+from kinetics.workflow import fit_dce
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
 dro = make_dro(seed=0)

@@ -106,7 +106,7 @@ def t1map(vfa, fa, tr, out, method="nonlinear", b1=None, mask=None, status=None,
         status: also write each voxel's status code (NIfTI): 0 outside the mask, 1 ok, 3 a signal not
             finite, 8 no T1 fits, 9 T1 outside 0.05-10 s (set to NaN in the map; counted in a warning).
     """
-    from .workflow import t1_map
+    from .t1map import t1_map
 
     return str(t1_map(vfa, fa, tr=tr, out=out, method=method, b1=b1, mask=mask, status=status, overwrite=overwrite))
 

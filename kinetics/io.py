@@ -133,6 +133,23 @@ def read_scalar_or_image(
     return np.asarray(data, dtype=float)
 
 
+def read_mask(mask: str | os.PathLike | None, spatial: tuple, affine: ArrayLike | None = None) -> np.ndarray | None:
+    """The mask file ``mask`` (voxels > 0) as a boolean array of the images' shape ``spatial``, checked
+    against their grid (``affine``); None for None. A mask of another shape or grid, or one that selects
+    no voxel, is one sentence."""
+    if mask is None:
+        return None
+    m, mask_affine, _ = load_image(mask, ndim=3, name="mask")
+    if m.shape != tuple(spatial):
+        raise KineticsInputError(f"{mask}: the mask has shape {m.shape}, the images {tuple(spatial)}.")
+    if affine is not None:
+        check_same_grid(mask, mask_affine, affine)
+    roi = m > 0
+    if not roi.any():
+        raise KineticsInputError(f"{mask}: the mask selects no voxel.")
+    return roi
+
+
 def save_image(
     path: str | os.PathLike, data: ArrayLike, affine: ArrayLike, header: Any = None, *, dtype: DTypeLike | None = None
 ) -> None:

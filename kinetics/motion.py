@@ -8,7 +8,8 @@ QIB-Sheffield) removes the contrast change from the comparison instead:
 1. fit the kinetic model to the series as it is (the linear method: seconds for a volume);
 2. predict every frame from the fitted maps: the frame's contrast, without its motion;
 3. register each frame to its own prediction, which differs from it by motion and noise only, so a
-   least-squares metric applies (:func:`frame_translations`, coarse to fine: shifts of several voxels);
+   least-squares metric applies (:func:`kinetics.registration.frame_translations`, coarse to fine:
+   shifts of several voxels);
 4. then refine the shifts of all frames together, each step a Gauss-Newton step of the joint problem
    (shifts and every voxel's parameters) with the parameters projected out (variable projection,
    Golub & Pereyra 2003, Inverse Problems 19:R1): :func:`projected_shift_update`, refitting between
@@ -20,16 +21,17 @@ QIB-Sheffield) removes the contrast change from the comparison instead:
 
 Each round moves the original frames, so that they are interpolated once. Registration is a
 translation per frame (breathing moves the kidneys along the body axis), applied by cubic B-spline
-interpolation (:func:`translate_frames`). The mean shift over the frames is not determined by the data
-(moving every frame alike moves the maps, which the parameters follow) and is held at 0: the maps stay
-in the series' average position. dipy's affine registration offers only mutual information, which
-the model's prediction makes unnecessary, and took minutes per series for one frame at a time.
+interpolation (:func:`kinetics.registration.translate_frames`). The mean shift over the frames is
+not determined by the data (moving every frame alike moves the maps, which the parameters follow)
+and is held at 0: the maps stay in the series' average position. dipy's affine registration offers
+only mutual information, which the model's prediction makes unnecessary, and took minutes per series
+for one frame at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -38,8 +40,9 @@ from scipy import ndimage
 
 from . import options
 from .errors import KineticsInputError
+from .registration import frame_translations, movable_axes, spatial_gradient, translate_frames
 
-__all__ = ["frame_translations", "translate_frames", "projected_shift_update", "model_driven_motion_correct",
+__all__ = ["projected_shift_update", "model_driven_motion_correct",
            "motion_correct_series", "ModelPrediction", "ModelDrivenCorrection", "MARGIN_MM"]
 
 log = logging.getLogger("kinetics")
@@ -77,124 +80,6 @@ class ModelDrivenCorrection(NamedTuple):
     valid: np.ndarray
 
 
-def _cubic_translation(frame, shift_vox):
-    """``frame`` at x + ``shift_vox`` by cubic B-spline, one axis at a time: what ``ndimage.shift(frame,
-    -shift_vox, order=3, mode="nearest")`` gives (to rounding), 6-7 times faster, because a translation
-    has the same four spline weights at every voxel of an axis."""
-    out = np.asarray(frame, float)
-    for axis, d in enumerate(shift_vox):
-        if abs(d) < 1e-9:
-            continue
-        whole = int(np.floor(d))
-        f = d - whole
-        pad = 14 + abs(whole)  # edge values, for the spline's prefilter and the shift
-        widths = [(0, 0)] * out.ndim
-        widths[axis] = (pad, pad)
-        coefficients = ndimage.spline_filter1d(np.pad(out, widths, mode="edge"), 3, axis=axis, mode="mirror")
-        weights = ((1 - f) ** 3 / 6, (4 - 6 * f ** 2 + 3 * f ** 3) / 6, (1 + 3 * f + 3 * f ** 2 - 3 * f ** 3) / 6, f ** 3 / 6)
-        first = np.arange(out.shape[axis]) + pad + whole - 1
-        out = sum(w * np.take(coefficients, first + k, axis=axis) for k, w in enumerate(weights))
-    return out
-
-
-def translate_frames(series: ArrayLike, shifts_vox: ArrayLike, *, order: int = 3) -> np.ndarray:
-    """Frame t of the result at x is frame t of ``series`` at x + ``shifts_vox[t]``: the inverse of
-    moving each frame's content by its shift.
-
-    ``series`` (x, y, z, t); ``shifts_vox`` (t, 3), voxels along the array axes. B-spline of ``order``,
-    edge values repeated. A voxel that is not finite stays NaN where it lands (and does not spread:
-    a spline's prefilter would carry one NaN over the whole frame).
-    """
-    series = np.asarray(series, np.float32)
-    shifts = np.asarray(shifts_vox, float)
-    bad = ~np.isfinite(series)
-    filled = np.where(bad, 0.0, series).astype(np.float32) if bad.any() else series
-    out = np.empty_like(series)
-    for t in range(series.shape[-1]):  # per frame, not per voxel: ndimage does the voxels
-        if order == 3:
-            out[..., t] = _cubic_translation(filled[..., t], shifts[t])
-        else:
-            out[..., t] = ndimage.shift(filled[..., t], -shifts[t], order=order, mode="nearest")
-        if bad[..., t].any():
-            out[..., t][ndimage.shift(bad[..., t], -shifts[t], order=0, mode="nearest")] = np.nan
-    return out
-
-
-def _movable_axes(shape):
-    """The spatial axes a frame can be moved along: those of more than one voxel (a single slice moves in plane)."""
-    axes = [k for k in range(3) if shape[k] > 1]
-    if not axes:
-        raise KineticsInputError(f"motion correction: a series of {shape[:3]} voxels has no axis to register along.")
-    return axes
-
-
-def _spatial_gradient(volume, axes):
-    """Central differences of ``volume`` along each of ``axes``, a list of arrays of its shape."""
-    grads = np.gradient(volume, axis=tuple(axes))
-    return grads if isinstance(grads, (list, tuple)) else [grads]
-
-
-def frame_translations(
-    moving: ArrayLike,
-    target: ArrayLike,
-    weight: ArrayLike,
-    *,
-    initial: ArrayLike | None = None,
-    sigmas_vox: Sequence[float] = (1.0, 0.0),
-    steps: int = 10,
-    max_shift_vox: float = 8.0,
-) -> np.ndarray:
-    """Translation (t, 3) in voxels that takes each frame of ``moving`` onto the same frame of ``target``.
-
-    Minimises, per frame t, ``sum_x weight(x) (moving_t(x + d_t) - target_t(x))^2`` by Gauss-Newton
-    steps, first on both images smoothed by a Gaussian of each of ``sigmas_vox`` in turn (coarse to
-    fine). A frame whose target is flat (spread under 1e-3 of the series') keeps its ``initial`` shift
-    (0 without one).
-
-    Parameters
-    ----------
-    moving, target : (x, y, z, t) ndarray
-    weight : (x, y, z) ndarray
-        Voxels that count (0 where the target means nothing). Values that are not finite count as 0.
-    initial : None or (t, 3) ndarray, voxels
-        Where to start (the previous round's shifts); None: no shift.
-    sigmas_vox, max_shift_vox : voxels
-        Smoothing of each level; shifts are held within ``max_shift_vox`` (a registration that runs
-        off is stopped there).
-
-    Returns
-    -------
-    (t, 3) ndarray, voxels along the array axes
-    """
-    moving = np.nan_to_num(np.asarray(moving, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    target = np.nan_to_num(np.asarray(target, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if moving.shape != target.shape or moving.ndim != 4:
-        raise KineticsInputError(f"motion correction: series {moving.shape} and target {target.shape} must be one (x, y, z, t) shape.")
-    weight = np.asarray(weight, float)
-    inside = weight > 0
-    w = weight[inside]
-    shifts = np.zeros((moving.shape[-1], 3)) if initial is None else np.array(initial, float).reshape(-1, 3)
-    axes = _movable_axes(moving.shape)
-    scale = float(target[inside].std())
-    # a target frame without structure (a concentration frame before the bolus) fixes no shift
-    flat = np.array([target[..., t][inside].std() <= 1e-3 * scale for t in range(target.shape[-1])])
-    for sigma in sigmas_vox:
-        for t in np.flatnonzero(~flat):
-            m = ndimage.gaussian_filter(moving[..., t], sigma) if sigma else moving[..., t]
-            f = (ndimage.gaussian_filter(target[..., t], sigma) if sigma else target[..., t])[inside]
-            for _ in range(steps):
-                warped = ndimage.shift(m, -shifts[t], order=1, mode="nearest")
-                grad = np.stack([g[inside] for g in _spatial_gradient(warped, axes)], axis=-1)  # (n, axes)
-                hessian = np.einsum("ni,nj,n->ij", grad, grad, w)
-                if np.linalg.cond(hessian) > 1e8:
-                    break  # no structure along some direction
-                step = -np.linalg.solve(hessian, grad.T @ (w * (warped[inside] - f)))
-                shifts[t, axes] = np.clip(shifts[t, axes] + np.clip(step, -1.0, 1.0), -max_shift_vox, max_shift_vox)
-                if np.abs(step).max() < 1e-3:
-                    break
-    return shifts
-
-
 def projected_shift_update(
     series: ArrayLike, prediction: ModelPrediction, shifts_vox: ArrayLike
 ) -> np.ndarray:
@@ -229,7 +114,7 @@ def projected_shift_update(
     if prediction.sensitivity is None:
         raise KineticsInputError("motion correction: the projected update needs the model's sensitivity.")
     n_frames = series.shape[-1]
-    axes = _movable_axes(series.shape)
+    axes = movable_axes(series.shape)
     d = len(axes)
     valid = np.asarray(prediction.valid, bool)
     hessian = np.zeros((d * n_frames, d * n_frames))
@@ -245,7 +130,7 @@ def projected_shift_update(
             continue
         lo, hi = max(a - 1, 0), min(b + 1, valid.shape[0])
         inner = valid[a:b]
-        g = np.stack([axis[a - lo:b - lo][inner] for axis in _spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
+        g = np.stack([axis[a - lo:b - lo][inner] for axis in spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
         curves = prediction.curves[a:b][inner]
         residual = series[a:b][inner] - curves
         jac = np.asarray(prediction.sensitivity(slice(first_row[a], first_row[b])), float)
@@ -300,8 +185,8 @@ def model_driven_motion_correct(
     predict : callable
         ``predict(series) -> ModelPrediction`` (or the tuple ``(curves, valid[, sensitivity])``): the
         model fitted to the series. Without a sensitivity, every round registers each frame to the
-        prediction (:func:`frame_translations`); with one, the rounds after the first are
-        :func:`projected_shift_update`, until no frame moves more than :data:`STEP_TOLERANCE_VOX`.
+        prediction (:func:`kinetics.registration.frame_translations`); with one, the rounds after
+        the first are :func:`projected_shift_update`.
     iterations : int
         Rounds of fit and registration, at most: after the first, they stop when no frame moved more
         than :data:`STEP_TOLERANCE_VOX`. Each moves the original frames.

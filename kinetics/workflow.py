@@ -14,18 +14,17 @@ from . import aif as aif_mod
 from ._block import MIN_FRAMES_KEPT
 from .errors import KineticsInputError
 from .fit import check_method, fit_image
-from .io import check_output_file, check_same_grid, load_image, maps_dataset, output_directory, output_file, read_scalar_or_image, read_times, save_image
+from .io import load_image, maps_dataset, output_directory, read_mask, read_scalar_or_image, read_times, save_image
 from .motion import MARGIN_MM as MOTION_MARGIN_MM
 from .motion import ROUNDS as MOTION_ROUNDS
 from .options import PLAUSIBLE, flip_angles, haematocrit, iterations, number, plausible
 from ._pool import check_engine
 from .provenance import provenance
 from .registry import get_model
-from .signal import concentration_from_signal, vfa_t1_linear, vfa_t1_nonlinear
-from .status import (ESTIMATE_NOT_FINITE, FIT_STATUS, IMPLAUSIBLE, INPUT_NOT_FINITE, OK, OUTSIDE, conversion_status, has_estimate,
-                     status_counts)
+from .signal import concentration_from_signal
+from .status import FIT_STATUS, INPUT_NOT_FINITE, OUTSIDE, conversion_status, has_estimate, status_counts
 
-__all__ = ["fit_dce", "resolve_aif", "t1_map", "check_frame_times", "check_delay", "INPUTS"]
+__all__ = ["fit_dce", "resolve_aif", "check_frame_times", "check_delay", "INPUTS"]
 
 log = logging.getLogger("kinetics")
 INPUTS = ("concentration", "signal")
@@ -145,20 +144,6 @@ def _t10(t10, spatial, roi, affine=None):
     return np.where(value > 0, value, np.nan)
 
 
-def _mask(mask, spatial, affine=None):
-    if mask is None:
-        return None
-    m, mask_affine, _ = load_image(mask, ndim=3, name="mask")
-    if m.shape != tuple(spatial):
-        raise KineticsInputError(f"{mask}: the mask has shape {m.shape}, the images {tuple(spatial)}.")
-    if affine is not None:
-        check_same_grid(mask, mask_affine, affine)
-    roi = m > 0
-    if not roi.any():
-        raise KineticsInputError(f"{mask}: the mask selects no voxel.")
-    return roi
-
-
 def fit_dce(
     dce: str | os.PathLike,
     times: str | os.PathLike,
@@ -209,7 +194,7 @@ def fit_dce(
     spatial, n_frames = series.shape[:3], series.shape[3]
     t_s = read_times(times, n_frames=n_frames)
     check_frame_times(t_s, times)
-    roi = _mask(mask, spatial, affine)
+    roi = read_mask(mask, spatial, affine)
     t10_value = None
     if input == "signal":
         tr, fa, r1, baseline = signal_options(tr, fa, r1, baseline, n_frames, dce)
@@ -367,76 +352,3 @@ def no_fit_message(curves, cp, input, method="nlls") -> str:
         cause = ("no curve fits the model within its bounds (check the units: times and --tr in s, --t10 in s, "
                  "--r1 in /s/mM, concentrations in mM)")
     return f"no voxel could be fitted (0 of {n}): {cause}."
-
-
-def t1_map(
-    vfa: str | os.PathLike,
-    fa: str | ArrayLike,
-    *,
-    tr: float,
-    out: str | os.PathLike,
-    method: str = "nonlinear",
-    b1: float | str | os.PathLike | None = None,
-    mask: str | os.PathLike | None = None,
-    status: str | os.PathLike | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """T1 map (s) from a variable flip angle series file (x, y, z, n_fa); writes ``out`` (NIfTI).
-
-    T1 outside the plausible range (0.05-10 s: background and noise fit T1s of hours) is set to NaN
-    with a warning that counts it; ``status`` (a NIfTI path, optional) also gets every voxel's
-    :mod:`kinetics.status` code: ``outside_mask``, ``ok``, ``input_not_finite`` (a flip angle's
-    signal), ``estimate_not_finite`` (no T1 fits) or ``implausible``.
-
-    Parameters
-    ----------
-    fa : str or sequence of float, degrees
-        One nominal flip angle per volume of the series ("2,5,10,15").
-    method : {"nonlinear", "linear"}
-        Nonlinear least squares seeded by DESPOT1, or DESPOT1 alone.
-    b1 : None, number or path
-        Relative B1 (actual / nominal flip angle), a value or a map.
-    """
-    if method not in ("nonlinear", "linear"):
-        raise KineticsInputError(f"method: unknown method {method!r}; expected 'nonlinear' or 'linear'.")
-    angles = np.array(flip_angles(fa))
-    tr = plausible(tr, "tr")
-    for name, path in (("out", out), ("status", status)):
-        if path is not None and not str(path).endswith((".nii", ".nii.gz")):
-            raise KineticsInputError(f"{path}: {name} needs a NIfTI file name (.nii or .nii.gz).")
-    out = check_output_file(out, overwrite=overwrite)
-    if status is not None:
-        status = check_output_file(status, overwrite=overwrite)
-        if status.resolve() == out.resolve():
-            raise KineticsInputError(f"{status}: the status map needs a file of its own, not the T1 map's.")
-    data, affine, header = load_image(vfa, ndim=4, name="VFA series")
-    if angles.size != data.shape[-1]:
-        raise KineticsInputError(f"{vfa}: {data.shape[-1]} volumes for {angles.size} flip angles.")
-    roi = _mask(mask, data.shape[:3], affine)
-    roi = np.ones(data.shape[:3], bool) if roi is None else roi
-    b1_map = None
-    if b1 is not None:
-        b1_map = np.broadcast_to(read_scalar_or_image(b1, name="B1 map", shape=data.shape[:3], unit="1", affine=affine), data.shape[:3])
-        b1_roi = b1_map[roi]
-        if not np.all((b1_roi > 0) & (b1_roi * angles.max() <= 90)):
-            raise KineticsInputError(f"{b1}: B1 must be positive and keep every flip angle within 90 degrees.")
-    fit_fn = vfa_t1_nonlinear if method == "nonlinear" else vfa_t1_linear
-    t1 = np.full(data.shape[:3], np.nan, dtype=np.float32)
-    t1[roi] = fit_fn(data[roi], angles, tr_s=tr, b1=None if b1_map is None else b1_map[roi]).t1_s
-    low, high, *_ = PLAUSIBLE["t10"]
-    implausible = np.isfinite(t1) & ((t1 < low) | (t1 > high))  # background and noise fit T1s of hours
-    codes = np.select([~roi, ~np.isfinite(data).all(axis=-1), implausible, ~(t1 > 0)],
-                      [OUTSIDE, INPUT_NOT_FINITE, IMPLAUSIBLE, ESTIMATE_NOT_FINITE], OK).astype(np.uint8)
-    if implausible.any():
-        if implausible.sum() == np.isfinite(t1).sum():
-            raise KineticsInputError(f"{vfa}: no voxel has a plausible T1 ({low:g}-{high:g} s); check --tr (s) and --fa (degrees).")
-        log.warning("%d of %d voxels have a T1 outside %g-%g s (background or noise) and are set to NaN%s",
-                    int(implausible.sum()), int(roi.sum()), low, high, "" if mask is not None else "; --mask fits tissue only")
-        t1[implausible] = np.nan
-    log.info("T1 status: %s", ", ".join(f"{name} {n}" for name, n in status_counts(codes).items()))
-    with output_file(out, overwrite=overwrite) as tmp:
-        save_image(tmp, t1, affine, header)
-        if status is not None:  # inside: if it cannot be written, the T1 map is not either
-            with output_file(status, overwrite=overwrite) as tmp_status:
-                save_image(tmp_status, codes, affine, header)
-    return out

@@ -29,7 +29,8 @@ def run_demo(out: str | os.PathLike, *, overwrite: bool = False, seed: int = 0) 
     from kinetics.dro import make_dro, write_dro
     from kinetics.io import output_directory
     from kinetics.tolerance import within_tolerance
-    from kinetics.workflow import fit_dce, t1_map
+    from kinetics.t1map import t1_map
+    from kinetics.workflow import fit_dce
 
     from .report import map_figure, markdown_table
 

@@ -345,7 +345,7 @@ def test_module_entry_point_exits_2(tmp_path):
 
 def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning_and_a_status(dro_dir, tmp_path, caplog, capsys):
     from kinetics.status import STATUS_CODE
-    from kinetics.workflow import t1_map
+    from kinetics.t1map import t1_map
 
     vfa = nib.load(str(dro_dir / "vfa.nii.gz"))
     data = np.asarray(vfa.dataobj).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Model-driven motion correction (kinetics.motion): planted shifts found, phantom maps improved, bad input refused."""
+"""Model-driven motion correction (kinetics.motion, kinetics.registration): planted shifts found, phantom maps improved, bad input refused."""
 
 import json
 
@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from kinetics import KineticsInputError
 from kinetics.__main__ import main
-from kinetics.motion import frame_translations, model_driven_motion_correct, translate_frames
+from kinetics.motion import model_driven_motion_correct
+from kinetics.registration import frame_translations, translate_frames
 from ssl_rcc.phantoms import SITES, make_case
 from ssl_rcc.phantoms.generate import kinetics_fit_arguments, tumour_ktrans_within_tolerance, write_case
 
@@ -82,7 +83,7 @@ def test_cli_motion_correction_on_a_breathing_phantom(tmp_path, capsys):
 
 
 def test_cubic_translation_is_ndimage_shift(rng):
-    from kinetics.motion import _cubic_translation
+    from kinetics.registration import _cubic_translation
 
     frame = structured_volume(rng, (20, 18, 12))
     for shift in ((0.3, -0.2, 0.7), (0.0, 0.0, -1.6), (2.4, 0.1, 0.0)):
@@ -152,4 +153,4 @@ def test_a_single_slice_is_registered_in_plane_and_blocks_change_nothing(rng, mo
     monkeypatch.setattr(motion, "_VOXELS_PER_BLOCK", 50)  # one plane a block
     np.testing.assert_allclose(motion.motion_correct_series(moved, t, cp).shifts_vox, found, atol=1e-9)
     with pytest.raises(KineticsInputError, match="no axis to register along"):
-        motion.frame_translations(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 3)), np.ones((1, 1, 1)))
+        frame_translations(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 3)), np.ones((1, 1, 1)))
