@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from . import options
 from .errors import KineticsInputError
-from .registration import frame_translations, movable_axes, spatial_gradient, translate_frames
+from .registration import MAX_VOXELS, frame_translations, movable_axes, spatial_gradient, translate_frames
 
 __all__ = ["projected_shift_update", "model_driven_motion_correct",
            "motion_correct_series", "ModelPrediction", "ModelDrivenCorrection", "MARGIN_MM"]
@@ -60,12 +60,12 @@ class ModelPrediction(NamedTuple):
     """What the fitted model says of a series: ``curves`` (x, y, z, t), every voxel's predicted curve
     (0 where it has none); ``valid`` (x, y, z) bool, where it has one; ``sensitivity``, None or a
     callable ``sensitivity(rows) -> (n_rows, t, p)``: the derivative of the curves of the valid voxels
-    ``rows`` (a slice of them in ``valid``'s C order) with respect to the p values fitted to each (its
-    parameters, and S0 for a signal series), computed when asked for, a block at a time."""
+    ``rows`` (indices into them, in ``valid``'s C order) with respect to the p values fitted to each
+    (its parameters, and S0 for a signal series), computed when asked for, a block at a time."""
 
     curves: np.ndarray
     valid: np.ndarray
-    sensitivity: Callable[[slice], np.ndarray] | None = None
+    sensitivity: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 class ModelDrivenCorrection(NamedTuple):
@@ -123,24 +123,35 @@ def projected_shift_update(
     # slabs along the first axis: a slab's valid voxels are consecutive rows of the sensitivity (C order), and
     # only the slab's gradients (with a plane either side, for central differences) are held at once
     first_row = np.concatenate([[0], np.cumsum(valid.reshape(valid.shape[0], -1).sum(axis=1))])
-    planes = max(1, _VOXELS_PER_BLOCK // int(np.prod(valid.shape[1:])))
+    n_valid = int(first_row[-1])
+    sampled = None  # a large field: a random sample of its voxels, the same each round (a regular stride aliases)
+    if n_valid > MAX_VOXELS:
+        sampled = np.sort(np.random.default_rng(0).choice(n_valid, MAX_VOXELS, replace=False))
+    planes = max(1, _VOXELS_PER_BLOCK * max(n_valid // MAX_VOXELS, 1) // int(np.prod(valid.shape[1:])))
     for a in range(0, valid.shape[0], planes):
         b = min(a + planes, valid.shape[0])
-        if first_row[b] == first_row[a]:
+        rows = (np.arange(first_row[a], first_row[b]) if sampled is None
+                else sampled[np.searchsorted(sampled, first_row[a]):np.searchsorted(sampled, first_row[b])])
+        if not rows.size:
             continue
         lo, hi = max(a - 1, 0), min(b + 1, valid.shape[0])
         inner = valid[a:b]
-        g = np.stack([axis[a - lo:b - lo][inner] for axis in spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
-        curves = prediction.curves[a:b][inner]
-        residual = series[a:b][inner] - curves
-        jac = np.asarray(prediction.sensitivity(slice(first_row[a], first_row[b])), float)
+        picked = rows - first_row[a]
+        g = np.stack([axis[a - lo:b - lo][inner][picked] for axis in spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
+        curves = prediction.curves[a:b][inner][picked]
+        residual = series[a:b][inner][picked] - curves
+        jac = np.asarray(prediction.sensitivity(rows), float)
         usable = np.isfinite(jac).all(axis=(1, 2)) & np.isfinite(residual).all(axis=1) & np.isfinite(g).all(axis=(1, 2))
         g, residual, jac, curves = g[usable].astype(float), residual[usable].astype(float), jac[usable], curves[usable]
         if not len(g):
             continue
         spread += [np.full(n_frames, len(curves)), curves.sum(axis=0), (curves.astype(float) ** 2).sum(axis=0)]
-        u, singular, _ = np.linalg.svd(jac, full_matrices=False)
-        q = u * (singular > 1e-6 * singular[:, :1])[:, None, :]  # an orthonormal basis of what the model can absorb
+        # an orthonormal basis of what the model can absorb, q = J V / sqrt(lambda) from the small Gram
+        # matrices J^T J = V lambda V^T (an SVD of every (t, p) J costs more); directions under 1e-6 of the
+        # largest singular value are left out
+        eigenvalues, vectors = np.linalg.eigh(np.einsum("ntj,ntl->njl", jac, jac))
+        kept = eigenvalues > 1e-12 * eigenvalues[:, -1:]
+        q = np.einsum("ntj,njm->ntm", jac, vectors * np.where(kept, 1.0 / np.sqrt(np.where(kept, eigenvalues, 1.0)), 0.0)[:, None, :])
         residual -= np.einsum("ntj,nj->nt", q, np.einsum("ntj,nt->nj", q, residual))
         gradient += np.einsum("ntk,nt->tk", g, residual).ravel()
         same_frame = np.einsum("ntk,ntl->tkl", g, g)
