@@ -76,8 +76,11 @@ def main(argv=None):
                   "per_scan_process_s": per_process_s, "processes_for_all_s": per_process_s * args.scans,
                   "speed_up": per_process_s * args.scans / one_call_s, "max_gfr_difference_ml_min": difference,
                   "status": together["fit_status"].value_counts().to_dict() if "fit_status" in together else None}
+    from kinetics.provenance import provenance
+
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "renal_study_speed.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "renal_study_speed.json").write_text(json.dumps(result | {"settings": vars(args),
+                                                                         "provenance": provenance("kinetics")}, indent=2))
     print(f"{args.scans} scans x 2 kidneys ({args.model}, signal input): one --study call {one_call_s:.1f} s "
           f"(start-up included); one process per scan {per_process_s:.2f} s each, {per_process_s * args.scans:.0f} s "
           f"for all ({result['speed_up']:.0f}x); largest GFR difference between the two {difference:.2g} mL/min")

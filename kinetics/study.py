@@ -109,6 +109,7 @@ def fit_study(
     if repeated:
         raise KineticsInputError(f"{study}: scan ids {repeated[:5]} appear more than once; give a scan_id column.")
     results = []
+    curves = {}  # each scan's curves file, whose content hash the sidecar records beside the study table's
     rows = tqdm(list(table.iterrows()), desc="scans", unit="scan", disable=not progress, leave=False)
     for (index, row), scan in zip(rows, ids):
         where = f"{study}, row {index + 2} (scan {scan})"  # the header is line 1
@@ -117,13 +118,14 @@ def fit_study(
         options = _scan_options(row, defaults, where)
         if options.get("aif_column") is None:
             raise KineticsInputError(f"{where}: no AIF column; give --aif-column or an aif_column column.")
+        curves[f"curves of {scan}"] = root / row["curves"].strip()
         try:
-            params = roi_parameters(root / row["curves"].strip(), **options)
+            params = roi_parameters(curves[f"curves of {scan}"], **options)
         except KineticsInputError as err:
             raise KineticsInputError(f"{where}: {err}") from None
         params.insert(0, "scan_id", scan)
         results.append(params)
     write_table(out, pd.concat(results, ignore_index=True),
-                dict(options=defaults, provenance=provenance("kinetics", {"study": study})), overwrite=overwrite)
+                dict(options=defaults, provenance=provenance("kinetics", {"study": study} | curves)), overwrite=overwrite)
     log.info("fitted %d scans (%d ROIs): %s", len(results), sum(len(r) for r in results), out)
     return out

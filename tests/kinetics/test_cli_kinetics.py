@@ -474,6 +474,11 @@ def test_fit_roi_study_fits_every_scan_in_one_call(tmp_path, capsys, rng):
     assert code == 0
     rows = pd.read_csv(out)
     assert list(rows.columns[:2]) == ["scan_id", "roi"] and len(rows) == 12 and (rows["fit_status"] == "ok").all()
+    from kinetics.provenance import file_digest
+
+    digests = json.loads((tmp_path / "all.csv.json").read_text())["provenance"]["inputs_sha1"]  # every input, by content
+    assert digests == {"study": file_digest(study)} | {f"curves of S{i:03d}": file_digest(tmp_path / f"scan{i}.csv")
+                                                         for i in range(6)}
     for _, r in rows.iterrows():
         assert r["gfr_ml_min"] == pytest.approx(truth[r["scan_id"]][r["roi"]], rel=0.03)
     one = tmp_path / "one.csv"
