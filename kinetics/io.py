@@ -28,6 +28,7 @@ __all__ = [
     "read_times",
     "read_scalar_or_image",
     "check_same_grid",
+    "read_mask",
     "follow_umask",
     "save_image",
     "maps_dataset",

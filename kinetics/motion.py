@@ -40,7 +40,8 @@ from scipy import ndimage
 
 from . import options
 from .errors import KineticsInputError
-from .registration import MAX_VOXELS, frame_translations, movable_axes, spatial_gradient, translate_frames
+from . import registration
+from .registration import frame_translations, movable_axes, translate_frames
 
 __all__ = ["projected_shift_update", "model_driven_motion_correct",
            "motion_correct_series", "ModelPrediction", "ModelDrivenCorrection", "MARGIN_MM"]
@@ -53,6 +54,7 @@ STEP_TOLERANCE_VOX = 1e-3  # the updates stop when no frame moves more
 _SHIFT_PRIOR = 1e-3  # ridge toward no shift, relative to the mean curvature: bounds weakly determined combinations
 _MEAN_SHIFT_WEIGHT = 1.0  # holds the mean shift over the frames at 0 (relative to the mean curvature)
 _VOXELS_PER_BLOCK = 8192  # of the projected sums: bounds their memory to ~100 MB for 50 frames
+# fields over registration.MAX_VOXELS voxels are sampled at random, as in frame_translations
 SIGNAL_KEYS = ("t10_s", "tr_s", "fa_deg", "r1_per_mM_s", "baseline")  # an SPGR acquisition, as concentration_from_signal takes it
 
 
@@ -120,27 +122,19 @@ def projected_shift_update(
     hessian = np.zeros((d * n_frames, d * n_frames))
     gradient = np.zeros(d * n_frames)
     spread = np.zeros((3, n_frames))  # count, sum and sum of squares of the predicted frames, for their spread
-    # slabs along the first axis: a slab's valid voxels are consecutive rows of the sensitivity (C order), and
-    # only the slab's gradients (with a plane either side, for central differences) are held at once
-    first_row = np.concatenate([[0], np.cumsum(valid.reshape(valid.shape[0], -1).sum(axis=1))])
-    n_valid = int(first_row[-1])
-    sampled = None  # a large field: a random sample of its voxels, the same each round (a regular stride aliases)
-    if n_valid > MAX_VOXELS:
-        sampled = np.sort(np.random.default_rng(0).choice(n_valid, MAX_VOXELS, replace=False))
-    planes = max(1, _VOXELS_PER_BLOCK * max(n_valid // MAX_VOXELS, 1) // int(np.prod(valid.shape[1:])))
-    for a in range(0, valid.shape[0], planes):
-        b = min(a + planes, valid.shape[0])
-        rows = (np.arange(first_row[a], first_row[b]) if sampled is None
-                else sampled[np.searchsorted(sampled, first_row[a]):np.searchsorted(sampled, first_row[b])])
-        if not rows.size:
-            continue
-        lo, hi = max(a - 1, 0), min(b + 1, valid.shape[0])
-        inner = valid[a:b]
-        picked = rows - first_row[a]
-        g = np.stack([axis[a - lo:b - lo][inner][picked] for axis in spatial_gradient(series[lo:hi], axes)], axis=-1)  # (n, t, d)
-        curves = prediction.curves[a:b][inner][picked]
-        residual = series[a:b][inner][picked] - curves
-        jac = np.asarray(prediction.sensitivity(rows), float)
+    # a large field: a random sample of its voxels, the same each round while the field is (a regular stride
+    # aliases with the rows); taken in chunks, each voxel's gradient from its own neighbours only
+    cells = np.flatnonzero(valid.ravel())
+    rows = np.arange(cells.size)
+    if cells.size > registration.MAX_VOXELS:
+        rows = np.sort(np.random.default_rng(0).choice(cells.size, registration.MAX_VOXELS, replace=False))
+    for start in range(0, rows.size, _VOXELS_PER_BLOCK):
+        chunk = rows[start:start + _VOXELS_PER_BLOCK]
+        where = np.unravel_index(cells[chunk], valid.shape)
+        g = registration.gradient_at(series, where, axes)  # (n, t, d)
+        curves = prediction.curves[where]
+        residual = series[where] - curves
+        jac = np.asarray(prediction.sensitivity(chunk), float)
         usable = np.isfinite(jac).all(axis=(1, 2)) & np.isfinite(residual).all(axis=1) & np.isfinite(g).all(axis=(1, 2))
         g, residual, jac, curves = g[usable].astype(float), residual[usable].astype(float), jac[usable], curves[usable]
         if not len(g):
@@ -149,6 +143,8 @@ def projected_shift_update(
         # an orthonormal basis of what the model can absorb, q = J V / sqrt(lambda) from the small Gram
         # matrices J^T J = V lambda V^T (an SVD of every (t, p) J costs more); directions under 1e-6 of the
         # largest singular value are left out
+        norms = np.sqrt(np.einsum("ntj,ntj->nj", jac, jac))
+        jac = jac / np.where(norms > 0, norms, 1.0)[:, None, :]  # unit columns: the units (S0 against Ktrans) cost no precision
         eigenvalues, vectors = np.linalg.eigh(np.einsum("ntj,ntl->njl", jac, jac))
         kept = eigenvalues > 1e-12 * eigenvalues[:, -1:]
         q = np.einsum("ntj,njm->ntm", jac, vectors * np.where(kept, 1.0 / np.sqrt(np.where(kept, eigenvalues, 1.0)), 0.0)[:, None, :])

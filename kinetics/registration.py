@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .errors import KineticsInputError
 
-__all__ = ["translate_frames", "frame_translations", "movable_axes", "spatial_gradient", "MAX_VOXELS"]
+__all__ = ["translate_frames", "frame_translations", "movable_axes", "spatial_gradient", "gradient_at", "MAX_VOXELS"]
 
 MAX_VOXELS = 65536  # a registration samples larger fields at random (a few hundred shifts need far fewer voxels),
 #                     as registration packages do (elastix's random sampler); a regular stride would alias
@@ -81,6 +81,20 @@ def spatial_gradient(volume, axes):
     return grads if isinstance(grads, (list, tuple)) else [grads]
 
 
+def gradient_at(series: np.ndarray, where: tuple, axes: Sequence[int]) -> np.ndarray:
+    """``np.gradient`` of every frame of ``series`` (x, y, z, t) along ``axes``, at the voxels ``where``
+    (a tuple of three index arrays) only: (n, t, len(axes)), central differences inside, one-sided at
+    the edges, from each voxel's own neighbours (no whole-frame gradient held)."""
+    columns = []
+    for axis in axes:
+        last = series.shape[axis] - 1
+        up, down = list(where), list(where)
+        up[axis] = np.minimum(where[axis] + 1, last)
+        down[axis] = np.maximum(where[axis] - 1, 0)
+        columns.append((series[tuple(up)] - series[tuple(down)]) / (up[axis] - down[axis])[:, None])
+    return np.stack(columns, axis=-1)
+
+
 def frame_translations(
     moving: ArrayLike,
     target: ArrayLike,
@@ -138,7 +152,8 @@ def frame_translations(
             for _ in range(steps):
                 at = where + shifts[t][:, None]
                 warped, *grad = (ndimage.map_coordinates(image, at, order=1, mode="nearest") for image in images)
-                grad = np.stack(grad, axis=-1)  # (n, axes)
+                # past an edge the sampled value is held (mode "nearest"): it does not change with the shift there
+                grad = np.stack([g * ((at[k] >= 0) & (at[k] <= moving.shape[k] - 1)) for g, k in zip(grad, axes)], axis=-1)
                 hessian = np.einsum("ni,nj,n->ij", grad, grad, w)
                 if np.linalg.cond(hessian) > 1e8:
                     break  # no structure along some direction

@@ -91,7 +91,7 @@ def test_cubic_translation_is_ndimage_shift(rng):
                                    ndimage.shift(frame, -np.array(shift), order=3, mode="nearest"), rtol=2e-6)  # float32
 
 
-def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng):
+def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng, monkeypatch):
     """Registering frames to the prediction alone leaves the shift of the first-pass frames that the
     fitted vp map takes up (the prediction moves with them); the projected update does not."""
     from kinetics import motion
@@ -119,6 +119,11 @@ def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng):
 
     projected = error(motion.motion_correct_series(moved, t, cp).shifts_vox)
     alternating = error(motion.motion_correct_series(moved, t, cp, projected=False).shifts_vox)  # registration only
+    from kinetics import registration
+
+    monkeypatch.setattr(registration, "MAX_VOXELS", 2000)  # a large field's path: a random third of the voxels
+    sampled = error(motion.motion_correct_series(moved, t, cp).shifts_vox)
+    assert np.sqrt(np.mean(sampled ** 2)) < 0.01
     print("RMS error (voxels): projected", np.sqrt(np.mean(projected ** 2)), "alternating", np.sqrt(np.mean(alternating ** 2)),
           "first-pass frames:", projected[:3], alternating[:3])
     assert np.sqrt(np.mean(projected ** 2)) < 0.01
@@ -127,8 +132,8 @@ def test_the_projected_update_finds_the_first_pass_shifts_that_vp_absorbs(rng):
 
 
 def test_a_single_slice_is_registered_in_plane_and_blocks_change_nothing(rng, monkeypatch):
-    """A one-slice series (a breast DCE slice) moves in plane only; the projected sums taken a plane at a
-    time give the same shifts as in one block."""
+    """A one-slice series (a breast DCE slice) moves in plane only; the projected sums taken in small
+    chunks give the same shifts as in one block."""
     from kinetics import motion
     from kinetics.aif import plasma_aif
     from kinetics.models import extended_tofts
@@ -150,7 +155,16 @@ def test_a_single_slice_is_registered_in_plane_and_blocks_change_nothing(rng, mo
     error = found[contrast, :2] - planted[contrast]
     assert np.sqrt(np.mean((error - error.mean(axis=0)) ** 2)) < 0.01  # 0.0015
     assert np.all(found[:, 2] == 0.0)
-    monkeypatch.setattr(motion, "_VOXELS_PER_BLOCK", 50)  # one plane a block
+    monkeypatch.setattr(motion, "_VOXELS_PER_BLOCK", 50)  # chunks of 50 voxels
     np.testing.assert_allclose(motion.motion_correct_series(moved, t, cp).shifts_vox, found, atol=1e-9)
     with pytest.raises(KineticsInputError, match="no axis to register along"):
         frame_translations(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 3)), np.ones((1, 1, 1)))
+
+
+def test_gradient_at_some_voxels_is_numpys_gradient(rng):
+    from kinetics.registration import gradient_at
+
+    series = rng.normal(size=(7, 5, 4, 3)).astype(np.float32)
+    where = np.unravel_index(rng.choice(7 * 5 * 4, 30, replace=False), (7, 5, 4))  # edges included
+    full = np.stack(np.gradient(series, axis=(0, 1, 2)), axis=-1)
+    np.testing.assert_allclose(gradient_at(series, where, [0, 1, 2]), full[where], rtol=1e-6, atol=1e-6)
