@@ -134,7 +134,7 @@ def main(argv=None):
             for name, run in (("pretrained", args.ssl), ("untrained", args.untrained))}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"embedding_pooling{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(
-        {"settings": vars(args), "runs": runs, "results": results, "provenance": provenance("ssl_rcc")}, indent=2))
+        {"settings": vars(args), "runs": runs, "results": results, "provenance": provenance("benchmarks.embedding_pooling")}, indent=2))
 
 
 if __name__ == "__main__":

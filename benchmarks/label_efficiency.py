@@ -146,7 +146,7 @@ def _write(results, timings, args, finetuned):
 
     RESULTS.mkdir(exist_ok=True)
     document = {"settings": vars(args), "timings": timings, "auc": results, "finetune_all_labels_auc": finetuned,
-                "provenance": provenance("ssl_rcc")}
+                "provenance": provenance("benchmarks.label_efficiency")}
     (RESULTS / "label_efficiency.json").write_text(json.dumps(document, indent=2))
     names = ["radiomic", "kinetic", "lesion", "image (SSL)", "image (untrained)", "fusion"]
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), constrained_layout=True, squeeze=False)

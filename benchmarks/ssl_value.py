@@ -200,7 +200,7 @@ def _write(args, run, timings, auc, paired, fusion, health, training):
                                                                      "temperature", "crop_scale", "intensity", "gamma",
                                                                      "max_steps")},
                 "timings": timings, "training": training, "auc": auc, "ssl_minus_untrained": paired,
-                "fusion_minus_block": fusion, "embedding_health": health, "provenance": provenance("ssl_rcc")}
+                "fusion_minus_block": fusion, "embedding_health": health, "provenance": provenance("benchmarks.ssl_value")}
     stem = f"ssl_value{'_' + args.tag if args.tag else ''}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2))
     names = ["embedding (SSL)", "embedding (untrained)", "image+lesion (SSL)", "lesion", "first-order radiomics", "radiomic",

@@ -230,17 +230,17 @@ def model_driven_motion_correct(
 
 def _curves_and_sensitivity(spec, t_s, cp_mM, params):
     """The model's curves (n, t) and their derivatives (n, t, p) with respect to ``params`` (p arrays of n):
-    the model's exact Jacobian where it has one, else central differences."""
+    the model's exact Jacobian where it has one, else the nonlinear fit's forward differences."""
     if spec.jacobian is not None:
         return spec.jacobian(t_s, cp_mM, *params)
-    params = [np.asarray(p, float) for p in params]
-    columns = []
-    for j, (low, high) in enumerate(zip(spec.lower, spec.upper)):
-        step = 1e-4 * np.maximum(np.abs(params[j]), 1e-3 * (high - low))
-        up = [p + step if i == j else p for i, p in enumerate(params)]
-        down = [p - step if i == j else p for i, p in enumerate(params)]
-        columns.append((spec.forward(t_s, cp_mM, *up) - spec.forward(t_s, cp_mM, *down)) / (2 * step[:, None]))
-    return spec.forward(t_s, cp_mM, *params), np.stack(columns, axis=-1)
+    from ._optimize import finite_difference_jacobian
+
+    def curves(p, rows):
+        return spec.forward(t_s, cp_mM, *p.T)
+
+    p = np.stack([np.asarray(q, float) for q in params], axis=-1)
+    f = curves(p, None)
+    return f, finite_difference_jacobian(curves, p, None, f, np.array(spec.lower), np.array(spec.upper))
 
 
 def motion_correct_series(
@@ -261,7 +261,7 @@ def motion_correct_series(
     The model is fitted by the linear method over ``mask`` and :data:`MARGIN_MM` around it (the whole
     image without one), and :func:`model_driven_motion_correct` registers each frame to its
     prediction, then refines the shifts with the parameters projected out (their sensitivity: the
-    model's Jacobian, or central differences for a model without one; for a signal series, taken
+    model's Jacobian, or forward differences for a model without one; for a signal series, taken
     through the SPGR signal equation, S0 included). The rounds run on the bounding box of that field
     (plus room for the shifts); the whole series is then moved once.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import KineticsInputError
-from .io import check_output_file, load_image, output_file, read_mask, read_scalar_or_image, save_image
+from .io import check_output_file, load_image, output_file, read_mask, read_scalar_or_image, save_image, table_sidecar
 from .options import PLAUSIBLE, flip_angles, plausible
+from .provenance import provenance
 from .signal import vfa_t1_linear, vfa_t1_nonlinear
 from .status import ESTIMATE_NOT_FINITE, IMPLAUSIBLE, INPUT_NOT_FINITE, OK, OUTSIDE, status_counts
 
@@ -37,7 +39,9 @@ def t1_map(
     T1 outside the plausible range (0.05-10 s: background and noise fit T1s of hours) is set to NaN
     with a warning that counts it; ``status`` (a NIfTI path, optional) also gets every voxel's
     :mod:`kinetics.status` code: ``outside_mask``, ``ok``, ``input_not_finite`` (a flip angle's
-    signal), ``estimate_not_finite`` (no T1 fits) or ``implausible``.
+    signal), ``estimate_not_finite`` (no T1 fits) or ``implausible``. ``<out>.json`` beside the map
+    records the options, the status counts and the provenance (version, commit, command, the inputs'
+    content hashes).
 
     Parameters
     ----------
@@ -56,6 +60,7 @@ def t1_map(
         if path is not None and not str(path).endswith((".nii", ".nii.gz")):
             raise KineticsInputError(f"{path}: {name} needs a NIfTI file name (.nii or .nii.gz).")
     out = check_output_file(out, overwrite=overwrite)
+    check_output_file(table_sidecar(out), overwrite=overwrite)
     if status is not None:
         status = check_output_file(status, overwrite=overwrite)
         if status.resolve() == out.resolve():
@@ -85,9 +90,16 @@ def t1_map(
                     int(implausible.sum()), int(roi.sum()), low, high, "" if mask is not None else "; --mask fits tissue only")
         t1[implausible] = np.nan
     log.info("T1 status: %s", ", ".join(f"{name} {n}" for name, n in status_counts(codes).items()))
+    origin = {"options": {"fa_deg": angles.tolist(), "tr_s": tr, "method": method, "b1": None if b1 is None else str(b1),
+                          "mask": None if mask is None else str(mask), "status": None if status is None else str(status)},
+              "t1_status": status_counts(codes),
+              "provenance": provenance("kinetics", {"vfa": vfa, "b1": b1, "mask": mask})}
+    # the T1 map is committed last: if its sidecar or status map cannot be written, neither is it
     with output_file(out, overwrite=overwrite) as tmp:
         save_image(tmp, t1, affine, header)
-        if status is not None:  # inside: if it cannot be written, the T1 map is not either
+        with output_file(table_sidecar(out), overwrite=overwrite) as meta:
+            meta.write_text(json.dumps(origin, indent=2, default=str))
+        if status is not None:
             with output_file(status, overwrite=overwrite) as tmp_status:
                 save_image(tmp_status, codes, affine, header)
     return out

@@ -141,7 +141,7 @@ def image_branch(head, encoder=None, tabular_row=None) -> nn.Module:
     _, mean, scale = head.scaler.stats["image"]
     coef, intercept = head.coefs[member]
     d = encoder.out_dim  # the image block is the embedding (the lesion block holds what the crop cannot carry)
-    return _ProbeImageBranch(encoder, mean[:d], scale[:d], coef[:, start:start + d], intercept)
+    return _ProbeImageBranch(encoder, mean, scale, coef[:, start:start + d], intercept)
 
 
 def gradcam_image(branch: nn.Module, crop, class_index: int) -> np.ndarray:

@@ -25,12 +25,12 @@ log = logging.getLogger("ssl_rcc")
 # whole-model half precision ("bf16-true") left the weights non-finite within two steps here: mixed only
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # options a resumed run may only repeat (it reads them from its run.json)
-RESUME_MUST_MATCH = ("architecture", "patch", "vit_patch", "spacing_mm", "batch_size", "accumulate", "seed", "lr",
-                     "temperature", "crop_scale", "intensity", "gamma", "normalise_target")
+RESUME_MUST_MATCH = RUN_OPTIONS  # every option a run.json records
 
 
 # options whose config field names the unit
 _FIELD = {"spacing": "spacing_mm", "max_time": "max_time_min"}
+_OPTION = {field: option for option, field in _FIELD.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +119,7 @@ class PretrainConfig:
         )
         for name in RESUME_MUST_MATCH:
             if name in previous and given[name] is not None and previous[name] != getattr(config, name):
-                option = {v: k for k, v in _FIELD.items()}.get(name, name).replace("_", "-")
+                option = _OPTION.get(name, name).replace("_", "-")
                 raise InputError(f"{where}: --{option} {given[name]} differs from the run's {previous[name]}; "
                                  f"a resumed run continues with its own (leave the option out).")
         if config.batch_size < method_cls.min_batch_size:

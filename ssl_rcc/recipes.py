@@ -56,7 +56,7 @@ class Option:
 # function and the command line take exactly these (plus data, method, out and where things go).
 OPTIONS: dict[str, Option] = {
     "recipe": Option(None, "auto | cpu | gpu: where the options left out come from (auto: gpu when CUDA is "
-                           "available; README, Pretraining recipe); mae takes vit_tiny."),
+                           "available; README, Self-supervised pretraining); mae takes vit_tiny."),
     "architecture": Option(None, "resnet10_slim | resnet18 | resnet34 | resnet50 | vit_tiny | vit_small."),
     "epochs": Option(None, "passes over the archive (default 1), if max_steps is not given."),
     "max_steps": Option(None, "optimiser steps; 0 exports the untrained encoder (the from-scratch baseline)."),

@@ -14,6 +14,8 @@ every case it can from a :class:`FeatureCache`.
 from __future__ import annotations
 
 import logging
+import os
+from typing import TYPE_CHECKING
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,7 +31,11 @@ from .lesion import LESION_MARGIN, RING_MM
 from .kinetic import check_kinetic_row, kinetic_features, kinetic_inputs
 from .radiomic import SETTINGS_FILE, radiomic_features
 
-__all__ = ["BLOCKS", "parse_blocks", "compute_features", "FeatureCache", "default_cache_dir", "block_columns"]
+if TYPE_CHECKING:
+    from ..data import PreprocessConfig
+
+__all__ = ["BLOCKS", "parse_blocks", "compute_features", "FeatureCache", "default_cache_dir", "block_columns",
+           "preprocessing_for"]
 
 log = logging.getLogger("ssl_rcc")
 BLOCKS = ("image", "lesion", "kinetic", "radiomic")
@@ -74,8 +80,9 @@ def _job_key(block, row, encoder_files=(), preprocessing=None):
     return FeatureCache.key(block, {"version": 4}, [row[_image_column(row)], row["tumor_mask"], *encoder_files])
 
 
-def _preprocessing(encoder):
-    """The preprocessing of ``encoder`` (its encoder.json), or the default one."""
+def preprocessing_for(encoder: str | os.PathLike | None) -> PreprocessConfig:
+    """The preprocessing of ``encoder`` (its encoder.json: spacing in mm, CT window in HU, MR
+    percentiles), or the default one: what the image and lesion blocks resample and scale with."""
     from ..data import PreprocessConfig
 
     if encoder is None:
@@ -128,7 +135,7 @@ def compute_features(table: pd.DataFrame, blocks, *, encoder=None, cache=None, w
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     rows = [dict(r) for _, r in table.iterrows()]
     out = {}
-    config = _preprocessing(encoder)
+    config = preprocessing_for(encoder)
     for block in sorted(blocks, key=lambda b: b in IN_PROCESS):  # fork the tabular workers before torch starts threads
         encoder_files = ()
         if block == "image":

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data import PreprocessConfig
+from ..errors import InputError
 from .lesion import LESION_MARGIN, RING_MM, lesion_crop, preprocessed_lesion
 
 __all__ = ["tumour_embedding", "image_features", "preprocess_config", "lesion_crop", "tumour_crop",
@@ -38,8 +39,12 @@ __all__ = ["tumour_embedding", "image_features", "preprocess_config", "lesion_cr
 
 def preprocess_config(meta: dict) -> PreprocessConfig:
     """The preprocessing an exported encoder was trained with (from its encoder.json)."""
-    return PreprocessConfig(spacing_mm=tuple(meta["spacing_mm"]), ct_window=tuple(meta["normalisation"]["CT"]["hu_window"]),
-                            mr_percentiles=tuple(meta["normalisation"]["MR"]["percentiles"]))
+    try:
+        return PreprocessConfig(spacing_mm=tuple(meta["spacing_mm"]), ct_window=tuple(meta["normalisation"]["CT"]["hu_window"]),
+                                mr_percentiles=tuple(meta["normalisation"]["MR"]["percentiles"]))
+    except (KeyError, TypeError) as err:
+        raise InputError(f"encoder.json: no preprocessing ({err}) to read; export the encoder again with "
+                         "python -m ssl_rcc pretrain.") from None
 
 
 def tumour_crop(data, mask, patch) -> np.ndarray:

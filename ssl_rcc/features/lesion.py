@@ -1,11 +1,11 @@
-"""A lesion as the image block sees it: the crop scaled to the tumour, the descriptors that crop cannot
-carry, and the part of the preprocessed volume both read (cached per case).
+"""A lesion's preprocessed region, which the image block crops and the lesion block describes (cached per
+case), and the ``lesion`` feature block.
 
-The crop is the cube around the tumour's bounding box plus :data:`LESION_MARGIN` of its extent on each
-side (:func:`ssl_rcc.data.crops.lesion_box`), resampled to the encoder's patch: the tumour fills the
-crop, with a ring of the tissue around it, whatever its size. Resampling removes the size, and a
-network that normalises each sample loses absolute attenuation, so :func:`lesion_descriptors` carries
-both beside the embedding.
+The image block's crop is the cube around the tumour's bounding box plus :data:`LESION_MARGIN` of its
+extent on each side (:func:`ssl_rcc.data.crops.lesion_box`), resampled to the encoder's patch: the
+tumour fills the crop, with a ring of the tissue around it, whatever its size. Resampling removes the
+size, and a network that normalises each sample loses absolute attenuation, so the lesion block
+(:func:`lesion_features`, :func:`lesion_descriptors`) carries both, as a block of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def lesion_crop(data: ArrayLike, mask: ArrayLike, patch: ArrayLike, *,
 
 
 def lesion_descriptors(data, mask, spacing_mm) -> dict:
-    """What the scaled crop and the network's normalisation take away, from the preprocessed volume:
+    """What the scaled crop and the network's normalisation take away, from the preprocessed volume
+    ``data`` (C, X, Y, Z), the tumour ``mask`` (X, Y, Z) bool and ``spacing_mm`` (one value or three):
     ``diameter_mm`` (of the sphere of the tumour's volume), ``extent_mm`` (largest bounding-box side),
     and per channel ``c``: ``level_c{c}`` and ``iqr_c{c}``, the median and interquartile range of the
     tumour's voxels, ``ring_c{c}`` and ``ring_sd_c{c}``, the median and SD of a :data:`RING_MM` ring
@@ -86,8 +87,9 @@ def lesion_region(data: ArrayLike, mask: ArrayLike, spacing_mm: ArrayLike, *,
 
 
 def lesion_features(row: Mapping[str, Any], config: PreprocessConfig, *, cache: FeatureCache | None = None) -> dict:
-    """The ``lesion`` block of one case-table row: :func:`lesion_descriptors` of its tumour, preprocessed
-    with ``config`` (an encoder's, so that the block matches its image block, or the default)."""
+    """The ``lesion`` block of one case-table row, ``{name: float}``: :func:`lesion_descriptors` of its
+    tumour (sizes in mm, levels and spreads in the preprocessing's [0, 1] units), preprocessed with
+    ``config`` (an encoder's, so that the block matches its image block, or the default)."""
     data, mask = preprocessed_lesion(row, config, None, cache=cache)
     return lesion_descriptors(data, mask, config.spacing_mm)
 

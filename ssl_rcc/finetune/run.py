@@ -22,7 +22,7 @@ from kinetics.provenance import command_line, git_commit
 from .. import __version__
 from ..data.cases import read_case_table
 from ..errors import InputError
-from ..features import block_columns, compute_features, default_cache_dir, parse_blocks
+from ..features import block_columns, compute_features, default_cache_dir, parse_blocks, preprocessing_for
 from ..features.cache import file_digest
 from ..features.radiomic import SETTINGS_FILE
 from .draws import few_label_draws, parse_shots
@@ -198,6 +198,7 @@ def run_finetune(cases: str | os.PathLike, *, task: str, out: str | os.PathLike,
                   "encoder_sha1": file_digest(encoder_pt) if encoder_pt else None,
                   "encoder": None if encoder_pt is None else ("none (untrained)" if str(encoder) == "none" else Path(encoder).name)}
     settings = {"radiomics_settings_sha1": file_digest(SETTINGS_FILE), "kinetic_model": "extended_tofts",
+                "lesion_preprocessing": preprocessing_for(encoder_pt).to_dict() if "lesion" in blocks else None,
                 "test_site": test_site, "architecture": architecture if str(encoder) == "none" else None}
     with output_directory(out, overwrite=overwrite) as tmp:
         if len(metrics) == 1:
@@ -249,13 +250,17 @@ def predict_cases(model: str | os.PathLike, cases: str | os.PathLike, *, out: st
     if "radiomic" in blocks and settings.get("radiomics_settings_sha1") != file_digest(SETTINGS_FILE):
         raise InputError(f"{model}: the model's radiomic features were made with other PyRadiomics settings than this "
                          "version of ssl-rcc uses.")
+    encoder = Path(model) / "encoder.pt" if "image" in blocks else None
+    recorded = settings.get("lesion_preprocessing")  # None in models saved before it was recorded
+    if "lesion" in blocks and recorded is not None and json.loads(json.dumps(preprocessing_for(encoder).to_dict())) != recorded:
+        raise InputError(f"{model}: the model's lesion features were preprocessed otherwise than this version of ssl-rcc "
+                         "would preprocess them; run finetune again.")
     table = read_case_table(cases)
     _image_column_check(table, blocks)
     for b in blocks:
         for column in block_columns(b):
             if column not in table.columns or (table[column] == "").any():
                 raise InputError(f"{cases}: the model uses {b} features, which need {column} for every case.")
-    encoder = Path(model) / "encoder.pt" if "image" in blocks else None
     arrays, names = _block_arrays(table, blocks, head.protocol, encoder, cache=default_cache_dir() if cache is None else cache,
                                   workers=workers, progress=progress)
     for b in blocks:

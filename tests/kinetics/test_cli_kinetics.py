@@ -366,6 +366,11 @@ def test_t1map_sets_implausible_background_t1_to_nan_with_a_warning_and_a_status
     tissue[:3] = tissue[10, 10, 1] = False
     assert (status[tissue] == STATUS_CODE["ok"]).all() and np.isfinite(t1[tissue]).all()
     assert (status[:3] != STATUS_CODE["ok"]).sum() == np.isnan(t1[:3]).sum()  # every NaN says why
+    from kinetics.provenance import file_digest
+
+    origin = json.loads((tmp_path / "t1.nii.gz.json").read_text())  # what made the map
+    assert origin["t1_status"]["implausible"] == implausible.sum() and origin["options"]["tr_s"] == 0.004
+    assert origin["provenance"]["inputs_sha1"] == {"vfa": file_digest(tmp_path / "vfa.nii.gz")}
     # the status map is checked before the work: a name it shares with the T1 map, or a file already there
     code, captured = run(["t1map", "--vfa", tmp_path / "vfa.nii.gz", "--fa", fa, "--tr", 0.004, "--out", tmp_path / "a.nii.gz",
                           "--status", tmp_path / "a.nii.gz"], capsys)

@@ -218,3 +218,21 @@ def test_predict_refuses_what_is_not_a_model(cases, tmp_path, capsys):
     assert "model format 'ssl-rcc-head/0'" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
     assert main(["predict", "--model", str(tmp_path), "--cases", str(cases), "--out", str(tmp_path / "p.csv")]) == 2
     assert "not a saved model" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 20 s: finetune and predict twice
+def test_a_lesion_model_records_its_preprocessing_and_predict_checks_it(cases, cache, tmp_path, capsys):
+    out = tmp_path / "lesion"
+    assert main(["finetune", "--cases", str(cases), "--task", "malignant", "--features", "lesion", "--shots", "all",
+                 "--repeats", "2", "--protocol", "knn", "--out", str(out), "--cache", str(cache), "--n-boot", "30"]) == 0
+    head = out / "model" / "head.json"
+    description = json.loads(head.read_text())
+    assert description["settings"]["lesion_preprocessing"]["spacing_mm"] == [1.5, 1.5, 1.5]  # the default, recorded
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(cases), "--out", str(tmp_path / "p.csv"),
+                 "--cache", str(cache)]) == 0
+    description["settings"]["lesion_preprocessing"]["spacing_mm"] = [2.0, 2.0, 2.0]  # made by another preprocessing
+    head.write_text(json.dumps(description))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out / "model"), "--cases", str(cases), "--out", str(tmp_path / "q.csv"),
+                 "--cache", str(cache)]) == 2
+    assert "preprocessed otherwise" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
